@@ -1,0 +1,209 @@
+"""Config: one frozen dataclass, its validation, and typed KEY=VALUE overrides."""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import types
+import typing
+from typing import Any, Optional
+
+from fedln_jax.errors import FedlnError
+
+DATASETS = ("digits", "synthetic", "cifar10", "cifar100", "tinyimagenet", "pacs")
+PARTITIONS = ("iid", "n_class", "dirichlet")
+MODELS = ("auto", "cnn", "small_cnn", "mlp")
+NORMS = ("none", "bn", "gn", "ln", "fn")
+NORM_POSITIONS = ("after", "before")
+ALGORITHMS = ("fedavg",)
+CONV_IMPLS = ("auto", "patches", "lax")
+DEFAULT_MODEL = {"digits": "small_cnn", "synthetic": "small_cnn", "cifar10": "cnn",
+                 "cifar100": "cnn", "tinyimagenet": "cnn", "pacs": "cnn"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything that defines a run. Field names are the public config keys (DESIGN section 6)."""
+    # data
+    dataset: str = "digits"
+    data_dir: str = ""
+    test_fraction: float = 0.2          # held-out share per class (datasets without an official test split)
+    partition: str = "n_class"
+    classes_per_client: int = 1
+    dirichlet_beta: float = 0.1
+    min_client_examples: int = 1        # dirichlet guard: redraw while a client has fewer
+    # federation
+    num_clients: int = 10
+    clients_per_round: Optional[int] = None   # None = all clients every round
+    local_steps: int = 10
+    batch_size: int = 32
+    lr: float = 0.01
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    rounds: int = 60
+    eval_every: int = 10
+    # model
+    model: str = "auto"                 # auto = the default for the dataset
+    norm: str = "none"
+    norm_layers: str = ""               # per-position override, e.g. "mean,mean,mean,ln"
+    norm_position: str = "after"
+    gn_groups: int = 4
+    tau: float = 1.0                    # logit temperature
+    # algorithm
+    algorithm: str = "fedavg"
+    server_lr: float = 1.0
+    # bookkeeping and execution
+    seed: int = 0
+    checkpoint_every: int = 0           # 0 = only at the end
+    keep_checkpoints: int = 3
+    client_chunk_size: int = 0          # clients vmapped together per device; 0 = backend default
+    conv_impl: str = "auto"
+
+    @property
+    def resolved_model(self) -> str:
+        return DEFAULT_MODEL[self.dataset] if self.model == "auto" else self.model
+
+    @property
+    def cohort_size(self) -> int:
+        """Clients trained per round."""
+        return self.num_clients if self.clients_per_round is None else self.clients_per_round
+
+    def validate(self) -> "Config":
+        """Raise FedlnError naming the first problem; return self when valid."""
+        for f in dataclasses.fields(self):
+            _check_type(f.name, getattr(self, f.name), _field_types()[f.name])
+        choices = {"dataset": DATASETS, "partition": PARTITIONS, "model": MODELS, "norm": NORMS,
+                   "norm_position": NORM_POSITIONS, "algorithm": ALGORITHMS,
+                   "conv_impl": CONV_IMPLS}
+        for key, allowed in choices.items():
+            value = getattr(self, key)
+            if value not in allowed:
+                raise FedlnError(f"{key}={value!r} is not one of {', '.join(allowed)}")
+        positive = ("num_clients", "local_steps", "batch_size", "rounds", "eval_every",
+                    "gn_groups", "keep_checkpoints", "min_client_examples")
+        for key in positive:
+            if getattr(self, key) < 1:
+                raise FedlnError(f"{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("lr", "dirichlet_beta", "tau", "server_lr", "test_fraction"):
+            if not getattr(self, key) > 0:
+                raise FedlnError(f"{key} must be > 0, got {getattr(self, key)}")
+        for key in ("momentum", "weight_decay", "checkpoint_every", "client_chunk_size", "seed"):
+            if getattr(self, key) < 0:
+                raise FedlnError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if not self.test_fraction < 1:
+            raise FedlnError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        if self.clients_per_round is not None and not 1 <= self.clients_per_round <= self.num_clients:
+            raise FedlnError(f"clients_per_round must be in 1..num_clients={self.num_clients}, "
+                             f"got {self.clients_per_round}")
+        if self.classes_per_client < 1:
+            raise FedlnError(f"classes_per_client must be >= 1, got {self.classes_per_client}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> "Config":
+        unknown = sorted(set(changes) - set(config_keys()))
+        if unknown:
+            raise FedlnError(f"unknown config key {unknown[0]!r}; known keys: {', '.join(config_keys())}")
+        return dataclasses.replace(self, **changes)
+
+
+def config_keys() -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(Config))
+
+
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(Config)
+
+
+def _check_type(key: str, value: Any, annotation: Any) -> None:
+    base, optional = _unwrap_optional(annotation)
+    if value is None and optional:
+        return
+    ok = (isinstance(value, bool) if base is bool else
+          isinstance(value, int) and not isinstance(value, bool) if base is int else
+          isinstance(value, (int, float)) and not isinstance(value, bool) if base is float else
+          isinstance(value, base))
+    if not ok:
+        raise FedlnError(f"{key} must be of type {base.__name__}, got {value!r}")
+
+
+def _unwrap_optional(annotation: Any) -> tuple[type, bool]:
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in args:
+        return next(a for a in args if a is not type(None)), True
+    return annotation, False
+
+
+def parse_value(key: str, text: str) -> Any:
+    """Turn the text of a KEY=VALUE override into the field's type."""
+    if key not in config_keys():
+        raise FedlnError(f"unknown config key {key!r}; known keys: {', '.join(config_keys())}")
+    base, optional = _unwrap_optional(_field_types()[key])
+    if optional and text.lower() in ("none", "null", "all", ""):
+        return None
+    try:
+        if base is bool:
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if base is int:
+            return int(text)
+        if base is float:
+            return float(text)
+        return text
+    except ValueError:
+        raise FedlnError(f"{key} must be of type {base.__name__}, got {text!r}") from None
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """['lr=0.1', 'norm=fn'] -> {'lr': 0.1, 'norm': 'fn'} typed by the Config fields."""
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise FedlnError(f"override {item!r} is not of the form KEY=VALUE")
+        out[key.strip()] = parse_value(key.strip(), text.strip())
+    return out
+
+
+def load_config_file(path: str) -> Config:
+    """Load a Python config file defining get_config() -> Config | dict of overrides."""
+    if not os.path.isfile(path):
+        raise FedlnError(f"config file {path!r} does not exist")
+    spec = importlib.util.spec_from_file_location("_fedln_user_config", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # a user file: report, do not trace back
+        raise FedlnError(f"config file {path!r} failed to load: {exc}") from None
+    if not hasattr(module, "get_config"):
+        raise FedlnError(f"config file {path!r} defines no get_config()")
+    loaded = module.get_config()
+    if isinstance(loaded, Config):
+        return loaded
+    if isinstance(loaded, dict):
+        return Config().replace(**loaded)
+    raise FedlnError(f"get_config() in {path!r} must return a Config or a dict")
+
+
+def from_dict(values: dict[str, Any]) -> Config:
+    return Config().replace(**values)
+
+
+def build_config(config_file: Optional[str], overrides: list[str]) -> Config:
+    """The CLI's path: file (or defaults), then KEY=VALUE overrides, then validation."""
+    base = load_config_file(config_file) if config_file else Config()
+    return base.replace(**parse_overrides(overrides)).validate()
+
+
+def diff_keys(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+def dumps(config: Config) -> str:
+    return json.dumps(config.to_dict(), indent=2, sort_keys=True)

@@ -1,0 +1,187 @@
+"""Dataset sources: every dataset is returned as uint8 images plus int32 labels.
+
+`load_dataset(name, ...)` dispatches through `_LOADERS`, a dict from dataset name to a
+loader function `loader(data_dir, seed, test_fraction) -> Dataset`.  Bundled datasets
+(`digits`, `synthetic`) need no download.  The names reserved for the TFDS-backed
+datasets (`cifar10`, `cifar100`, `tinyimagenet`, `pacs`) currently point at a stub that
+raises `FedlnError`; the task that adds them replaces exactly those dict entries.  Those
+loaders may ignore `test_fraction` when the dataset has an official test split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import numpy as np
+
+from fedln_jax.errors import FedlnError
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """An image classification dataset held in memory.
+
+    Images are uint8 `[N, H, W, C]`; labels are int32 `[N]` in `[0, num_classes)`.
+    Pixels in [0, 1] are obtained as `x.astype(np.float32) * pixel_scale`.
+    """
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    pixel_scale: float
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(int(d) for d in self.x_train.shape[1:])
+
+
+Loader = Callable[[str, int, float], Dataset]
+
+
+# ---------------------------------------------------------------------------------------
+# Helpers
+
+
+def _check_test_fraction(test_fraction: float) -> float:
+    try:
+        tf = float(test_fraction)
+    except (TypeError, ValueError):
+        raise FedlnError(f"test_fraction must be a number in (0, 1), got {test_fraction!r}") from None
+    if not (0.0 < tf < 1.0):
+        raise FedlnError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+    return tf
+
+
+def stratified_split(labels: np.ndarray, *, seed: int, test_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices into (train, test), stratified by class and fixed by `seed`.
+
+    For each class (in increasing label order) its indices are permuted with a numpy
+    Generator seeded by `seed`, and `round(test_fraction * n_c)` of them go to test, clamped
+    so that a class with at least 2 examples keeps at least one example on each side.
+    The train indices are then shuffled (same Generator); the test indices are sorted.
+    """
+    tf = _check_test_fraction(test_fraction)
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    train_parts, test_parts = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n = idx.size
+        n_test = int(round(tf * n))
+        if n >= 2:
+            n_test = min(max(n_test, 1), n - 1)
+        else:
+            n_test = 0
+        test_parts.append(idx[:n_test])
+        train_parts.append(idx[n_test:])
+    train = rng.permutation(np.concatenate(train_parts)).astype(np.int64)
+    test = np.sort(np.concatenate(test_parts)).astype(np.int64)
+    return train, test
+
+
+def _from_split(name: str, x: np.ndarray, y: np.ndarray, num_classes: int, pixel_scale: float,
+                seed: int, test_fraction: float) -> Dataset:
+    train, test = stratified_split(y, seed=seed, test_fraction=test_fraction)
+    return Dataset(
+        name=name,
+        x_train=np.ascontiguousarray(x[train]),
+        y_train=y[train].astype(np.int32),
+        x_test=np.ascontiguousarray(x[test]),
+        y_test=y[test].astype(np.int32),
+        num_classes=num_classes,
+        pixel_scale=pixel_scale,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Loaders
+
+
+def _load_digits(data_dir: str, seed: int, test_fraction: float) -> Dataset:
+    """sklearn's bundled 8x8 digits (1797 images, values 0..16). `data_dir` is unused."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = np.rint(np.asarray(bunch.images)).astype(np.uint8)[..., None]  # [N, 8, 8, 1]
+    labels = np.asarray(bunch.target).astype(np.int32)
+    return _from_split("digits", images, labels, 10, 1.0 / 16.0, seed, test_fraction)
+
+
+SYNTHETIC_CLASSES = 10
+SYNTHETIC_PER_CLASS = 50  # with test_fraction 0.2: 40 train + 10 test per class
+
+
+def _load_synthetic(data_dir: str, seed: int, test_fraction: float) -> Dataset:
+    """Tiny learnable dataset for tests, fully determined by `seed`.
+
+    Each of the 10 classes has a random binary 8x8 prototype (about half the pixels on);
+    an example is its prototype scaled to intensity 180 on a background of 40, plus
+    Gaussian noise (std 30), clipped to 0..255.  `data_dir` is unused.
+    """
+    rng = np.random.default_rng(seed)
+    c, per = SYNTHETIC_CLASSES, SYNTHETIC_PER_CLASS
+    prototypes = rng.random((c, 8, 8)) < 0.5
+    labels = np.repeat(np.arange(c, dtype=np.int32), per)
+    base = np.where(prototypes[labels], 180.0, 40.0)
+    noisy = base + rng.normal(0.0, 30.0, size=base.shape)
+    images = np.clip(np.rint(noisy), 0, 255).astype(np.uint8)[..., None]
+    return _from_split("synthetic", images, labels, c, 1.0 / 255.0, seed, test_fraction)
+
+
+def _not_available(name: str) -> Loader:
+    def loader(data_dir: str, seed: int, test_fraction: float) -> Dataset:
+        raise FedlnError(f"dataset {name!r} is not available yet (only {', '.join(_AVAILABLE)} for now)")
+
+    return loader
+
+
+_AVAILABLE = ("digits", "synthetic")
+
+# name -> loader(data_dir, seed, test_fraction) -> Dataset.  Replace the stub entries
+# when the TFDS-backed datasets are added.
+_LOADERS: dict[str, Loader] = {
+    "digits": _load_digits,
+    "synthetic": _load_synthetic,
+    "cifar10": _not_available("cifar10"),
+    "cifar100": _not_available("cifar100"),
+    "tinyimagenet": _not_available("tinyimagenet"),
+    "pacs": _not_available("pacs"),
+}
+
+
+def dataset_names() -> tuple[str, ...]:
+    """All dataset names `load_dataset` knows (including ones not available yet)."""
+    return tuple(_LOADERS)
+
+
+def _validate(ds: Dataset) -> Dataset:
+    """Check a loader's output against the Dataset contract (catches loader bugs early)."""
+    for split in ("train", "test"):
+        x, y = getattr(ds, f"x_{split}"), getattr(ds, f"y_{split}")
+        if x.dtype != np.uint8 or x.ndim != 4:
+            raise FedlnError(f"dataset {ds.name!r}: x_{split} must be uint8 [N,H,W,C], got {x.dtype} {x.shape}")
+        if y.dtype != np.int32 or y.shape != (x.shape[0],):
+            raise FedlnError(f"dataset {ds.name!r}: y_{split} must be int32 [{x.shape[0]}], got {y.dtype} {y.shape}")
+        if y.size and (y.min() < 0 or y.max() >= ds.num_classes):
+            raise FedlnError(f"dataset {ds.name!r}: y_{split} has labels outside [0, {ds.num_classes})")
+    if ds.x_train.shape[1:] != ds.x_test.shape[1:]:
+        raise FedlnError(f"dataset {ds.name!r}: train and test image shapes differ")
+    return ds
+
+
+def load_dataset(name: str, *, data_dir: str = "", seed: int = 0, test_fraction: float = 0.2) -> Dataset:
+    """Load dataset `name`.
+
+    `seed` fixes the train/test split and the train order for datasets without an official
+    test split (`digits`, `synthetic`); there, `test_fraction` of each class goes to test.
+    """
+    key = str(name).strip().lower()
+    loader = _LOADERS.get(key)
+    if loader is None:
+        raise FedlnError(f"unknown dataset {name!r}; known datasets: {', '.join(_LOADERS)}")
+    _check_test_fraction(test_fraction)
+    return _validate(loader(data_dir, int(seed), float(test_fraction)))

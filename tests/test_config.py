@@ -1,0 +1,70 @@
+import pytest
+
+from fedln_jax.config import Config, build_config, load_config_file, parse_overrides
+from fedln_jax.errors import FedlnError
+
+
+def test_overrides_are_typed_by_field():
+    out = parse_overrides(["lr=0.1", "rounds=5", "norm=fn", "clients_per_round=all",
+                           "num_clients=20"])
+    assert out == {"lr": 0.1, "rounds": 5, "norm": "fn", "clients_per_round": None,
+                   "num_clients": 20}
+    assert isinstance(out["lr"], float) and isinstance(out["rounds"], int)
+
+
+@pytest.mark.parametrize("items, fragment", [
+    (["bogus=1"], "unknown config key 'bogus'"),
+    (["rounds=ten"], "rounds must be of type int"),
+    (["lr"], "KEY=VALUE"),
+])
+def test_bad_overrides(items, fragment):
+    with pytest.raises(FedlnError, match=fragment):
+        parse_overrides(items)
+
+
+@pytest.mark.parametrize("changes, fragment", [
+    ({"dataset": "mnist"}, "dataset='mnist' is not one of"),
+    ({"model": "vgg"}, "model='vgg'"),
+    ({"norm": "xn"}, "norm='xn'"),
+    ({"partition": "shards"}, "partition='shards'"),
+    ({"num_clients": 0}, "num_clients must be >= 1"),
+    ({"clients_per_round": 11}, "clients_per_round must be in 1..num_clients=10"),
+    ({"clients_per_round": 0}, "clients_per_round must be in 1..num_clients=10"),
+    ({"classes_per_client": 0}, "classes_per_client must be >= 1"),
+    ({"lr": 0.0}, "lr must be > 0"),
+    ({"lr": -1.0}, "lr must be > 0"),
+    ({"local_steps": 0}, "local_steps must be >= 1"),
+    ({"batch_size": 0}, "batch_size must be >= 1"),
+    ({"rounds": 0}, "rounds must be >= 1"),
+    ({"dirichlet_beta": 0.0}, "dirichlet_beta must be > 0"),
+    ({"rounds": 2.5}, "rounds must be of type int"),
+])
+def test_validate_names_the_problem(changes, fragment):
+    with pytest.raises(FedlnError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        Config().replace(**changes).validate()
+
+
+def test_config_file_then_overrides(tmp_path):
+    path = tmp_path / "exp.py"
+    path.write_text("from fedln_jax import Config\n"
+                    "def get_config():\n    return Config(norm='ln', rounds=7)\n")
+    config = build_config(str(path), ["rounds=9"])
+    assert (config.norm, config.rounds) == ("ln", 9)
+    dict_file = tmp_path / "d.py"
+    dict_file.write_text("def get_config():\n    return {'lr': 0.5}\n")
+    assert load_config_file(str(dict_file)).lr == 0.5
+
+
+def test_config_file_errors(tmp_path):
+    with pytest.raises(FedlnError, match="does not exist"):
+        load_config_file(str(tmp_path / "nope.py"))
+    bad = tmp_path / "bad.py"
+    bad.write_text("x = 1\n")
+    with pytest.raises(FedlnError, match="no get_config"):
+        load_config_file(str(bad))
+
+
+def test_default_model_per_dataset():
+    assert Config(dataset="digits").resolved_model == "small_cnn"
+    assert Config(dataset="cifar10").resolved_model == "cnn"
+    assert Config(dataset="cifar10", model="mlp").resolved_model == "mlp"

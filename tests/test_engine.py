@@ -1,0 +1,150 @@
+"""The vectorized round against the reference loop, chunking, batches, and FedAvg == SGD."""
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from fedln_jax import engine
+from fedln_jax.config import Config
+from fedln_jax.train import build_experiment, hparams_of, initial_state
+
+
+def tiny_config(**kw):
+    base = dict(dataset="synthetic", num_clients=4, clients_per_round=3, local_steps=2,
+                batch_size=8, rounds=2, eval_every=1, partition="n_class", classes_per_client=3,
+                lr=0.05)
+    base.update(kw)
+    return Config(**base).validate()
+
+
+def max_diff(a, b):
+    return max(float(jnp.abs(x - y).max()) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def run_both(config, rounds=2, mesh=None):
+    """Both engines step from the same state each round (so float32 rounding differences of one
+    round are compared, not their chaotic growth over many rounds)."""
+    exp = build_experiment(config)
+    vec = jax.jit(engine.make_round_fn(exp.apply_fn, exp.spec, exp.server_tx, mesh))
+    ref = engine.make_reference_round(exp.apply_fn, exp.spec, exp.server_tx)
+    hp = hparams_of(config)
+    state = initial_state(exp)
+    for _ in range(rounds):
+        a, ma = vec(state, hp, exp.data)
+        b, mb = ref(state, hp, exp.data)
+        assert max_diff((a.params, a.model_state), (b.params, b.model_state)) < 1e-5
+        state = a
+    return a, b, ma, mb
+
+
+@pytest.mark.parametrize("norm", ["none", "bn", "gn", "ln", "fn"])
+def test_vmapped_round_equals_reference_loop(norm):
+    a, b, ma, mb = run_both(tiny_config(norm=norm, client_chunk_size=2))
+    assert max_diff((a.params, a.model_state), (b.params, b.model_state)) < 1e-5
+    assert abs(float(ma["train_loss"]) - float(mb["train_loss"])) < 1e-5
+    assert int(a.round) == int(b.round) == 2
+    if norm == "bn":
+        assert a.model_state and max_diff(a.model_state, initial_state(
+            build_experiment(tiny_config(norm="bn"))).model_state) > 0
+
+
+def test_chunked_equals_unchunked():
+    runs = [run_both(tiny_config(norm="ln", client_chunk_size=c, clients_per_round=None), rounds=1)[0]
+            for c in (1, 3, 4)]
+    for other in runs[1:]:
+        assert max_diff(runs[0].params, other.params) < 1e-5
+
+
+def test_round_is_compiled_once():
+    config = tiny_config()
+    exp = build_experiment(config)
+    round_fn = engine.make_round_fn(exp.apply_fn, exp.spec, exp.server_tx)
+    run_rounds = jax.jit(chex.assert_max_traces(engine.make_multi_round_fn(round_fn), n=1))
+    state, hp = engine.replicate((initial_state(exp), hparams_of(config)), engine.client_mesh())
+    for n in (1, 3, 2):
+        state, loss = run_rounds(state, hp, exp.data, jnp.int32(n))
+    assert int(state.round) == 6 and np.isfinite(float(loss))
+
+
+def test_multi_round_equals_single_rounds():
+    config = tiny_config()
+    exp = build_experiment(config)
+    round_fn = engine.make_round_fn(exp.apply_fn, exp.spec, exp.server_tx)
+    state, hp = initial_state(exp), hparams_of(config)
+    fused, _ = jax.jit(engine.make_multi_round_fn(round_fn))(state, hp, exp.data, jnp.int32(3))
+    single = state
+    for _ in range(3):
+        single, _ = jax.jit(round_fn)(single, hp, exp.data)
+    assert max_diff(fused.params, single.params) == 0.0
+
+
+def test_one_client_full_batch_one_step_is_centralized_sgd():
+    config = Config(dataset="synthetic", num_clients=1, partition="iid", local_steps=1,
+                    batch_size=400, lr=0.1, norm="ln").validate()
+    exp = build_experiment(config)
+    n = int(exp.data.counts_C[0])
+    assert n == 400  # 40 train examples per class x 10 classes: the batch is the whole client
+    state = initial_state(exp)
+    new, _ = jax.jit(engine.make_round_fn(exp.apply_fn, exp.spec, exp.server_tx))(
+        state, hparams_of(config), exp.data)
+    x = exp.data.x.astype(jnp.float32) * exp.spec.pixel_scale
+
+    def loss(params):
+        logits, _ = exp.apply_fn(params, state.model_state, x, True)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, exp.data.y).mean()
+
+    grads = jax.grad(loss)(state.params)
+    expected = jax.tree.map(lambda p, g: p - 0.1 * g, state.params, grads)
+    assert max_diff(new.params, expected) < 1e-5
+
+
+def test_batches_are_full_shuffles_of_the_clients_own_examples():
+    spec = engine.RoundSpec(num_clients=1, cohort_size=1, local_steps=4, batch_size=4,
+                            max_epochs=engine.epochs_needed(10, 4, 4), pixel_scale=1.0,
+                            chunk_size=1, momentum=0.0, weight_decay=0.0)
+    idx_row = jnp.array(list(range(100, 110)) + [0, 0], jnp.int32)  # 10 examples, padded to 12
+    key = jax.random.PRNGKey(3)
+    ix = np.asarray(engine.client_batch_indices(key, idx_row, jnp.int32(10), spec))
+    assert ix.shape == (4, 4)
+    assert set(ix.ravel()) <= set(range(100, 110))
+    # 10 // 4 = 2 full batches per epoch: steps (0,1) are one shuffle, (2,3) the next.
+    assert len(set(ix[:2].ravel())) == 8 and len(set(ix[2:].ravel())) == 8
+    again = np.asarray(engine.client_batch_indices(key, idx_row, jnp.int32(10), spec))
+    np.testing.assert_array_equal(ix, again)
+    other = np.asarray(engine.client_batch_indices(jax.random.PRNGKey(4), idx_row, jnp.int32(10), spec))
+    assert not np.array_equal(ix, other)
+
+
+def test_client_smaller_than_batch_wraps_around_its_examples():
+    spec = engine.RoundSpec(num_clients=1, cohort_size=1, local_steps=2, batch_size=8,
+                            max_epochs=engine.epochs_needed(3, 2, 8), pixel_scale=1.0,
+                            chunk_size=1, momentum=0.0, weight_decay=0.0)
+    idx_row = jnp.array([7, 8, 9, 0, 0], jnp.int32)
+    ix = np.asarray(engine.client_batch_indices(jax.random.PRNGKey(0), idx_row, jnp.int32(3), spec))
+    assert ix.shape == (2, 8) and set(ix.ravel()) == {7, 8, 9}
+
+
+def test_client_accuracy_weights_recall_by_client_classes():
+    correct = np.array([5.0, 0.0, 10.0])
+    total = np.array([10.0, 10.0, 10.0])            # recall 0.5, 0.0, 1.0
+    weights = np.array([[1.0, 0.0, 0.0], [0.0, 0.5, 0.5]], np.float32)
+    acc = engine.client_accuracy(correct, total, weights)
+    assert acc["test_accuracy"] == pytest.approx((0.5 + 0.5) / 2)
+    assert acc["test_accuracy_pooled"] == pytest.approx(0.5)
+    assert acc["per_class_recall"] == pytest.approx([0.5, 0.0, 1.0])
+
+
+def test_eval_counts_match_plain_argmax():
+    config = tiny_config()
+    exp = build_experiment(config)
+    state = initial_state(exp)
+    evaluate = engine.make_eval_fn(exp.apply_fn, exp.num_classes, exp.spec.pixel_scale, batch_size=7)
+    result = jax.jit(evaluate)(state.params, state.model_state, exp.x_test, exp.y_test)
+    logits, _ = exp.apply_fn(state.params, state.model_state,
+                             exp.x_test.astype(jnp.float32) * exp.spec.pixel_scale, False)
+    hits = np.asarray(logits.argmax(-1) == exp.y_test)
+    y = np.asarray(exp.y_test)
+    np.testing.assert_allclose(result["correct_K"], [hits[y == k].sum() for k in range(10)])
+    np.testing.assert_allclose(result["total_K"], np.bincount(y, minlength=10))

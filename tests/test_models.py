@@ -1,0 +1,303 @@
+"""Fast conv/pool formulations, the three models under every preset, SPEC section-8 propositions."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+from fedln_jax.errors import FedlnError
+from fedln_jax.models import (MODEL_NAMES, NORM_PRESETS, build_model, conv2d, feature_dim,
+                              max_pool2, num_norm_positions, resolve_conv_impl)
+from fedln_jax.models.layers import extract_patches
+
+TOL = dict(rtol=1e-5, atol=1e-5)
+SHAPES = {"cnn": (4, 32, 32, 3), "small_cnn": (4, 8, 8, 1), "mlp": (4, 8, 8, 1)}  # shared shapes:
+# eager ops compiled for one test are reused by the others
+
+
+def _x(shape, seed=0):
+    return jax.random.uniform(jax.random.key(seed), shape, jnp.float32)
+
+
+def _close(a, b, **kw):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), **(kw or TOL))
+
+
+# Compile with XLA's backend optimizations off: on this CPU that cuts compile time of a
+# model ~4x (e.g. cnn init 1.6 s -> 0.4 s), and eager op-by-op dispatch was slower still.
+_O0 = {"xla_backend_optimization_level": 0}
+
+
+def _jit(f, **kw):
+    return jax.jit(f, compiler_options=_O0, **kw)
+
+
+def _init(model, x, seed=1):
+    return _jit(model.init, static_argnames="train")(jax.random.key(seed), x, train=False)
+
+
+def _apply(model, variables, x, **kw):
+    return _jit(model.apply, static_argnames=("train", "return_features", "mutable"))(
+        variables, x, **kw)
+
+
+# ---- layers ----
+
+CONV_CASES = [  # (input NHWC, kernel HWIO, padding)
+    ((2, 7, 6, 3), (3, 3, 3, 4), "VALID"),
+    ((2, 7, 6, 3), (3, 3, 3, 4), "SAME"),
+    ((1, 9, 8, 2), (5, 5, 2, 3), "VALID"),
+    ((2, 6, 5, 2), (2, 4, 2, 3), "SAME"),  # even kernel: asymmetric SAME padding
+]
+
+
+def _conv_value_and_grads(padding):
+    """Values and gradients (wrt input and kernel) of both impls, in one compiled function."""
+    def one(impl):
+        f = lambda x, k: jnp.sum(jnp.sin(conv2d(x, k, padding, impl)))
+        return lambda x, k: (conv2d(x, k, padding, impl), jax.grad(f, argnums=(0, 1))(x, k))
+    return lambda x, k: (one("patches")(x, k), one("lax")(x, k))
+
+
+@pytest.mark.parametrize("xs,ks,padding", CONV_CASES)
+def test_patches_conv_matches_lax(xs, ks, padding):
+    x, k = _x(xs), jax.random.normal(jax.random.key(1), ks)
+    mine, ref = _jit(_conv_value_and_grads(padding))(x, k)
+    for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(ref)):
+        _close(a, b)
+
+
+def test_patches_conv_matches_lax_vmapped_over_clients():
+    clients = 3
+    x = _x((clients, 2, 6, 6, 2))
+    k = jax.random.normal(jax.random.key(1), (clients, 3, 3, 2, 4))
+
+    def both(x, k):
+        return [jax.vmap(_conv_value_and_grads(p))(x, k) for p in ("VALID", "SAME")]
+
+    for mine, ref in _jit(both)(x, k):
+        for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(ref)):
+            _close(a, b)
+
+
+def test_patches_methods_agree():
+    x = _x((2, 6, 5, 3))
+    f = _jit(lambda x: [[extract_patches(x, 3, 2, p, m) for m in ("slices", "lax")]
+                        for p in ("VALID", "SAME")])
+    for a, b in f(x):
+        _close(a, b)
+
+
+def _pool_value_and_grad(f):
+    def loss(x):
+        y = f(x)
+        return jnp.sum(jnp.sin(y) * jnp.arange(y.size).reshape(y.shape))
+    return lambda x: (f(x), jax.grad(loss)(x))
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 8, 3), (1, 5, 7, 2)])  # odd sizes: floor, like VALID
+def test_reshape_pool_matches_max_pool(shape):
+    x, xc = _x(shape), _x((3,) + shape)  # xc: with a leading clients axis, vmapped
+    ref = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+    impls = [lambda x: max_pool2(x, "reshape"), lambda x: max_pool2(x, "lax"), ref]
+
+    def run(x, xc):
+        return ([_pool_value_and_grad(f)(x) for f in impls],
+                [jax.vmap(_pool_value_and_grad(f))(xc) for f in impls])
+
+    plain, vmapped = _jit(run)(x, xc)
+    for outs in (plain, vmapped):
+        for got in outs[:2]:
+            for a, b in zip(got, outs[2]):
+                _close(a, b)
+
+
+def test_auto_impl():
+    expected = ("patches", "reshape") if jax.default_backend() == "cpu" else ("lax", "lax")
+    assert resolve_conv_impl("auto") == expected
+    with pytest.raises(FedlnError):
+        resolve_conv_impl("cudnn")
+
+
+# ---- models ----
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("norm", NORM_PRESETS)
+def test_model_preset_forward(name, norm):
+    x = _x(SHAPES[name])
+    model = build_model(name, norm, 5)
+    v = _init(model, x)
+    assert v["params"]["head"]["kernel"].shape == (feature_dim(name), 5)
+    logits = _apply(model, v, x, train=False)
+    assert logits.shape == (x.shape[0], 5) and np.all(np.isfinite(logits))
+    if norm == "bn":
+        logits_t, new = _apply(model, v, x, train=True, mutable=("batch_stats",))
+        changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), v["batch_stats"], new["batch_stats"])
+        assert all(jax.tree.leaves(changed))
+        assert len(v["batch_stats"]) == num_norm_positions(name)
+    else:
+        assert "batch_stats" not in v
+        logits_t = _apply(model, v, x, train=True)
+        _close(logits_t, logits)  # no train/eval difference without BN (and no dropout)
+    assert logits_t.shape == logits.shape and np.all(np.isfinite(logits_t))
+
+
+def test_no_biases_and_cnn_param_count():
+    x = _x(SHAPES["cnn"])
+    v = jax.eval_shape(build_model("cnn", "none", 10).init, jax.random.key(0), x)
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(v["params"])]
+    assert all(p.endswith("['kernel']") for p in paths), paths
+    n = sum(p.size for p in jax.tree.leaves(v["params"]))
+    # 5*5*3*64 + 5*5*64*64 + 1600*384 + 384*192 + 192*10
+    assert n == 797_248
+
+
+@pytest.mark.parametrize("name,norm", [("cnn", "ln"), ("small_cnn", "bn"), ("small_cnn", "gn")])
+def test_conv_impls_give_equal_logits(name, norm):
+    x = _x(SHAPES[name])
+    fast = build_model(name, norm, 4, conv_impl="patches")
+    ref = build_model(name, norm, 4, conv_impl="lax")
+    v = _init(fast, x)
+    _close(_apply(fast, v, x), _apply(ref, v, x), rtol=1e-5, atol=1e-6)
+    if norm == "bn":
+        # batch statistics of 4 examples amplify float reassociation; compare on logit scale
+        a, sa = _apply(fast, v, x, train=True, mutable=("batch_stats",))
+        b, sb = _apply(ref, v, x, train=True, mutable=("batch_stats",))
+        _close(a, b, rtol=1e-5, atol=2e-5)
+        for p, q in zip(jax.tree.leaves(sa), jax.tree.leaves(sb)):
+            _close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_small_cnn_any_size_divisible_by_4():
+    x = _x((2, 12, 16, 1))
+    model = build_model("small_cnn", "fn", 3)
+    logits = _apply(model, _init(model, x), x)
+    assert logits.shape == (2, 3)
+
+
+def test_tau_divides_logits():
+    x = _x(SHAPES["mlp"])
+    v = _init(build_model("mlp", "none", 4), x)
+    a = _apply(build_model("mlp", "none", 4), v, x)
+    b = _apply(build_model("mlp", "none", 4, tau=2.0), v, x)
+    _close(b, a / 2.0)
+
+
+def test_norm_position_before():
+    x = _x(SHAPES["small_cnn"])
+    after = build_model("small_cnn", "ln", 4)
+    before = build_model("small_cnn", "ln", 4, norm_position="before")
+    v = _init(after, x)
+    a, b = _apply(after, v, x), _apply(before, v, x)
+    assert np.all(np.isfinite(b)) and not np.allclose(a, b)
+    _, phi = _apply(before, v, x, return_features=True)
+    assert np.all(phi >= 0)  # ReLU comes last
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_fn_feature_norm_is_sqrt_d(name):
+    x = _x(SHAPES[name])
+    model = build_model(name, "fn", 4)
+    _, phi = _apply(model, _init(model, x), x, return_features=True)
+    d = feature_dim(name)
+    assert phi.shape == (x.shape[0], d)
+    _close(jnp.linalg.norm(phi, axis=-1), np.full(x.shape[0], math.sqrt(d)), rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "mlp"])
+def test_ln_feature_mean0_std1(name):
+    x = _x(SHAPES[name])
+    model = build_model(name, "ln", 4)
+    _, phi = _apply(model, _init(model, x), x, return_features=True)
+    _close(phi.mean(-1), np.zeros(x.shape[0]), atol=1e-5, rtol=0)
+    # eps=1e-5 inside the sqrt makes std slightly below 1
+    _close(phi.std(-1), np.ones(x.shape[0]), atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("layers,param_leaf", [
+    ("lscale,lscale,lscale,lscale", "scale"),
+    ("ln_affine,ln_affine,ln_affine,ln_affine", "bias"),
+])
+def test_learnable_normalizers_get_gradients(layers, param_leaf):
+    x = _x(SHAPES["small_cnn"])
+    y = jnp.array([0, 1, 2, 3])
+    model = build_model("small_cnn", "none", 4, norm_layers=layers)
+    v = _init(model, x)
+    for j in range(4):
+        assert f"norm{j}" in v["params"]
+
+    def loss(params):
+        logits = _apply(model, {"params": params}, x, train=True)
+        return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(4), y])
+
+    g = _jit(jax.grad(loss))(v["params"])
+    for j in range(4):
+        gj = g[f"norm{j}"][param_leaf]
+        assert np.all(np.isfinite(gj)) and np.any(gj != 0), (j, gj)
+
+
+# ---- SPEC section 8 ----
+
+@pytest.mark.parametrize("name,position", [("cnn", "after"), ("small_cnn", "after"),
+                                           ("small_cnn", "before")])
+def test_reduced_fn(name, position):
+    """Bias-free ReLU/max-pool net is positively homogeneous: per-layer L2 only rescales phi."""
+    x = _x(SHAPES[name])
+    full = build_model(name, "none", 6, norm_layers="l2,l2,l2,l2s", norm_position=position)
+    reduced = build_model(name, "fn", 6, norm_position=position)
+    v = _init(reduced, x)
+    a, b = _apply(full, v, x), _apply(reduced, v, x)
+    assert np.max(np.abs(a - b)) <= 1e-5 * np.max(np.abs(b))
+
+
+@pytest.mark.parametrize("name", ["cnn", "small_cnn"])
+def test_reduced_ln(name):
+    """LN at every layer == mean-shift at hidden layers + LN at the feature, up to eps.
+
+    LN(h) = mean_shift(h) / sqrt(var(h) + eps): the division is a positive per-example scale
+    that the bias-free homogeneous layers after it carry through and the final LN removes.
+    What differs is eps: the last LN sees var scaled by 1/(var_hidden + eps) products, so
+    sqrt(var + eps) is not exactly proportional; relative effects are ~eps / var, so a loose
+    tolerance (1e-3 relative to the logit scale) is used.
+    """
+    x = _x(SHAPES[name])
+    full = build_model(name, "ln", 6)
+    reduced = build_model(name, "none", 6, norm_layers="mean,mean,mean,ln")
+    v = _init(full, x)
+    a, b = _apply(full, v, x), _apply(reduced, v, x)
+    assert np.max(np.abs(a - b)) <= 1e-3 * np.max(np.abs(a))
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_fn_adds_no_expressive_power(name):
+    x = _x(SHAPES[name], seed=3)
+    vanilla, fn = build_model(name, "none", 10), build_model(name, "fn", 10)
+    v = _init(vanilla, x)
+    np.testing.assert_array_equal(np.argmax(_apply(vanilla, v, x), -1), np.argmax(_apply(fn, v, x), -1))
+
+
+# ---- bad input ----
+
+@pytest.mark.parametrize("args,kwargs", [
+    (("resnet50", "none", 10), {}),
+    (("cnn", "batchnorm", 10), {}),
+    (("cnn", "gn", 10), {"gn_groups": 5}),              # 5 does not divide 64
+    (("cnn", "gn", 10), {"gn_groups": 0}),
+    (("small_cnn", "none", 10), {"norm_layers": "gn3,none,none,none"}),  # 3 does not divide 16
+    (("cnn", "none", 10), {"norm_layers": "ln,ln"}),    # wrong length
+    (("mlp", "none", 10), {"norm_layers": "ln,ln,ln,ln"}),
+    (("cnn", "none", 10), {"norm_layers": "ln,ln,ln,foo"}),
+    (("cnn", "none", 10), {"norm_layers": "ln,ln,ln,scaleabc"}),
+    (("cnn", "none", 10), {"norm_position": "middle"}),
+    (("cnn", "none", 10), {"tau": 0.0}),
+    (("cnn", "none", 10), {"tau": "hot"}),
+    (("cnn", "none", 10), {"conv_impl": "cudnn"}),
+    (("cnn", "none", 0), {}),
+])
+def test_bad_input_raises(args, kwargs):
+    with pytest.raises(FedlnError) as e:
+        build_model(*args, **kwargs)
+    assert "\n" not in str(e.value)
