@@ -13,7 +13,7 @@ from fedln_jax.errors import FedlnError
 
 DATASETS = ("digits", "synthetic", "cifar10", "cifar100", "tinyimagenet", "pacs")
 PARTITIONS = ("iid", "n_class", "dirichlet")
-MODELS = ("auto", "cnn", "small_cnn", "mlp")
+MODELS = ("auto", "cnn", "small_cnn", "mlp", "resnet18", "resnet18_tiny")
 NORMS = ("none", "bn", "gn", "ln", "fn")
 NORM_POSITIONS = ("after", "before")
 ALGORITHMS = ("fedavg",)

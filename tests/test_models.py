@@ -70,6 +70,41 @@ def test_patches_conv_matches_lax(xs, ks, padding):
         _close(a, b)
 
 
+STRIDED_CASES = [  # (input NHWC, kernel HWIO, padding, stride): ResNet's downsampling convs
+    ((2, 8, 8, 3), (3, 3, 3, 4), 1, 2),        # 3x3 stride 2, torch-style padding 1
+    ((2, 7, 6, 3), (3, 3, 3, 4), 1, 2),        # odd sizes
+    ((2, 8, 8, 3), (1, 1, 3, 5), 0, 2),        # 1x1 projection shortcut
+    ((2, 7, 9, 2), (3, 3, 2, 3), "SAME", 2),   # XLA SAME with stride: asymmetric pads
+    ((1, 9, 8, 2), (3, 2, 2, 3), "VALID", 3),
+    ((2, 6, 6, 2), (3, 3, 2, 3), 1, 1),        # int padding, stride 1
+]
+
+
+@pytest.mark.parametrize("xs,ks,padding,stride", STRIDED_CASES)
+def test_strided_patches_conv_matches_lax(xs, ks, padding, stride):
+    x, k = _x(xs), jax.random.normal(jax.random.key(1), ks)
+
+    def both(x, k):
+        out = []
+        for impl in ("patches", "lax"):
+            f = lambda x, k: jnp.sum(jnp.sin(conv2d(x, k, padding, impl, stride)))
+            out.append((conv2d(x, k, padding, impl, stride), jax.grad(f, argnums=(0, 1))(x, k)))
+        return out
+
+    mine, ref = _jit(both)(x, k)
+    assert mine[0].shape == ref[0].shape
+    for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(ref)):
+        _close(a, b)
+
+
+def test_strided_patches_methods_agree():
+    x = _x((2, 7, 6, 3))
+    f = _jit(lambda x: [[extract_patches(x, 3, 3, p, m, stride=2) for m in ("slices", "lax")]
+                        for p in ("VALID", "SAME", 1)])
+    for a, b in f(x):
+        _close(a, b)
+
+
 def test_patches_conv_matches_lax_vmapped_over_clients():
     clients = 3
     x = _x((clients, 2, 6, 6, 2))

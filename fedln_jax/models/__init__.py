@@ -7,24 +7,45 @@ import math
 from fedln_jax.errors import FedlnError
 from fedln_jax.models.cnn import ARCHS, MLP, ConvNet
 from fedln_jax.models.layers import CONV_IMPLS, Conv, conv2d, max_pool2, resolve_conv_impl
+from fedln_jax.models.resnet import RESNET_WIDTHS, ResNet
 from fedln_jax.models.normalizers import (NORM_PRESETS, PRIMITIVES, Normalizer, apply_norm,
                                           check_width, expand_norm_layers, group_norm,
                                           parse_primitive)
 
-MODEL_NAMES = ("cnn", "small_cnn", "mlp")
+MODEL_NAMES = ("cnn", "small_cnn", "mlp", "resnet18", "resnet18_tiny")
 NORM_POSITIONS = ("after", "before")
 
 
 def num_norm_positions(name: str) -> int:
-    """Number of normalized positions of model `name` (4 for cnn/small_cnn, 2 for mlp)."""
+    """Entries of `norm_layers` for model `name`: 4 for cnn/small_cnn, 2 for mlp, and 2 for
+    the ResNets (every hidden position, the pooled feature)."""
     _check_name(name)
+    if name in RESNET_WIDTHS:
+        return 2
     return len(ARCHS[name]["widths"])
 
 
 def feature_dim(name: str) -> int:
     """Dimension d of the penultimate feature phi of model `name`."""
     _check_name(name)
+    if name in RESNET_WIDTHS:
+        return RESNET_WIDTHS[name][-1]
     return ARCHS[name]["widths"][-1]
+
+
+def resnet_norm_layers(norm: str, norm_layers: str = "", gn_groups: int = 4) -> tuple[str, str]:
+    """(hidden, feature) primitives of a ResNet: a preset normalizes every hidden position
+    (fn: only the pooled feature); `norm_layers` is "<hidden>,<feature>"."""
+    if norm_layers and norm_layers.strip() and len(norm_layers.split(",")) != 2:
+        raise FedlnError(
+            f"norm_layers {norm_layers!r} has {len(norm_layers.split(','))} entries; a ResNet "
+            "takes exactly 2: <hidden>,<feature> (one primitive for every conv position, one "
+            "for the pooled feature), e.g. norm_layers=ln,none")
+    if norm_layers and norm_layers.strip():
+        return expand_norm_layers(norm, 2, norm_layers, gn_groups)
+    if norm == "fn":
+        return ("none", "l2s")
+    return (expand_norm_layers(norm, 1, "", gn_groups)[0], "none")
 
 
 def _check_name(name):
@@ -35,13 +56,14 @@ def _check_name(name):
 def build_model(name: str, norm: str, num_classes: int, *, norm_layers: str = "",
                 norm_position: str = "after", gn_groups: int = 4, tau: float = 1.0,
                 conv_impl: str = "auto"):
-    """Build a bias-free flax Linen model.
+    """Build a flax Linen model (bias-free everywhere except the ResNet head).
 
     Args:
       name: one of MODEL_NAMES.
       norm: preset in NORM_PRESETS (none | bn | gn | ln | fn).
       num_classes: C, the head width.
       norm_layers: comma-separated primitives, one per normalized position; overrides `norm`.
+        ResNets take two: "<hidden>,<feature>" (see models/resnet.py).
       norm_position: "after" (linear -> ReLU -> norm) or "before" (linear -> norm -> ReLU).
       gn_groups: G of the "gn" preset.
       tau: logits are divided by tau.
@@ -62,6 +84,15 @@ def build_model(name: str, norm: str, num_classes: int, *, norm_layers: str = ""
         raise FedlnError(f"tau must be a positive number, got {tau!r}") from None
     if not (math.isfinite(tau) and tau > 0):
         raise FedlnError(f"tau must be a positive number, got {tau!r}")
+    conv, pool = resolve_conv_impl(conv_impl)
+    if name in RESNET_WIDTHS:
+        widths = RESNET_WIDTHS[name]
+        hidden, feature = resnet_norm_layers(norm, norm_layers, gn_groups)
+        for width in widths:
+            check_width(hidden, width)
+        check_width(feature, widths[-1])
+        return ResNet(num_classes=num_classes, norm_layers=(hidden, feature), widths=widths,
+                      norm_position=norm_position, tau=tau, conv_impl=conv)
     arch = ARCHS[name]
     widths = arch["widths"]
     specs = expand_norm_layers(norm, len(widths), norm_layers, gn_groups)
@@ -69,7 +100,6 @@ def build_model(name: str, norm: str, num_classes: int, *, norm_layers: str = ""
         check_width(spec, width)
     kw = dict(arch["kw"], num_classes=num_classes, norm_layers=specs,
               norm_position=norm_position, tau=tau)
-    conv, pool = resolve_conv_impl(conv_impl)
     if arch["cls"] is ConvNet:
         kw.update(conv_impl=conv, pool_impl=pool)
     return arch["cls"](**kw)
@@ -78,6 +108,6 @@ def build_model(name: str, norm: str, num_classes: int, *, norm_layers: str = ""
 __all__ = [
     "build_model", "MODEL_NAMES", "NORM_PRESETS", "NORM_POSITIONS", "PRIMITIVES", "CONV_IMPLS",
     "expand_norm_layers", "parse_primitive", "check_width", "num_norm_positions", "feature_dim",
-    "ConvNet", "MLP", "Conv", "conv2d", "max_pool2", "resolve_conv_impl", "Normalizer",
+    "ConvNet", "MLP", "ResNet", "resnet_norm_layers", "Conv", "conv2d", "max_pool2", "resolve_conv_impl", "Normalizer",
     "apply_norm", "group_norm",
 ]

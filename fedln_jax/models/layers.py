@@ -11,7 +11,7 @@ either implementation.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -48,73 +48,88 @@ def resolve_conv_impl(conv_impl: str) -> tuple[str, str]:
     return conv_impl, ("reshape" if conv_impl == "patches" else "lax")
 
 
-def _same_pads(k: int) -> tuple[int, int]:
-    # XLA's SAME for stride 1: total k-1, the extra one (even k) on the high side.
-    lo = (k - 1) // 2
-    return lo, k - 1 - lo
+def resolve_pads(padding, h: int, w: int, kh: int, kw: int, stride: int) -> tuple:
+    """((top, bottom), (left, right)) zero padding for "VALID", "SAME" (XLA's rule: output
+    ceil(in / stride), the odd extra pixel on the high side) or an int p (p on every side,
+    like torch's `padding=p`; ResNet uses it so stride-2 convs match the reference)."""
+    if isinstance(padding, str):
+        if padding == "VALID":
+            return (0, 0), (0, 0)
+        if padding != "SAME":
+            raise FedlnError(f"unknown padding {padding!r}; expected VALID, SAME or an int")
+
+        def same(n, k):
+            total = max((-(-n // stride) - 1) * stride + k - n, 0)
+            return total // 2, total - total // 2
+        return same(h, kh), same(w, kw)
+    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+        raise FedlnError(f"padding must be VALID, SAME or a non-negative int, got {padding!r}")
+    return (padding, padding), (padding, padding)
 
 
-def _pad_same(x: jax.Array, kh: int, kw: int) -> jax.Array:
-    pads = [(0, 0)] * (x.ndim - 3) + [_same_pads(kh), _same_pads(kw), (0, 0)]
-    return jnp.pad(x, pads)
-
-
-def extract_patches(x: jax.Array, kh: int, kw: int, padding: str, method: str = _PATCHES_METHOD) -> jax.Array:
-    """im2col for stride 1: [..., H, W, C] -> [..., Ho, Wo, kh*kw*C], feature order (i, j, c).
+def extract_patches(x: jax.Array, kh: int, kw: int, padding, method: str = _PATCHES_METHOD,
+                    stride: int = 1) -> jax.Array:
+    """im2col: [..., H, W, C] -> [..., Ho, Wo, kh*kw*C], feature order (i, j, c).
 
     That order matches `kernel.reshape(kh*kw*cin, cout)` for a [kh, kw, cin, cout] kernel.
+    A stride s keeps every s-th window (strided static slices: still no conv op).
     """
-    if padding == "SAME":
-        x = _pad_same(x, kh, kw)
-    elif padding != "VALID":
-        raise FedlnError(f"unknown padding {padding!r}; expected VALID or SAME")
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+        raise FedlnError(f"stride must be a positive int, got {stride!r}")
+    pad_h, pad_w = resolve_pads(padding, x.shape[-3], x.shape[-2], kh, kw, stride)
+    if pad_h != (0, 0) or pad_w != (0, 0):
+        x = jnp.pad(x, [(0, 0)] * (x.ndim - 3) + [pad_h, pad_w, (0, 0)])
     h, w, c = x.shape[-3:]
-    ho, wo = h - kh + 1, w - kw + 1
-    if ho < 1 or wo < 1:
+    ho, wo = (h - kh) // stride + 1, (w - kw) // stride + 1
+    if h < kh or w < kw:
         raise FedlnError(f"conv input {h}x{w} is smaller than the {kh}x{kw} kernel")
     if method == "slices":
-        cols = [x[..., i:i + ho, j:j + wo, :] for i in range(kh) for j in range(kw)]
-        return jnp.concatenate(cols, axis=-1)
+        span_h, span_w = (ho - 1) * stride + 1, (wo - 1) * stride + 1
+        cols = [x[..., i:i + span_h:stride, j:j + span_w:stride, :]
+                for i in range(kh) for j in range(kw)]
+        return cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
     if method == "lax":
         lead = x.shape[:-3]
         x4 = x.reshape((-1, h, w, c))
         p = lax.conv_general_dilated_patches(
-            x4, (kh, kw), (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            x4, (kh, kw), (stride, stride), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
         # The op orders patch features as (c, i, j); reorder to (i, j, c).
         p = p.reshape(p.shape[:3] + (c, kh * kw)).swapaxes(-1, -2).reshape(p.shape[:3] + (kh * kw * c,))
         return p.reshape(lead + p.shape[1:])
     raise ValueError(f"unknown patches method {method!r}")
 
 
-def conv2d(x: jax.Array, kernel: jax.Array, padding: str, impl: str) -> jax.Array:
-    """Stride-1, bias-free 2D conv of NHWC `x` with an HWIO `kernel`."""
+def conv2d(x: jax.Array, kernel: jax.Array, padding, impl: str, stride: int = 1) -> jax.Array:
+    """Bias-free 2D conv of NHWC `x` with an HWIO `kernel`; padding VALID | SAME | int."""
     kh, kw, cin, cout = kernel.shape
     if impl == "patches":
-        p = extract_patches(x, kh, kw, padding)
+        p = extract_patches(x, kh, kw, padding, stride=stride)
         return jnp.dot(p, kernel.reshape(kh * kw * cin, cout))
     if impl == "lax":
         lead = x.shape[:-3]
         x4 = x.reshape((-1,) + x.shape[-3:])
-        y = lax.conv_general_dilated(x4, kernel, (1, 1), padding,
+        pads = padding if isinstance(padding, str) else resolve_pads(padding, 0, 0, kh, kw, stride)
+        y = lax.conv_general_dilated(x4, kernel, (stride, stride), pads,
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
         return y.reshape(lead + y.shape[1:])
     raise FedlnError(f"unknown conv impl {impl!r}; expected patches or lax")
 
 
 class Conv(nn.Module):
-    """Bias-free stride-1 conv with the parameter layout of `nn.Conv(use_bias=False)`."""
+    """Bias-free conv with the parameter layout of `nn.Conv(use_bias=False)`."""
 
     features: int
     kernel_size: Sequence[int] = (3, 3)
-    padding: str = "VALID"
+    padding: Any = "VALID"              # "VALID", "SAME" or an int (zeros on every side)
     impl: str = "patches"
+    strides: int = 1
     kernel_init: Callable = nn.initializers.lecun_normal()
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kh, kw = self.kernel_size
         kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features), jnp.float32)
-        return conv2d(x, kernel.astype(x.dtype), self.padding, self.impl)
+        return conv2d(x, kernel.astype(x.dtype), self.padding, self.impl, self.strides)
 
 
 def max_pool2(x: jax.Array, impl: str = "reshape") -> jax.Array:
