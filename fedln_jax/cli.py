@@ -1,7 +1,8 @@
-"""Console script `fedln-jax`: run | demo. Bad input: one `error:` line on stderr, exit 2."""
+"""Console script `fedln-jax`: run | demo | analyze | figure. Bad input: one `error:` line on stderr, exit 2."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from fedln_jax.errors import FedlnError
@@ -26,7 +27,30 @@ def build_parser() -> argparse.ArgumentParser:
     demo_p.add_argument("--rounds", type=int, default=60)
     demo_p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..n-1)")
     demo_p.add_argument("--quiet", action="store_true")
+    an_p = sub.add_parser("analyze", help="feature norms, singular values, per-class recall "
+                          "and the local-overfit probe of a finished run")
+    an_p.add_argument("--workdir", required=True)
+    an_p.add_argument("--client", type=int, default=0, help="client of the local-overfit probe")
+    an_p.add_argument("--steps", default="5",
+                      help="local SGD steps of the probe: S, or a list like 1,2,5")
+    an_p.add_argument("--no-figures", action="store_true")
+    fig_p = sub.add_parser("figure", help="run the runs of a figure config and draw the figure")
+    fig_p.add_argument("--config", required=True, help="experiments/configs/*.py with get_runs()")
+    fig_p.add_argument("--workdir", required=True)
+    fig_p.add_argument("--quiet", action="store_true")
+    fig_p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                       help="applied to every run (e.g. rounds=20)")
     return parser
+
+
+def parse_steps(text: str) -> list[int]:
+    try:
+        steps = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise FedlnError(f"--steps must be a positive integer or a list like 1,2,5, got {text!r}") from None
+    if not steps or min(steps) < 1:
+        raise FedlnError(f"--steps must be positive, got {text!r}")
+    return steps
 
 
 def main(argv=None) -> int:
@@ -53,7 +77,33 @@ def _dispatch(args) -> int:
             raise FedlnError("--rounds and --seeds must be >= 1")
         run_demo(args.workdir, seeds=tuple(range(args.seeds)), rounds=args.rounds, quiet=args.quiet)
         return 0
+    if args.command == "analyze":
+        from fedln_jax.analysis import analyze_run
+        result = analyze_run(args.workdir, client=args.client, steps=parse_steps(args.steps),
+                             figures=not args.no_figures)
+        print(format_analysis(result))
+        return 0
+    if args.command == "figure":
+        from fedln_jax.figures import run_figure
+        run_figure(args.config, args.workdir, overrides=args.overrides, quiet=args.quiet)
+        return 0
     raise FedlnError(f"unknown command {args.command!r}")
+
+
+def format_analysis(result: dict) -> str:
+    fmt = lambda xs: " ".join("  - " if x is None else f"{x:5.2f}" for x in xs)
+    lines = [f"{result['workdir']} ({result['norm']}, round {result['round']}): "
+             f"global accuracy {result['global_acc']:.4f}",
+             f"  per-class recall        {fmt(result['per_class_recall'])}",
+             f"  feature norm per class  {fmt(result['feature_norm_per_class'])}",
+             f"  head norm per class     {fmt(result['head_norm_per_class'])}",
+             f"  singular values (top 8) {fmt(result['singular_values'][:8])}"]
+    for p in result["local_overfit_by_steps"]:
+        lines.append(f"  local overfit, client {p['client']} {p['client_classes']}, {p['steps']} "
+                     f"step(s): global acc {p['global_acc_before']:.4f} -> {p['global_acc_after']:.4f}; "
+                     f"recall after {fmt(p['per_class_recall_after'])}")
+    lines.append(f"wrote {os.path.join(result['workdir'], 'analysis')}/analysis.json and figures")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

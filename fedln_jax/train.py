@@ -159,10 +159,31 @@ def run(config: Config, workdir: str, *, quiet: bool = False) -> dict:
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", acc=f"{row['test_accuracy']:.3f}")
     bar.close()
     summary = summarize(history, time.time() - start)
+    save_final_state(workdir, state)
     write_json(os.path.join(workdir, "summary.json"), summary)
     log(f"done: {summary['rounds_completed']} rounds, final test accuracy "
         f"{summary['final_test_accuracy']:.4f} ({summary['wall_seconds']:.1f} s)")
     return summary
+
+
+FINAL_STATE = "final_state.msgpack"
+
+
+def save_final_state(workdir: str, state: engine.ServerState) -> None:
+    """The trained ServerState (params, BN stats, server optimizer state, round, key) as flax
+    msgpack, for `fedln-jax analyze`; `load_final_state` reads it back."""
+    from flax import serialization
+    tmp = os.path.join(workdir, FINAL_STATE + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(serialization.to_bytes(jax.device_get(state)))
+    os.replace(tmp, os.path.join(workdir, FINAL_STATE))
+
+
+def load_final_state(workdir: str, template: engine.ServerState) -> engine.ServerState:
+    """Read final_state.msgpack into the structure of `template` (e.g. `initial_state(exp)`)."""
+    from flax import serialization
+    with open(os.path.join(workdir, FINAL_STATE), "rb") as f:
+        return serialization.from_bytes(template, f.read())
 
 
 def evaluation_row(exp: Experiment, evaluate, state: engine.ServerState, round_: int,

@@ -1,0 +1,218 @@
+"""The paper's analyses (SPEC section 7) on a trained global model.
+
+Pure functions on arrays (`feature_norm_per_class`, `head_norm_per_class`, `singular_values`,
+`per_class_recall`), the model-level helpers that produce those arrays (`test_features`,
+`local_overfit`), and `analyze_run(workdir)` behind `fedln-jax analyze`, which writes
+DIR/analysis/analysis.json and PNG figures.
+
+The local-overfit probe trains with the engine's own `make_client_update` on the engine's own
+`gather_client_batches` (the batches client k would draw in the next round), so the probe is
+exactly the local training of a round, only stopped after S steps and not averaged.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedln_jax import engine
+from fedln_jax.errors import FedlnError
+
+# ----------------------------------------------------------------------------- pure functions
+
+
+def feature_norm_per_class(phi_ND: np.ndarray, y_N: np.ndarray, num_classes: int) -> list:
+    """Mean ||phi(x)||_2 over the examples of each class; None for a class with no example."""
+    norms_N = np.linalg.norm(np.asarray(phi_ND, np.float64), axis=-1)
+    y_N = np.asarray(y_N)
+    return [float(norms_N[y_N == k].mean()) if np.any(y_N == k) else None
+            for k in range(num_classes)]
+
+
+def head_norm_per_class(head_kernel_DK: np.ndarray) -> list:
+    """||w_c||_2 for each class c: the norm of column c of the head kernel [d, C]."""
+    return np.linalg.norm(np.asarray(head_kernel_DK, np.float64), axis=0).tolist()
+
+
+def singular_values(phi_ND: np.ndarray) -> list:
+    """Singular values of the centred feature matrix (N x d), divided by the largest,
+    descending. A fast decay means the features span few directions (feature collapse)."""
+    phi = np.asarray(phi_ND, np.float64)
+    s = np.linalg.svd(phi - phi.mean(0, keepdims=True), compute_uv=False)
+    return (s / s[0]).tolist() if s.size and s[0] > 0 else np.zeros_like(s).tolist()
+
+
+def per_class_recall(logits_NK: np.ndarray, y_N: np.ndarray, num_classes: int) -> list:
+    """Share of each class's examples predicted as that class; None for an absent class."""
+    pred_N = np.asarray(logits_NK).argmax(-1)
+    y_N = np.asarray(y_N)
+    return [float(np.mean(pred_N[y_N == k] == k)) if np.any(y_N == k) else None
+            for k in range(num_classes)]
+
+
+def global_accuracy(recall_K: Sequence, test_weights_CK: np.ndarray) -> float:
+    """The run's `test_accuracy` (SPEC section 4): each client's class weights times the
+    per-class recall, unweighted mean over clients."""
+    recall = np.array([0.0 if r is None else r for r in recall_K])
+    return float((test_weights_CK @ recall).mean())
+
+
+# ----------------------------------------------------------------------------- model level
+
+
+def make_feature_fn(model, pixel_scale: float, batch_size: int = 500):
+    """features(params, model_state, x_uint8) -> (logits [N, C], phi [N, d]), eval mode,
+    batched with lax.map; jitted."""
+    def features(params, model_state, x):
+        n = x.shape[0]
+        num_batches = math.ceil(n / batch_size)
+        pad = num_batches * batch_size - n
+        x_NB = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape(
+            (num_batches, batch_size) + x.shape[1:])
+        one = lambda xb: model.apply({"params": params, **model_state},
+                                     xb.astype(jnp.float32) * pixel_scale, train=False,
+                                     return_features=True)
+        logits, phi = jax.lax.map(one, x_NB)
+        flat = lambda a: a.reshape((-1,) + a.shape[2:])[:n]
+        return flat(logits), flat(phi)
+    return jax.jit(features)
+
+
+def head_kernel(params) -> np.ndarray:
+    return np.asarray(params["head"]["kernel"])
+
+
+def model_report(exp, features_fn, params, model_state) -> dict:
+    """Feature norms, head norms, singular values and per-class recall of one model."""
+    logits, phi = jax.device_get(features_fn(params, model_state, exp.x_test))
+    y = np.asarray(exp.y_test)
+    recall = per_class_recall(logits, y, exp.num_classes)
+    return {"global_acc": global_accuracy(recall, exp.test_weights_CK),
+            "per_class_recall": recall,
+            "feature_norm_per_class": feature_norm_per_class(phi, y, exp.num_classes),
+            "head_norm_per_class": head_norm_per_class(head_kernel(params)),
+            "singular_values": singular_values(phi)}
+
+
+def check_client(exp, client: int) -> int:
+    if isinstance(client, bool) or not isinstance(client, (int, np.integer)) \
+            or not 0 <= client < exp.spec.num_clients:
+        raise FedlnError(f"client {client!r} is out of range: this run has "
+                         f"{exp.spec.num_clients} clients (0..{exp.spec.num_clients - 1})")
+    return int(client)
+
+
+def local_train(exp, state: engine.ServerState, client: int, steps: int):
+    """S local SGD steps of `client` from the global model, exactly as in the next round.
+
+    Batches come from the round key of state.round and the client's key, so the first S
+    batches of the next round; max_epochs is kept at least the run's, so the probe with S
+    steps sees a prefix of the batches of the probe with more steps.
+    Returns (params, model_state, mean loss).
+    """
+    client = check_client(exp, client)
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise FedlnError(f"steps must be a positive integer, got {steps!r}")
+    spec = exp.spec._replace(local_steps=int(steps), max_epochs=max(
+        exp.spec.max_epochs, engine.epochs_needed(int(jnp.min(exp.data.counts_C)), int(steps),
+                                                  exp.spec.batch_size)))
+    key = engine.client_keys(engine.round_key(state), jnp.array([client], jnp.int32))[0]
+    update = engine.make_client_update(exp.apply_fn, spec)
+
+    @jax.jit
+    def probe(params, model_state, data, lr):
+        x_SB, y_SB = engine.gather_client_batches(data, spec, key, jnp.int32(client))
+        return update(params, model_state, x_SB, y_SB, lr)
+
+    return probe(state.params, state.model_state, exp.data, jnp.float32(exp.config.lr))
+
+
+def local_overfit(exp, state, client: int, steps: int, features_fn=None,
+                  before: dict | None = None) -> dict:
+    """SPEC section 7.2: global model -> S local steps on one client; what the local model does
+    to the whole test set. Keys: client, steps, client_classes, global_acc_before,
+    global_acc_after, per_class_recall_before/after, feature_norm_per_class_after,
+    head_norm_per_class_after, local_loss."""
+    features_fn = features_fn or make_feature_fn(exp.model, exp.spec.pixel_scale)
+    before = before or model_report(exp, features_fn, state.params, state.model_state)
+    params, model_state, loss = local_train(exp, state, client, steps)
+    after = model_report(exp, features_fn, params, model_state)
+    return {"client": int(client), "steps": int(steps),
+            "client_classes": [int(k) for k in np.flatnonzero(exp.counts_CK[client])],
+            "lr": exp.config.lr,
+            "global_acc_before": before["global_acc"],
+            "global_acc_after": after["global_acc"],
+            "per_class_recall_before": before["per_class_recall"],
+            "per_class_recall_after": after["per_class_recall"],
+            "feature_norm_per_class_after": after["feature_norm_per_class"],
+            "head_norm_per_class_after": after["head_norm_per_class"],
+            "local_loss": float(loss)}
+
+
+# ----------------------------------------------------------------------------- a run on disk
+
+
+def load_run(workdir: str):
+    """(experiment, trained state, source) of the run in `workdir`; FedlnError if none."""
+    import json
+    from fedln_jax.config import from_dict
+    from fedln_jax import train
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isdir(workdir) or not os.path.isfile(path):
+        raise FedlnError(f"{workdir!r} holds no run (no config.json); run `fedln-jax run "
+                         f"--workdir {workdir}` first")
+    try:
+        with open(path) as f:
+            config = from_dict(json.load(f)).validate()
+    except (OSError, ValueError, TypeError):
+        raise FedlnError(f"{path} is unreadable or not a fedln-jax config") from None
+    exp = train.build_experiment(config)
+    template = train.initial_state(exp)
+    if not os.path.isfile(os.path.join(workdir, train.FINAL_STATE)):
+        raise FedlnError(f"{workdir!r} holds no saved model state ({train.FINAL_STATE} is "
+                         f"missing: the run did not finish)")
+    try:
+        state = train.load_final_state(workdir, template)
+    except Exception as exc:  # msgpack/flax raise several types on a torn or foreign file
+        raise FedlnError(f"{train.FINAL_STATE} in {workdir!r} is unreadable "
+                         f"({type(exc).__name__}); re-run the experiment") from None
+    return exp, state, train.FINAL_STATE
+
+
+def analyze_run(workdir: str, client: int = 0, steps: Sequence[int] = (5,),
+                figures: bool = True) -> dict:
+    """Write DIR/analysis/analysis.json (and PNGs) for the run in `workdir`; return the dict.
+
+    `local_overfit` is the probe with max(steps) steps; `local_overfit_by_steps` holds one
+    probe per entry of `steps` (all from the same global model and the same batches).
+    """
+    exp, state, source = load_run(workdir)
+    client = check_client(exp, client)
+    steps = sorted(set(int(s) for s in steps))
+    features_fn = make_feature_fn(exp.model, exp.spec.pixel_scale)
+    report = model_report(exp, features_fn, state.params, state.model_state)
+    probes = [local_overfit(exp, state, client, s, features_fn, report) for s in steps]
+    result = {"workdir": os.path.abspath(workdir), "source": source,
+              "round": int(state.round), "norm": exp.config.norm,
+              "norm_layers": exp.config.norm_layers, "model": exp.config.resolved_model,
+              "global_acc": report["global_acc"],
+              "per_class_recall": report["per_class_recall"],
+              "feature_norm_per_class": report["feature_norm_per_class"],
+              "head_norm_per_class": report["head_norm_per_class"],
+              "singular_values": report["singular_values"],
+              "local_overfit": probes[-1], "local_overfit_by_steps": probes}
+    out = os.path.join(workdir, "analysis")
+    os.makedirs(out, exist_ok=True)
+    from fedln_jax.train import write_json
+    write_json(os.path.join(out, "analysis.json"), result)
+    if figures:
+        from fedln_jax import plots
+        plots.plot_norms(result, os.path.join(out, "norms.png"))
+        plots.plot_spectra({result["norm"]: result["singular_values"]},
+                           os.path.join(out, "singular_values.png"))
+        plots.plot_local_overfit(result, os.path.join(out, "local_overfit.png"))
+    return result
