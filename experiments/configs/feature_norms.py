@@ -1,0 +1,21 @@
+"""SPEC section 7.3: per-class feature norms ||phi(x)|| and head-row norms ||w_c|| of the global
+model and of the local model after 5 steps on client 0 (none / ln / fn), digits one-class.
+
+Run:  fedln-jax figure --config experiments/configs/feature_norms.py --workdir runs/local_overfit
+(the same runs as local_overfit.py: with the same workdir they are reused, not retrained).
+Outputs: norms.md (table) and runs/<name>_seed0/analysis/norms.png (bars, one per normalizer).
+"""
+from fedln_jax import Config
+
+FIGURE = {"kind": "final", "seeds": (0,), "title": "digits, 10 clients x 1 class, 40 rounds",
+          "analyze": {"client": 0, "steps": (1, 2, 5)}}
+
+
+def get_config() -> Config:
+    return Config(dataset="digits", partition="n_class", classes_per_client=1, num_clients=10,
+                  local_steps=10, batch_size=32, lr=0.01, rounds=40, eval_every=5)
+
+
+def get_runs() -> list[dict]:
+    return [{"name": n, "series": n, "x": None, "overrides": {"norm": n}}
+            for n in ("none", "ln", "fn")]
