@@ -336,3 +336,52 @@ def test_bad_input_raises(args, kwargs):
     with pytest.raises(FedlnError) as e:
         build_model(*args, **kwargs)
     assert "\n" not in str(e.value)
+
+
+def _one_class_gd_trajectory(norm, steps=60, lr=0.05):
+    """Full-batch GD on one-class data (every label 0), as a one-class client's local training.
+
+    Returns per step: mean ||phi|| over the batch, ||w_c|| for every class, and the largest
+    logit gap max_i,j |z_i - z_j| over the batch, with the params before each step.
+    """
+    x = _x((16, 8, 8, 1), seed=5)
+    y = jnp.zeros((16,), jnp.int32)
+    model = build_model("mlp", norm, 4)
+
+    def f(x):
+        params = model.init(jax.random.key(2), x)["params"]
+
+        def loss(p):
+            logits = model.apply({"params": p}, x)
+            return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(16), y])
+
+        def step(p, _):
+            logits, phi = model.apply({"params": p}, x, return_features=True)
+            stats = (jnp.linalg.norm(phi, axis=-1).mean(),
+                     jnp.linalg.norm(p["head"]["kernel"], axis=0),
+                     jnp.max(logits.max(-1) - logits.min(-1)))
+            p = jax.tree.map(lambda a, g: a - lr * g, p, jax.grad(loss)(p))
+            return p, stats
+
+        return jax.lax.scan(step, params, None, length=steps)[1]
+
+    return jax.device_get(_jit(f)(x))
+
+
+def test_divergent_norms_on_one_class_data():
+    """SPEC section 8: on one-class data vanilla GD grows the class's feature norm and ||w_c||
+    step after step; under FN ||phi|| stays sqrt(d) and only the head grows, and every logit
+    gap stays below 2 sqrt(d) max_k ||w_k||."""
+    d = feature_dim("mlp")
+    phi_v, w_v, _ = _one_class_gd_trajectory("none")
+    phi_f, w_f, gap_f = _one_class_gd_trajectory("fn")
+    checkpoints = [0, 10, 20, 40, 59]
+    assert np.all(np.diff(phi_v[checkpoints]) > 0), phi_v[checkpoints]      # feature norm grows
+    assert np.all(np.diff(w_v[checkpoints, 0]) > 0), w_v[checkpoints, 0]    # ||w_0|| grows
+    # measured: ||phi|| 2.38 -> 6.09, ||w_0|| 1.022 -> 1.208 (the loss flattens, so the growth
+    # slows down, like the logarithmic norm growth of separable logistic regression)
+    assert phi_v[-1] > 2 * phi_v[0] and w_v[-1, 0] > 1.1 * w_v[0, 0]
+    _close(phi_f, np.full_like(phi_f, math.sqrt(d)), rtol=1e-5, atol=0)    # FN: fixed norm
+    assert np.all(np.diff(w_f[checkpoints, 0]) > 0)                        # only the head grows
+    # |z_i - z_j| = |(w_i - w_j) . phi| <= 2 max_k ||w_k|| ||phi|| = 2 sqrt(d) max_k ||w_k||
+    assert np.all(gap_f <= 2 * math.sqrt(d) * w_f.max(-1) * (1 + 1e-6))

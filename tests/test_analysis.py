@@ -1,0 +1,160 @@
+"""Analyses: hand-computed pure functions, the probe == the engine's local training, analyze and
+figure end to end, and bad input."""
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fedln_jax import analysis, engine, train
+from fedln_jax.cli import main
+from fedln_jax.config import Config
+from fedln_jax.errors import FedlnError
+
+
+def test_feature_norm_per_class():
+    phi = [[3.0, 4.0], [0.0, 1.0], [6.0, 8.0]]
+    assert analysis.feature_norm_per_class(phi, [0, 1, 0], 3) == [7.5, 1.0, None]
+
+
+def test_head_norm_per_class():
+    kernel_DK = [[3.0, 0.0], [4.0, 1.0]]  # column c is w_c
+    assert analysis.head_norm_per_class(kernel_DK) == [5.0, 1.0]
+
+
+def test_singular_values_centred_and_normalized():
+    # Adding a constant row offset changes nothing (centred); columns are orthogonal with norms
+    # sqrt(2) and sqrt(0.5).
+    phi = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 0.5], [0.0, -0.5]]) + [10.0, -3.0]
+    np.testing.assert_allclose(analysis.singular_values(phi), [1.0, 0.5], rtol=1e-12)
+    np.testing.assert_allclose(analysis.singular_values(np.ones((3, 2))), [0.0, 0.0])
+
+
+def test_per_class_recall_and_global_accuracy():
+    logits = [[2.0, 1.0, 0.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 5.0]]
+    recall = analysis.per_class_recall(logits, [0, 0, 1, 2], 4)
+    assert recall == [0.5, 0.0, 1.0, None]
+    weights_CK = np.array([[1.0, 0, 0, 0], [0, 0.5, 0.5, 0]])
+    assert analysis.global_accuracy(recall, weights_CK) == pytest.approx((0.5 + 0.5) / 2)
+
+
+TINY = dict(dataset="synthetic", num_clients=3, classes_per_client=2, local_steps=3,
+            batch_size=8, rounds=2, eval_every=1, lr=0.05)
+
+
+def test_local_train_is_the_engines_local_training():
+    """The probe with S = local_steps from state s, averaged over clients with the sample-count
+    weights, is exactly the next round of the reference loop."""
+    exp = train.build_experiment(Config(**TINY).validate())
+    state = train.initial_state(exp)
+    hp = train.hparams_of(exp.config)
+    ref, _ = engine.make_reference_round(exp.apply_fn, exp.spec, exp.server_tx)(state, hp, exp.data)
+    probes = [analysis.local_train(exp, state, c, exp.spec.local_steps)[0] for c in range(3)]
+    mean = engine.weighted_mean(jax.tree.map(lambda *a: jnp.stack(a), *probes),
+                                exp.data.counts_C.astype(jnp.float32))
+    diff = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), mean, ref.params)
+    assert max(jax.tree.leaves(diff)) < 1e-6
+
+
+def test_final_state_round_trip(tmp_path):
+    config = Config(**TINY, norm="bn").validate()
+    train.run(config, str(tmp_path / "r"), quiet=True)
+    exp = train.build_experiment(config)
+    state = train.load_final_state(str(tmp_path / "r"), train.initial_state(exp))
+    assert int(state.round) == 2 and state.model_state["batch_stats"]
+    # the loaded model reproduces the logged final accuracy
+    row = train.evaluation_row(exp, jax.jit(engine.make_eval_fn(
+        exp.apply_fn, exp.num_classes, exp.spec.pixel_scale)), state, 2, 0.0)
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert row["test_accuracy"] == summary["final_test_accuracy"]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("an") / "run")
+    train.run(Config(**TINY, norm="fn").validate(), workdir, quiet=True)
+    return workdir
+
+
+def test_analyze_end_to_end(finished, capsys):
+    assert main(["analyze", "--workdir", finished, "--client", "1", "--steps", "1,3"]) == 0
+    out = capsys.readouterr().out
+    assert "global accuracy" in out and "3 step(s)" in out
+    result = json.loads(open(os.path.join(finished, "analysis", "analysis.json")).read())
+    for name in ("norms.png", "singular_values.png", "local_overfit.png"):
+        assert os.path.getsize(os.path.join(finished, "analysis", name)) > 1000
+    k = 10
+    assert len(result["per_class_recall"]) == k and len(result["head_norm_per_class"]) == k
+    np.testing.assert_allclose(result["feature_norm_per_class"], math.sqrt(64), rtol=1e-5)  # fn
+    sv = result["singular_values"]
+    assert sv[0] == pytest.approx(1.0) and all(a >= b for a, b in zip(sv, sv[1:]))
+    probe = result["local_overfit"]
+    assert probe["client"] == 1 and probe["steps"] == 3 and probe["client_classes"] == [2, 3]
+    assert [p["steps"] for p in result["local_overfit_by_steps"]] == [1, 3]
+    summary = json.loads(open(os.path.join(finished, "summary.json")).read())
+    assert probe["global_acc_before"] == pytest.approx(summary["final_test_accuracy"], abs=1e-6)
+    assert 0 <= probe["global_acc_after"] <= 1 and len(probe["per_class_recall_after"]) == k
+    assert len(probe["feature_norm_per_class_after"]) == k
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--client", "3"], "out of range"),
+    (["--client", "-1"], "out of range"),
+    (["--steps", "0"], "--steps"),
+    (["--steps", "two"], "--steps"),
+])
+def test_analyze_bad_input(finished, capsys, args, fragment):
+    assert main(["analyze", "--workdir", finished, *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and fragment in err[0], err
+
+
+def test_analyze_on_a_directory_without_a_run(tmp_path, capsys):
+    for workdir in (tmp_path / "missing", tmp_path):
+        assert main(["analyze", "--workdir", str(workdir)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "holds no run" in err[0]
+    (tmp_path / "config.json").write_text(json.dumps(Config(**TINY).to_dict()))
+    assert main(["analyze", "--workdir", str(tmp_path)]) == 2
+    assert "holds no saved model state" in capsys.readouterr().err
+
+
+def test_malformed_norm_layers_reach_the_cli_as_one_error_line(tmp_path, capsys):
+    for spec, fragment in [("ln,ln", "has 2 entries"), ("ln,ln,ln,foo", "unknown normalizer"),
+                           ("ln,ln,ln,scale1x", "scale<number>")]:
+        assert main(["run", "--workdir", str(tmp_path / "x"), "--quiet", "dataset=synthetic",
+                     f"norm_layers={spec}"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error:") and fragment in err[0], err
+        assert not (tmp_path / "x").exists()
+    assert main(["run", "--workdir", str(tmp_path / "x"), "--quiet", "dataset=synthetic",
+                 "model=resnet18_tiny", "norm_layers=ln,ln,ln,ln"]) == 2
+    assert "exactly 2" in capsys.readouterr().err
+
+
+def test_figure_runs_configs_and_reuses_finished_runs(tmp_path, capsys):
+    path = tmp_path / "fig.py"
+    path.write_text(
+        "from fedln_jax import Config\n"
+        "FIGURE = {'kind': 'final', 'seeds': (0, 1), 'xlabel': 'lr', 'xscale': 'log'}\n"
+        f"def get_config():\n    return Config(**{TINY!r})\n"
+        "def get_runs():\n"
+        "    return [{'name': f'{n}_{lr}', 'series': n, 'x': lr,\n"
+        "             'overrides': {'norm': n, 'lr': lr}} for n in ('none', 'fn') for lr in (0.01, 0.1)]\n")
+    workdir = tmp_path / "out"
+    assert main(["figure", "--quiet", "--config", str(path), "--workdir", str(workdir), "rounds=1"]) == 0
+    result = json.loads((workdir / "results.json").read_text())
+    assert len(result["runs"]) == 8 and len(result["table"]) == 4
+    row = result["table"][0]
+    assert row["series"] == "none" and row["x"] == 0.01 and row["n"] == 2
+    assert row["final_mean"] == pytest.approx(np.mean(row["per_seed"]))
+    assert (workdir / "figure.png").stat().st_size > 1000 and "lr=0.1" in (workdir / "table.md").read_text()
+    mtime = (workdir / "runs" / "fn_0.1_seed1" / "summary.json").stat().st_mtime_ns
+    assert main(["figure", "--quiet", "--config", str(path), "--workdir", str(workdir), "rounds=1"]) == 0
+    assert (workdir / "runs" / "fn_0.1_seed1" / "summary.json").stat().st_mtime_ns == mtime
+    capsys.readouterr()
+    assert main(["figure", "--config", str(path), "--workdir", str(workdir), "norm_layers=x"]) == 2
+    assert capsys.readouterr().err.startswith("error:")
