@@ -43,6 +43,8 @@ class Config:
     weight_decay: float = 0.0
     rounds: int = 60
     eval_every: int = 10
+    analysis_every: int = 0             # log feature/head norms and singular values at the
+                                        # evaluations whose round is a multiple (0 = off)
     # model
     model: str = "auto"                 # auto = the default for the dataset
     norm: str = "none"
@@ -88,7 +90,8 @@ class Config:
         for key in ("lr", "dirichlet_beta", "tau", "server_lr", "test_fraction"):
             if not getattr(self, key) > 0:
                 raise FedlnError(f"{key} must be > 0, got {getattr(self, key)}")
-        for key in ("momentum", "weight_decay", "checkpoint_every", "client_chunk_size", "seed"):
+        for key in ("momentum", "weight_decay", "checkpoint_every", "client_chunk_size", "seed",
+                    "analysis_every"):
             if getattr(self, key) < 0:
                 raise FedlnError(f"{key} must be >= 0, got {getattr(self, key)}")
         if not self.test_fraction < 1:

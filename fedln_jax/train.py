@@ -140,6 +140,9 @@ def run(config: Config, workdir: str, *, quiet: bool = False) -> dict:
         engine.make_round_fn(exp.apply_fn, exp.spec, exp.server_tx, mesh)), donate_argnums=0)
     evaluate = jax.jit(engine.make_eval_fn(exp.apply_fn, exp.num_classes, exp.spec.pixel_scale))
 
+    if config.analysis_every:
+        from fedln_jax.analysis import make_feature_fn
+        features_fn = make_feature_fn(exp.model, exp.spec.pixel_scale)
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     open(metrics_path, "w").close()
     history = []
@@ -152,6 +155,8 @@ def run(config: Config, workdir: str, *, quiet: bool = False) -> dict:
         bar.update(target - done)
         done = target
         row = evaluation_row(exp, evaluate, state, target, float(train_loss))
+        if config.analysis_every and (target % config.analysis_every == 0 or target == config.rounds):
+            row.update(training_analysis(exp, features_fn, state))
         row["elapsed_seconds"] = round(time.time() - start, 3)
         history.append(row)
         with open(metrics_path, "a") as f:
@@ -184,6 +189,14 @@ def load_final_state(workdir: str, template: engine.ServerState) -> engine.Serve
     from flax import serialization
     with open(os.path.join(workdir, FINAL_STATE), "rb") as f:
         return serialization.from_bytes(template, f.read())
+
+
+def training_analysis(exp: Experiment, features_fn, state: engine.ServerState) -> dict:
+    """The analyses logged into a metrics row when `analysis_every` is set."""
+    from fedln_jax import analysis
+    report = analysis.model_report(exp, features_fn, state.params, state.model_state)
+    return {k: report[k] for k in ("feature_norm_per_class", "head_norm_per_class",
+                                   "singular_values")}
 
 
 def evaluation_row(exp: Experiment, evaluate, state: engine.ServerState, round_: int,

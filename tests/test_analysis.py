@@ -158,3 +158,14 @@ def test_figure_runs_configs_and_reuses_finished_runs(tmp_path, capsys):
     capsys.readouterr()
     assert main(["figure", "--config", str(path), "--workdir", str(workdir), "norm_layers=x"]) == 2
     assert capsys.readouterr().err.startswith("error:")
+
+
+def test_analysis_every_logs_norms_and_spectrum(tmp_path):
+    config = Config(**{**TINY, "rounds": 3}, norm="fn", analysis_every=2).validate()
+    train.run(config, str(tmp_path / "r"), quiet=True)
+    rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2, 3]
+    assert "singular_values" not in rows[0]  # round 1: not a multiple of 2
+    for r in rows[1:]:  # round 2, and the last round
+        np.testing.assert_allclose(r["feature_norm_per_class"], 8.0, rtol=1e-5)
+        assert len(r["head_norm_per_class"]) == 10 and r["singular_values"][0] == pytest.approx(1)
