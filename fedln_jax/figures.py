@@ -108,7 +108,8 @@ def aggregate(rows: list[dict]) -> list[dict]:
                     "final_mean": float(np.mean([r["final"] for r in sel])),
                     "final_std": float(np.std([r["final"] for r in sel])),
                     "last3_mean": float(np.mean([r["last3"] for r in sel])),
-                    "per_seed": [r["final"] for r in sel]})
+                    "per_seed": [r["final"] for r in sel],
+                    "per_seed_last3": [r["last3"] for r in sel]})
     return out
 
 

@@ -104,7 +104,7 @@ def plot_local_overfit(result: dict, path: str) -> None:
 
 def plot_final_vs_x(table: list[dict], path: str, xlabel: str = "", xscale: str = "linear",
                     title: str = "") -> None:
-    """Mean of the last 3 evaluations (over seeds, min-max of finals as error bars) per series:
+    """Mean of the last 3 evaluations (over seeds; min-max over seeds as error bars) per series:
     a line over x when x is numeric, grouped bars when x is a category (or absent)."""
     plt = _pyplot()
     series = list(dict.fromkeys(t["series"] for t in table))
@@ -116,8 +116,8 @@ def plot_final_vs_x(table: list[dict], path: str, xlabel: str = "", xscale: str 
     for i, s in enumerate(series):
         pts = [(j, x, cell[(s, x)]) for j, x in enumerate(xs) if (s, x) in cell]
         y = [c["last3_mean"] for _, _, c in pts]
-        err = [[c["last3_mean"] - min(c["per_seed"]) if c["n"] > 1 else 0 for _, _, c in pts],
-               [max(c["per_seed"]) - c["last3_mean"] if c["n"] > 1 else 0 for _, _, c in pts]]
+        err = [[c["last3_mean"] - min(c["per_seed_last3"]) for _, _, c in pts],
+               [max(c["per_seed_last3"]) - c["last3_mean"] for _, _, c in pts]]
         err = np.maximum(err, 0)
         if numeric:
             ax.errorbar([x for _, x, _ in pts], y, yerr=err, marker="o", capsize=3, label=s)
