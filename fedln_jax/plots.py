@@ -118,7 +118,7 @@ def plot_final_vs_x(table: list[dict], path: str, xlabel: str = "", xscale: str 
         y = [c["last3_mean"] for _, _, c in pts]
         err = [[c["last3_mean"] - min(c["per_seed_last3"]) for _, _, c in pts],
                [max(c["per_seed_last3"]) - c["last3_mean"] for _, _, c in pts]]
-        err = np.maximum(err, 0)
+        err = np.maximum(err, 0) if any(c["n"] > 1 for _, _, c in pts) else None
         if numeric:
             ax.errorbar([x for _, x, _ in pts], y, yerr=err, marker="o", capsize=3, label=s)
         else:
