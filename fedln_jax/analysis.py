@@ -107,13 +107,15 @@ def check_client(exp, client: int) -> int:
 
 
 def local_train(exp, state: engine.ServerState, client: int, steps: int):
-    """S local SGD steps of `client` from the global model, exactly as in the next round.
+    """S local steps of `client` from the global model, exactly as in the next round.
 
-    Batches come from the round key of state.round and the client's key, so the first S
-    batches of the next round; max_epochs is kept at least the run's, so the probe with S
-    steps sees a prefix of the batches of the probe with more steps.
+    The run's own client training (`engine.make_client_round` with the run's algorithm, its
+    client state and server context), on the batches of the next round: the round key of
+    state.round and the client's key; max_epochs is kept at least the run's, so the probe with
+    S steps sees a prefix of the batches of the probe with more steps.
     Returns (params, model_state, mean loss).
     """
+    from fedln_jax.train import hparams_of
     client = check_client(exp, client)
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
         raise FedlnError(f"steps must be a positive integer, got {steps!r}")
@@ -121,14 +123,19 @@ def local_train(exp, state: engine.ServerState, client: int, steps: int):
         exp.spec.max_epochs, engine.epochs_needed(int(jnp.min(exp.data.counts_C)), int(steps),
                                                   exp.spec.batch_size)))
     key = engine.client_keys(engine.round_key(state), jnp.array([client], jnp.int32))[0]
-    update = engine.make_client_update(exp.apply_fn, spec)
+    client_round = engine.make_client_round(exp.apply_fn, spec, exp.algorithm)
 
     @jax.jit
-    def probe(params, model_state, data, lr):
+    def probe(state, data, hparams):
+        server = exp.algorithm.server_context(state.client_states, data.counts_C.astype(jnp.float32))
+        own_state = jax.tree.map(lambda s_C: s_C[client], state.client_states)
         x_SB, y_SB = engine.gather_client_batches(data, spec, key, jnp.int32(client))
-        return update(params, model_state, x_SB, y_SB, lr)
+        params, model_state, _, loss = client_round(
+            state.params, state.model_state, own_state, server,
+            engine.client_class_counts(data)[client], x_SB, y_SB, hparams)
+        return params, model_state, loss
 
-    return probe(state.params, state.model_state, exp.data, jnp.float32(exp.config.lr))
+    return probe(state, exp.data, hparams_of(exp.config))
 
 
 def local_overfit(exp, state, client: int, steps: int, features_fn=None,

@@ -45,13 +45,15 @@ TINY = dict(dataset="synthetic", num_clients=3, classes_per_client=2, local_step
             batch_size=8, rounds=2, eval_every=1, lr=0.05)
 
 
-def test_local_train_is_the_engines_local_training():
+@pytest.mark.parametrize("algorithm", ["fedavg", "fedprox"])
+def test_local_train_is_the_engines_local_training(algorithm):
     """The probe with S = local_steps from state s, averaged over clients with the sample-count
-    weights, is exactly the next round of the reference loop."""
-    exp = train.build_experiment(Config(**TINY).validate())
+    weights, is exactly the next round of the reference loop (for FedProx too: the probe is the
+    run's own local training, proximal term included)."""
+    exp = train.build_experiment(Config(**TINY, algorithm=algorithm).validate())
     state = train.initial_state(exp)
     hp = train.hparams_of(exp.config)
-    ref, _ = engine.make_reference_round(exp.apply_fn, exp.spec, exp.server_tx)(state, hp, exp.data)
+    ref, _ = engine.make_reference_round(exp.apply_fn, exp.spec, exp.algorithm)(state, hp, exp.data)
     probes = [analysis.local_train(exp, state, c, exp.spec.local_steps)[0] for c in range(3)]
     mean = engine.weighted_mean(jax.tree.map(lambda *a: jnp.stack(a), *probes),
                                 exp.data.counts_C.astype(jnp.float32))
@@ -66,8 +68,7 @@ def test_final_state_round_trip(tmp_path):
     state = train.load_final_state(str(tmp_path / "r"), train.initial_state(exp))
     assert int(state.round) == 2 and state.model_state["batch_stats"]
     # the loaded model reproduces the logged final accuracy
-    row = train.evaluation_row(exp, jax.jit(engine.make_eval_fn(
-        exp.apply_fn, exp.num_classes, exp.spec.pixel_scale)), state, 2, 0.0)
+    row = train.evaluation_row(exp, train.make_evaluator(exp), state, 2, 0.0)
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert row["test_accuracy"] == summary["final_test_accuracy"]
 
