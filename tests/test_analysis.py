@@ -144,13 +144,13 @@ def test_figure_runs_configs_and_reuses_finished_runs(tmp_path, capsys):
         f"def get_config():\n    return Config(**{TINY!r})\n"
         "def get_runs():\n"
         "    return [{'name': f'{n}_{lr}', 'series': n, 'x': lr,\n"
-        "             'overrides': {'norm': n, 'lr': lr}} for n in ('none', 'fn') for lr in (0.01, 0.1)]\n")
+        "             'overrides': {'norm': n, 'lr': lr}} for n in ('fn',) for lr in (0.01, 0.1)]\n")
     workdir = tmp_path / "out"
     assert main(["figure", "--quiet", "--config", str(path), "--workdir", str(workdir), "rounds=1"]) == 0
     result = json.loads((workdir / "results.json").read_text())
-    assert len(result["runs"]) == 8 and len(result["table"]) == 4
+    assert len(result["runs"]) == 4 and len(result["table"]) == 2
     row = result["table"][0]
-    assert row["series"] == "none" and row["x"] == 0.01 and row["n"] == 2
+    assert row["series"] == "fn" and row["x"] == 0.01 and row["n"] == 2
     assert row["final_mean"] == pytest.approx(np.mean(row["per_seed"]))
     assert (workdir / "figure.png").stat().st_size > 1000 and "lr=0.1" in (workdir / "table.md").read_text()
     mtime = (workdir / "runs" / "fn_0.1_seed1" / "summary.json").stat().st_mtime_ns
