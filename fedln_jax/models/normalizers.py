@@ -172,7 +172,7 @@ def apply_norm(spec: str, x: jax.Array, *, spatial: bool, train: bool, name: str
     check_width(spec, x.shape[-1])
     if parse_primitive(spec)[0] == "bn":
         return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
-                            epsilon=BN_EPS, name=name)(x)
+                            epsilon=BN_EPS, dtype=x.dtype, name=name)(x)
     if parse_primitive(spec)[0] == "none":
         return x
     return Normalizer(spec, spatial, name=name)(x)
