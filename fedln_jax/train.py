@@ -49,7 +49,8 @@ def build_experiment(config: Config) -> Experiment:
     counts_CK = class_counts(dataset.y_train, clients, dataset.num_classes)
     model = build_model(config.resolved_model, config.norm, dataset.num_classes,
                         norm_layers=config.norm_layers, norm_position=config.norm_position,
-                        gn_groups=config.gn_groups, tau=config.tau, conv_impl=config.conv_impl)
+                        gn_groups=config.gn_groups, tau=config.tau, conv_impl=config.conv_impl,
+                        dtype=config.dtype)
     num_devices = jax.device_count()
     chunk = config.client_chunk_size or engine.default_chunk_size(config.cohort_size, num_devices)
     spec = engine.RoundSpec(
