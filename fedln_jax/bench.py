@@ -64,6 +64,24 @@ def forward_macs(name: str, input_shape: tuple[int, int, int], num_classes: int)
     return macs
 
 
+def resnet18_forward_macs(num_classes: int = 10, size: int = 32) -> int:
+    """MACs of the CIFAR-style ResNet-18 of SPEC section 2 (3x3 stem, stride 1, no max-pool,
+    BasicBlocks [2,2,2,2] of widths 64..512, 1x1 projection shortcuts, linear head), for
+    predictions before that model is built; normalizers and the residual adds are not counted."""
+    macs = size * size * 64 * 9 * 3                          # stem
+    cin = 64
+    for stage, width in enumerate((64, 128, 256, 512)):
+        if stage:
+            size //= 2                                        # first block of a stage: stride 2
+        for block in range(2):
+            macs += size * size * width * 9 * cin             # conv a (strided in block 0)
+            macs += size * size * width * 9 * width           # conv b
+            if cin != width:
+                macs += size * size * width * cin             # 1x1 projection shortcut
+            cin = width
+    return macs + 512 * num_classes
+
+
 def train_flops_per_example(name: str, input_shape: tuple[int, int, int], num_classes: int) -> int:
     """Forward + backward FLOPs of one training example: 3 x forward MACs x 2."""
     return 6 * forward_macs(name, input_shape, num_classes)

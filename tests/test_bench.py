@@ -7,7 +7,7 @@ import sys
 import jax
 import pytest
 
-from fedln_jax.bench import forward_macs, run_bench, train_flops_per_example
+from fedln_jax.bench import forward_macs, resnet18_forward_macs, run_bench, train_flops_per_example
 from fedln_jax.cli import main
 from fedln_jax.errors import FedlnError
 
@@ -78,3 +78,13 @@ def test_bench_bad_input(args, capsys):
 def test_run_bench_unknown_engine():
     with pytest.raises(FedlnError):
         run_bench("small_cnn", engine_name="pmap")
+
+
+def test_resnet18_macs_by_hand():
+    conv = lambda s, cout, cin, k=3: s * s * cout * k * k * cin
+    by_hand = (conv(32, 64, 3) + 4 * conv(32, 64, 64)
+               + conv(16, 128, 64) + 3 * conv(16, 128, 128) + conv(16, 128, 64, k=1)
+               + conv(8, 256, 128) + 3 * conv(8, 256, 256) + conv(8, 256, 128, k=1)
+               + conv(4, 512, 256) + 3 * conv(4, 512, 512) + conv(4, 512, 256, k=1) + 512 * 10)
+    assert resnet18_forward_macs(10) == by_hand
+    assert 0.55e9 < by_hand < 0.56e9      # the usual "0.56 GMACs" of CIFAR ResNet-18
