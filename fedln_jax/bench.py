@@ -26,8 +26,7 @@ import optax
 
 from fedln_jax import engine
 from fedln_jax.errors import FedlnError
-from fedln_jax.models import build_model
-from fedln_jax.models.cnn import ARCHS, ConvNet
+from fedln_jax.models import build_model, forward_macs, train_flops_per_example  # noqa: F401
 
 INPUT_SHAPES = {"cnn": (32, 32, 3), "small_cnn": (8, 8, 1), "mlp": (8, 8, 1)}
 ENGINES = ("vectorized", "loop")
@@ -35,33 +34,6 @@ NUM_CLASSES = 10
 
 
 # ----------------------------------------------------------------------------- FLOP counting
-
-
-def _conv_out(size: int, k: int, padding: str) -> int:
-    return size if padding == "SAME" else size - k + 1
-
-
-def forward_macs(name: str, input_shape: tuple[int, int, int], num_classes: int) -> int:
-    """Multiply-accumulates of one example's forward pass through the convs and dense layers."""
-    if name not in ARCHS:
-        raise FedlnError(f"unknown model {name!r}; expected one of {', '.join(ARCHS)}")
-    arch = ARCHS[name]
-    h, w, c = input_shape
-    macs = 0
-    if arch["cls"] is ConvNet:
-        k, padding = arch["kw"]["kernel_size"], arch["kw"]["padding"]
-        for features in arch["kw"]["conv_features"]:
-            h, w = _conv_out(h, k, padding), _conv_out(w, k, padding)
-            macs += h * w * features * k * k * c
-            h, w, c = h // 2, w // 2, features          # 2x2 max-pool
-        widths = arch["kw"]["dense_features"]
-    else:
-        widths = arch["kw"]["hidden"]
-    d = h * w * c
-    for features in tuple(widths) + (num_classes,):
-        macs += d * features
-        d = features
-    return macs
 
 
 def resnet18_forward_macs(num_classes: int = 10, size: int = 32) -> int:
@@ -80,11 +52,6 @@ def resnet18_forward_macs(num_classes: int = 10, size: int = 32) -> int:
                 macs += size * size * width * cin             # 1x1 projection shortcut
             cin = width
     return macs + 512 * num_classes
-
-
-def train_flops_per_example(name: str, input_shape: tuple[int, int, int], num_classes: int) -> int:
-    """Forward + backward FLOPs of one training example: 3 x forward MACs x 2."""
-    return 6 * forward_macs(name, input_shape, num_classes)
 
 
 # ----------------------------------------------------------------------------- measurements
@@ -167,14 +134,23 @@ def make_loop_round(apply_fn: Callable, spec: engine.RoundSpec,
 
 def run_bench(model: str = "cnn", clients: int = 10, local_steps: int = 5, batch_size: int = 32,
               rounds: int = 3, engine_name: str = "vectorized", chunk_size: int = 0,
-              norm: str = "none", dtype: str = "float32", matmul_size: int = 2048) -> dict:
-    """Time `rounds` rounds after a compiling one; return the result record (see module doc)."""
+              norm: str = "none", dtype: str = "float32", rounds_per_call: int = 1,
+              matmul_size: int = 2048) -> dict:
+    """Time `rounds` calls after a warm-up one; return the result record (see module doc).
+
+    rounds_per_call > 1 (vectorized engine only) fuses that many rounds into one jitted call
+    (`engine.make_multi_round_fn`, as `train.run` does between evaluations); the reported
+    round time is the call time divided by it.
+    """
     if engine_name not in ENGINES:
         raise FedlnError(f"unknown engine {engine_name!r}; expected one of {', '.join(ENGINES)}")
     for key, value in (("clients", clients), ("local_steps", local_steps),
-                       ("batch_size", batch_size), ("rounds", rounds)):
+                       ("batch_size", batch_size), ("rounds", rounds),
+                       ("rounds_per_call", rounds_per_call)):
         if value < 1:
             raise FedlnError(f"--{key.replace('_', '-')} must be >= 1, got {value}")
+    if rounds_per_call > 1 and engine_name != "vectorized":
+        raise FedlnError("--rounds-per-call applies to the vectorized engine only")
     if chunk_size < 0:
         raise FedlnError(f"--chunk-size must be >= 0, got {chunk_size}")
     input_shape = INPUT_SHAPES.get(model)
@@ -182,7 +158,8 @@ def run_bench(model: str = "cnn", clients: int = 10, local_steps: int = 5, batch
         raise FedlnError(f"unknown model {model!r}; expected one of {', '.join(INPUT_SHAPES)}")
     net = build_model(model, norm, NUM_CLASSES, dtype=dtype)
     mesh = engine.client_mesh()
-    chunk = chunk_size or engine.default_chunk_size(clients, mesh.size)
+    step_flops = batch_size * train_flops_per_example(model, input_shape, NUM_CLASSES)
+    chunk = chunk_size or engine.default_chunk_size(clients, mesh.size, step_flops)
     examples = 4 * batch_size           # a few full batches per client: reshuffles are exercised
     spec = engine.RoundSpec(
         num_clients=clients, cohort_size=clients, local_steps=local_steps, batch_size=batch_size,
@@ -195,7 +172,12 @@ def run_bench(model: str = "cnn", clients: int = 10, local_steps: int = 5, batch
     hparams = {"lr": jnp.float32(0.01), "server_lr": jnp.float32(1.0)}
     if engine_name == "vectorized":
         state, hparams, data = engine.replicate((state, hparams, data), mesh)
-        jitted = jax.jit(engine.make_round_fn(apply_fn, spec, server_tx, mesh), donate_argnums=0)
+        round_fn = engine.make_round_fn(apply_fn, spec, server_tx, mesh)
+        if rounds_per_call > 1:
+            multi = engine.make_multi_round_fn(round_fn)
+            blocks = jnp.int32(rounds_per_call)
+            round_fn = lambda state, hparams, data: _loss_as_metrics(multi(state, hparams, data, blocks))
+        jitted = jax.jit(round_fn, donate_argnums=0)
         start = time.perf_counter()
         round_fn = jitted.lower(state, hparams, data).compile()
         compile_seconds = time.perf_counter() - start
@@ -215,7 +197,7 @@ def run_bench(model: str = "cnn", clients: int = 10, local_steps: int = 5, batch
     for _ in range(rounds):
         start = time.perf_counter()
         state, metrics = one_round(state)
-        times.append(time.perf_counter() - start)
+        times.append((time.perf_counter() - start) / rounds_per_call)
     loss = float(metrics["train_loss"])
     if not math.isfinite(loss):
         raise FedlnError(f"the benchmark round produced a non-finite loss ({loss})")
@@ -226,7 +208,8 @@ def run_bench(model: str = "cnn", clients: int = 10, local_steps: int = 5, batch
     gflops = flops / median / 1e9
     return {
         "model": model, "engine": engine_name, "clients": clients, "local_steps": local_steps,
-        "batch_size": batch_size, "rounds_timed": rounds, "chunk_size": chunk,
+        "batch_size": batch_size, "rounds_timed": rounds * rounds_per_call,
+        "rounds_per_call": rounds_per_call, "chunk_size": chunk,
         "norm": norm, "dtype": dtype, "backend": jax.default_backend(),
         "devices": jax.device_count(),
         "client_steps_per_second": steps / median,
@@ -246,6 +229,11 @@ def run_bench(model: str = "cnn", clients: int = 10, local_steps: int = 5, batch
         "jax_version": jax.__version__,
         "jaxlib_version": _jaxlib_version(),
     }
+
+
+def _loss_as_metrics(result):
+    state, mean_loss = result
+    return state, {"train_loss": mean_loss}
 
 
 def _jaxlib_version() -> str:

@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="clients vmapped together per device; 0 = backend default")
     bench_p.add_argument("--norm", default="none", choices=("none", "bn", "gn", "ln", "fn"))
     bench_p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    bench_p.add_argument("--rounds-per-call", type=int, default=1,
+                         help="rounds fused into one jitted call (vectorized engine)")
     return parser
 
 
@@ -70,7 +72,8 @@ def _dispatch(args) -> int:
         from fedln_jax.bench import run_bench
         result = run_bench(model=args.model, clients=args.clients, local_steps=args.local_steps,
                            batch_size=args.batch_size, rounds=args.rounds, engine_name=args.engine,
-                           chunk_size=args.chunk_size, norm=args.norm, dtype=args.dtype)
+                           chunk_size=args.chunk_size, norm=args.norm, dtype=args.dtype,
+                           rounds_per_call=args.rounds_per_call)
         print(json.dumps(result))
         return 0
     raise FedlnError(f"unknown command {args.command!r}")

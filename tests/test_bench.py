@@ -68,7 +68,16 @@ def test_loop_engine_does_the_same_work(capsys):
     assert abs(loop["train_loss"] - vectorized["train_loss"]) < 1e-5
 
 
-@pytest.mark.parametrize("args", [["--clients", "0"], ["--rounds", "0"], ["--chunk-size", "-1"]])
+def test_fused_rounds_per_call():
+    record = run_bench("small_cnn", clients=2, local_steps=1, batch_size=4, rounds=2,
+                       rounds_per_call=3, matmul_size=128)
+    assert record["rounds_timed"] == 6 and record["rounds_per_call"] == 3
+    assert math.isfinite(record["train_loss"]) and record["round_seconds_median"] > 0
+
+
+@pytest.mark.parametrize("args", [["--clients", "0"], ["--rounds", "0"], ["--chunk-size", "-1"],
+                                  ["--rounds-per-call", "0"],
+                                  ["--engine", "loop", "--rounds-per-call", "2"]])
 def test_bench_bad_input(args, capsys):
     assert main(["bench", "--model", "small_cnn", *args]) == 2
     err = capsys.readouterr().err

@@ -6,6 +6,7 @@ import math
 
 from fedln_jax.errors import FedlnError
 from fedln_jax.models.cnn import ARCHS, MLP, ConvNet
+from fedln_jax.models.flops import forward_macs, train_flops_per_example
 from fedln_jax.models.layers import CONV_IMPLS, Conv, conv2d, max_pool2, resolve_conv_impl
 from fedln_jax.models.normalizers import (NORM_PRESETS, PRIMITIVES, Normalizer, apply_norm,
                                           check_width, expand_norm_layers, group_norm,
@@ -84,5 +85,5 @@ __all__ = [
     "build_model", "MODEL_NAMES", "DTYPES", "NORM_PRESETS", "NORM_POSITIONS", "PRIMITIVES", "CONV_IMPLS",
     "expand_norm_layers", "parse_primitive", "check_width", "num_norm_positions", "feature_dim",
     "ConvNet", "MLP", "Conv", "conv2d", "max_pool2", "resolve_conv_impl", "Normalizer",
-    "apply_norm", "group_norm",
+    "apply_norm", "group_norm", "forward_macs", "train_flops_per_example",
 ]
