@@ -158,8 +158,7 @@ def run_bench(model: str = "cnn", clients: int = 10, local_steps: int = 5, batch
         raise FedlnError(f"unknown model {model!r}; expected one of {', '.join(INPUT_SHAPES)}")
     net = build_model(model, norm, NUM_CLASSES, dtype=dtype)
     mesh = engine.client_mesh()
-    step_flops = batch_size * train_flops_per_example(model, input_shape, NUM_CLASSES)
-    chunk = chunk_size or engine.default_chunk_size(clients, mesh.size, step_flops)
+    chunk = chunk_size or engine.default_chunk_size(clients, mesh.size)
     examples = 4 * batch_size           # a few full batches per client: reshuffles are exercised
     spec = engine.RoundSpec(
         num_clients=clients, cohort_size=clients, local_steps=local_steps, batch_size=batch_size,
@@ -209,7 +208,8 @@ def run_bench(model: str = "cnn", clients: int = 10, local_steps: int = 5, batch
     return {
         "model": model, "engine": engine_name, "clients": clients, "local_steps": local_steps,
         "batch_size": batch_size, "rounds_timed": rounds * rounds_per_call,
-        "rounds_per_call": rounds_per_call, "chunk_size": chunk,
+        "rounds_per_call": rounds_per_call,
+        "chunk_size": chunk if engine_name == "vectorized" else None,
         "norm": norm, "dtype": dtype, "backend": jax.default_backend(),
         "devices": jax.device_count(),
         "client_steps_per_second": steps / median,

@@ -91,22 +91,15 @@ def epochs_needed(min_count: int, local_steps: int, batch_size: int) -> int:
     return math.ceil(local_steps / batches_per_epoch)
 
 
-# On CPU a client step should carry about this much work; narrower vmaps pay per-step loop
-# overhead, wider ones lose cache locality. Measured (BENCHMARKS.md): the paper CNN (2.8 GFLOP
-# per step at batch 32) is fastest at width 1; the digits CNN (21 MFLOP) at ~5, not 1 or 20+.
-CPU_STEP_FLOPS = 1e8
+def default_chunk_size(cohort_size: int, num_devices: int) -> int:
+    """Per-device vmap width: narrow on CPU (wide vmaps measured slower there), full elsewhere.
 
-
-def default_chunk_size(cohort_size: int, num_devices: int, step_flops: float | None = None) -> int:
-    """Per-device vmap width: full on GPU/TPU; on CPU narrow, so that one vmapped step does
-    about CPU_STEP_FLOPS of work (1 when step_flops, one client's training FLOPs per local
-    step, is unknown)."""
-    per_device = max(1, math.ceil(cohort_size / num_devices))
-    if jax.default_backend() != "cpu":
-        return per_device
-    if not step_flops:
+    On this 2-core CPU width 1 was best for the paper CNN and tied with 5 for the digits CNN
+    (BENCHMARKS.md, "Levers tried").
+    """
+    if jax.default_backend() == "cpu":
         return 1
-    return max(1, min(per_device, round(CPU_STEP_FLOPS / step_flops)))
+    return max(1, math.ceil(cohort_size / num_devices))
 
 
 # ----------------------------------------------------------------------------- client side

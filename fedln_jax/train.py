@@ -18,7 +18,7 @@ from fedln_jax.algorithms import Algorithm, get_algorithm
 from fedln_jax.config import Config, diff_keys
 from fedln_jax.data import class_counts, client_test_weights, load_dataset, partition
 from fedln_jax.errors import FedlnError
-from fedln_jax.models import build_model, train_flops_per_example
+from fedln_jax.models import build_model
 
 
 class Experiment(NamedTuple):
@@ -57,10 +57,7 @@ def build_experiment(config: Config) -> Experiment:
                         gn_groups=config.gn_groups, tau=config.tau, conv_impl=config.conv_impl,
                         dtype=config.dtype)
     num_devices = jax.device_count()
-    step_flops = config.batch_size * train_flops_per_example(
-        config.resolved_model, dataset.x_train.shape[1:], dataset.num_classes)
-    chunk = config.client_chunk_size or engine.default_chunk_size(
-        config.cohort_size, num_devices, step_flops)
+    chunk = config.client_chunk_size or engine.default_chunk_size(config.cohort_size, num_devices)
     spec = engine.RoundSpec(
         num_clients=config.num_clients, cohort_size=config.cohort_size,
         local_steps=config.local_steps, batch_size=config.batch_size,
