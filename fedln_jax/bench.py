@@ -98,7 +98,7 @@ def make_loop_round(apply_fn: Callable, spec: engine.RoundSpec,
 
     Each call gathers the client's batches, runs its local steps and adds its weighted result
     into a running sum (donated, so no copy); one more jitted call applies the server step.
-    Same semantics as `engine.make_round_fn` (full participation or sampled cohort alike).
+    Same semantics as `engine.make_round_fn` with FedAvg (full participation or sampled cohort).
     """
     client_update = engine.make_client_update(apply_fn, spec)
 
