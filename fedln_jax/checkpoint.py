@@ -27,11 +27,22 @@ from etils import epath
 from fedln_jax.errors import FedlnError
 
 FORMAT_VERSION = 1
-# Test-only: path of a directory; a save touches `saving_<round>` there and then sleeps this
-# many seconds inside orbax's save (after the arrays are written, before the step is committed)
-# so a test can SIGKILL the process mid-save.
-SAVE_HOOK_DIR_ENV = "FEDLN_TEST_SAVE_HOOK_DIR"
-SAVE_HOOK_SLEEP_ENV = "FEDLN_TEST_SAVE_HOOK_SLEEP"
+# Test-only hook: FEDLN_TEST_PAUSE="EVENT:ROUND:SECONDS:DIR" makes the run touch
+# DIR/paused_EVENT_ROUND and sleep SECONDS when it reaches EVENT at ROUND, so a subprocess test
+# can kill or signal it at a known moment. Events: "save" (inside orbax's save, after the
+# arrays are written and before the step is committed), "metrics" (after the metrics row of
+# an evaluation round is written, before that round's checkpoint).
+PAUSE_ENV = "FEDLN_TEST_PAUSE"
+
+
+def pause_for_test(event: str, round_: int) -> None:
+    spec = os.environ.get(PAUSE_ENV)
+    if not spec:
+        return
+    want_event, want_round, seconds, directory = spec.split(":", 3)
+    if want_event == event and int(want_round) == round_:
+        (epath.Path(directory) / f"paused_{event}_{round_}").touch()
+        time.sleep(float(seconds))
 
 
 class Restored(NamedTuple):
@@ -45,11 +56,9 @@ class _MetaHandler(ocp.JsonCheckpointHandler):
 
     async def async_save(self, directory, *args, **kwargs):
         futures = await super().async_save(directory, *args, **kwargs)
-        hook_dir = os.environ.get(SAVE_HOOK_DIR_ENV)
-        if hook_dir:
-            name = epath.Path(directory).parent.name.split(".")[0]
-            (epath.Path(hook_dir) / f"saving_{name}").touch()
-            time.sleep(float(os.environ.get(SAVE_HOOK_SLEEP_ENV, "30")))
+        if os.environ.get(PAUSE_ENV):
+            step = epath.Path(directory).parent.name.split(".")[0]   # "<round>.orbax-...-tmp"
+            pause_for_test("save", int(step))
         return futures
 
 
@@ -107,7 +116,7 @@ def restore_latest(manager: ocp.CheckpointManager, target, check_meta,
     """
     warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
     abstract = abstract_like(target)
-    steps = sorted(manager.all_steps(read=True), reverse=True)
+    steps = sorted(manager.all_steps(), reverse=True)
     for step in steps:
         try:
             restored = _restore_step(manager, step, abstract, check_meta)

@@ -363,6 +363,7 @@ def _train(exp: Experiment, state, hparams, data, mesh, manager, stop: _StopSign
             history.append(row)
             metrics_text += json.dumps(row) + "\n"
             write_text(root / "metrics.jsonl", metrics_text)
+            checkpoint.pause_for_test("metrics", done)
             loss_sum = engine.replicate(jnp.float32(0.0), mesh)
             rounds_in_sum = 0
             bar.set_postfix(loss=f"{row['train_loss']:.3f}", acc=f"{row['test_accuracy']:.3f}")
