@@ -31,7 +31,8 @@ FORMAT_VERSION = 1
 # DIR/paused_EVENT_ROUND and sleep SECONDS when it reaches EVENT at ROUND, so a subprocess test
 # can kill or signal it at a known moment. Events: "save" (inside orbax's save, after the
 # arrays are written and before the step is committed), "metrics" (after the metrics row of
-# an evaluation round is written, before that round's checkpoint).
+# an evaluation round is written, before that round's checkpoint), "saved" (after a
+# checkpoint is committed).
 PAUSE_ENV = "FEDLN_TEST_PAUSE"
 
 
@@ -93,7 +94,9 @@ def save(manager: ocp.CheckpointManager, state, meta: dict) -> float:
     manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                meta=ocp.args.JsonSave(meta)), force=True)
     manager.wait_until_finished()
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    pause_for_test("saved", step)
+    return seconds
 
 
 def abstract_like(tree):
