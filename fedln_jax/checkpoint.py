@@ -29,7 +29,7 @@ from fedln_jax.errors import FedlnError
 FORMAT_VERSION = 1
 # Test-only hook: FEDLN_TEST_PAUSE="EVENT:ROUND:SECONDS:DIR" makes the run touch
 # DIR/paused_EVENT_ROUND and sleep SECONDS when it reaches EVENT at ROUND, so a subprocess test
-# can kill or signal it at a known moment. Events: "save" (inside orbax's save, after the
+# can kill or signal it at a known moment. Events: "block" (after a block of rounds), "save" (inside orbax's save, after the
 # arrays are written and before the step is committed), "metrics" (after the metrics row of
 # an evaluation round is written, before that round's checkpoint), "saved" (after a
 # checkpoint is committed).

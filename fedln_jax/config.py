@@ -55,7 +55,7 @@ class Config:
     server_lr: float = 1.0
     # bookkeeping and execution
     seed: int = 0
-    checkpoint_every: int = 0           # 0 = only at the end
+    checkpoint_every: int = 100         # save the run state every N rounds (0 = only at the end)
     keep_checkpoints: int = 3
     client_chunk_size: int = 0          # clients vmapped together per device; 0 = backend default
     conv_impl: str = "auto"

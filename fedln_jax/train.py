@@ -356,6 +356,7 @@ def _train(exp: Experiment, state, hparams, data, mesh, manager, stop: _StopSign
         done += n
         rounds_in_sum += n
         bar.update(n)
+        checkpoint.pause_for_test("block", done)
         if done in eval_set:
             train_loss = float(np.float32(jax.device_get(loss_sum)) / np.float32(rounds_in_sum))
             row = evaluation_row(exp, evaluate, state, done, train_loss)
