@@ -215,9 +215,8 @@ class _StopSignal:
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self, log):
+    def __init__(self):
         self.signum = None
-        self.log = log
         self.previous = {}
 
     def __enter__(self):
@@ -229,8 +228,8 @@ class _StopSignal:
     def _handle(self, signum, frame):
         self.signum = signum
         self._restore()
-        print(f"fedln-jax: received {signal.Signals(signum).name}; finishing the current "
-              f"round and saving a checkpoint (send it again to abort at once)", file=sys.stderr)
+        print(f"fedln-jax: received {signal.Signals(signum).name}; finishing the running "
+              f"block of rounds and saving a checkpoint (send it again to abort at once)", file=sys.stderr)
 
     def _restore(self):
         for sig, handler in self.previous.items():
@@ -239,6 +238,27 @@ class _StopSignal:
 
     def __exit__(self, *exc):
         self._restore()
+        return False
+
+
+class _Manager:
+    """Opens the CheckpointManager on first use (so a refused run creates nothing) and closes
+    it on the way out."""
+
+    def __init__(self, workdir: str, keep: int):
+        self.workdir, self.keep, self.manager = workdir, keep, None
+
+    def get(self):
+        if self.manager is None:
+            self.manager = checkpoint.open_manager(self.workdir, self.keep)
+        return self.manager
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.manager is not None:
+            self.manager.close()
         return False
 
 
@@ -255,16 +275,14 @@ def run(config: Config, workdir: str, *, quiet: bool = False) -> dict:
     mesh = engine.client_mesh()
     fresh, hparams, data = engine.replicate((initial_state(exp), hparams_of(config), exp.data), mesh)
 
-    with _StopSignal(log) as stop:
-        manager = None
+    with _StopSignal() as stop, _Manager(workdir, config.keep_checkpoints) as managed:
         restored = None
         if checkpoint.checkpoint_dir(workdir).exists():
-            manager = checkpoint.open_manager(workdir, config.keep_checkpoints)
             restored = checkpoint.restore_latest(
-                manager, fresh, lambda meta: _check_checkpoint_meta(meta, config, workdir))
+                managed.get(), fresh, lambda meta: _check_checkpoint_meta(meta, config, workdir))
         root = epath.Path(workdir)
         root.mkdir(parents=True, exist_ok=True)
-        manager = manager or checkpoint.open_manager(workdir, config.keep_checkpoints)
+        manager = managed.get()
         write_json(root / "config.json", config.to_dict())
         write_json(root / "clients.json", {
             "class_counts": exp.counts_CK.tolist(),
