@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-import warnings
 from typing import Any, NamedTuple, Optional
 
 import jax
@@ -84,12 +83,13 @@ def open_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
                                  handler_registry=registry)
 
 
-def save(manager: ocp.CheckpointManager, state, meta: dict) -> float:
-    """Save `state` at step state.round with `meta`; return the seconds it took."""
+def save(manager: ocp.CheckpointManager, state, meta: dict) -> Optional[float]:
+    """Save `state` at step state.round with `meta`; return the seconds it took, or None if
+    that round is already saved."""
     start = time.perf_counter()
     step = int(jax.device_get(state.round))
     if step in manager.all_steps():
-        return 0.0
+        return None
     meta = {**meta, "format_version": FORMAT_VERSION, "round": step}
     manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                meta=ocp.args.JsonSave(meta)), force=True)

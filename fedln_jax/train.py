@@ -342,7 +342,9 @@ def _train(exp: Experiment, state, hparams, data, mesh, manager, stop: _StopSign
         meta = {"fedln_jax_version": __version__, "config": config.to_dict(),
                 "progress": {"train_loss_sum": float(loss_sum), "rounds_in_sum": rounds_in_sum,
                              "elapsed_seconds": round(elapsed(), 3)}}
-        save_seconds.append(checkpoint.save(manager, state, meta))
+        seconds = checkpoint.save(manager, state, meta)
+        if seconds is not None:
+            save_seconds.append(seconds)
         last_saved = round_
 
     def finish(status: str, rounds_completed: int, **extra) -> dict:

@@ -11,13 +11,12 @@ import time
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from fedln_jax import checkpoint, engine, train
 from fedln_jax.cli import main
 from fedln_jax.config import Config
-from fedln_jax.errors import DivergedError, FedlnError, Interrupted
+from fedln_jax.errors import FedlnError, Interrupted
 
 TINY = dict(dataset="synthetic", num_clients=4, classes_per_client=3, local_steps=2,
             batch_size=8, rounds=8, eval_every=2, checkpoint_every=2)
