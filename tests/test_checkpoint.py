@@ -106,6 +106,33 @@ def test_tree_mismatch_names_the_leaf_shape_and_dtype():
                                     target) == "missing params.b; unexpected -"
 
 
+def test_state_with_per_client_state_and_server_optimizer_round_trips_exactly(tmp_path):
+    """Everything an algorithm may keep (SCAFFOLD-style per-client variates with a leading
+    clients axis, an Adam/Yogi-style server state, BN statistics) comes back bit for bit, as
+    the same pytree types, placed like the target."""
+    import optax
+    params = {"dense": {"kernel": jnp.arange(6.0).reshape(3, 2) / 7}}
+    tx = optax.chain(optax.scale_by_adam(), optax.scale(-1.0))
+    state = engine.ServerState(
+        params=params, model_state={"batch_stats": {"mean": jnp.full((2,), 0.25)}},
+        opt_state=tx.init(params),
+        client_states={"c_i": jax.random.normal(jax.random.PRNGKey(1), (5, 3, 2))},
+        round=jnp.int32(3), key=jax.random.PRNGKey(7))
+    state = engine.replicate(state, engine.client_mesh())
+    manager = checkpoint.open_manager(str(tmp_path), 2)
+    assert checkpoint.save(manager, state, {"progress": {}}) > 0
+    assert checkpoint.save(manager, state, {"progress": {}}) is None     # round 3 already saved
+    target = jax.tree.map(jnp.zeros_like, state)
+    restored = checkpoint.restore_latest(checkpoint.open_manager(str(tmp_path), 2), target,
+                                         lambda meta: None)
+    assert restored.round == 3 and restored.meta == {"progress": {}, "format_version": 1,
+                                                     "round": 3}
+    chex.assert_trees_all_equal(restored.state, state)
+    chex.assert_trees_all_equal_structs(restored.state, state)
+    assert type(restored.state.opt_state[0]) is type(state.opt_state[0])
+    assert restored.state.client_states["c_i"].sharding == state.client_states["c_i"].sharding
+
+
 # ----------------------------------------------------------------------------- in process
 
 
