@@ -136,14 +136,18 @@ def test_state_with_per_client_state_and_server_optimizer_round_trips_exactly(tm
 # ----------------------------------------------------------------------------- in process
 
 
-@pytest.mark.parametrize("clients_per_round", [None, 2])
-def test_half_then_extended_equals_straight_bit_for_bit(tmp_path, reference, clients_per_round):
+@pytest.mark.parametrize("algorithm, clients_per_round", [
+    ("fedavg", None), ("fedavg", 2), ("scaffold", 2), ("fedyogi", None)])
+def test_half_then_extended_equals_straight_bit_for_bit(tmp_path, reference, algorithm,
+                                                       clients_per_round):
     """N rounds straight == N/2 rounds, stop, raise rounds to N and resume; with full and
-    partial participation (the cohort is drawn from the round's key). The straight run
-    checkpoints every 2 rounds, the split one only at its ends: blocks never change results."""
-    config = tiny(clients_per_round=clients_per_round, checkpoint_every=0)
+    partial participation (the cohort is drawn from the round's key), SCAFFOLD's per-client
+    control variates (only the sampled clients' change each round) and FedYogi's server
+    optimizer state. The reference run checkpoints every 2 rounds, the split one only at its
+    ends: how rounds are grouped into blocks never changes results."""
+    config = tiny(clients_per_round=clients_per_round, checkpoint_every=0, algorithm=algorithm)
     straight, split = reference, str(tmp_path / "split")
-    if clients_per_round is not None:
+    if (algorithm, clients_per_round) != ("fedavg", None):
         straight = str(tmp_path / "straight")
         train.run(config, straight, quiet=True)
     first = train.run(config.replace(rounds=4), split, quiet=True)
@@ -152,6 +156,9 @@ def test_half_then_extended_equals_straight_bit_for_bit(tmp_path, reference, cli
     assert second["resumed_from_round"] == 4 and steps(split) == [4, 8]
     assert_same_run(split, straight, config)
     assert json.loads(open(os.path.join(split, "config.json")).read())["rounds"] == 8
+    if algorithm == "scaffold":   # the variates are really in the checkpoint, and non-zero
+        variates = jax.tree.leaves(final_state(split, config).client_states)
+        assert variates and any(bool(jnp.any(v != 0)) for v in variates)
 
 
 def test_rerunning_a_finished_run_changes_nothing_but_time(tmp_path, reference):
