@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fedln_jax.errors import FedlnError
+from fedln_jax.errors import DivergedError, FedlnError, Interrupted
 
 
 class _Parser(argparse.ArgumentParser):
@@ -47,9 +47,15 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)
+    except DivergedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     except FedlnError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:  # SIGTERM/SIGINT: a checkpoint was saved at a round boundary
+        print(str(exc), file=sys.stderr)
+        return 128 + exc.signum
 
 
 def _dispatch(args) -> int:

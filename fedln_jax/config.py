@@ -66,7 +66,7 @@ class Config:
     feddecorr_coef: float = 0.1         # feddecorr (paper: 0.1)
     # bookkeeping and execution
     seed: int = 0
-    checkpoint_every: int = 0           # 0 = only at the end
+    checkpoint_every: int = 100         # save the run state every N rounds (0 = only at the end)
     keep_checkpoints: int = 3
     client_chunk_size: int = 0          # clients vmapped together per device; 0 = backend default
     conv_impl: str = "auto"
