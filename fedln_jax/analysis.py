@@ -164,7 +164,8 @@ def local_overfit(exp, state, client: int, steps: int, features_fn=None,
 
 
 def load_run(workdir: str):
-    """(experiment, trained state, source) of the run in `workdir`; FedlnError if none."""
+    """(experiment, state of the latest checkpoint, source) of the run in `workdir`; FedlnError
+    if there is no run or no checkpoint (a finished run always checkpoints its last round)."""
     import json
     from fedln_jax.config import from_dict
     from fedln_jax import train
@@ -178,16 +179,18 @@ def load_run(workdir: str):
     except (OSError, ValueError, TypeError):
         raise FedlnError(f"{path} is unreadable or not a fedln-jax config") from None
     exp = train.build_experiment(config)
-    template = train.initial_state(exp)
-    if not os.path.isfile(os.path.join(workdir, train.FINAL_STATE)):
-        raise FedlnError(f"{workdir!r} holds no saved model state ({train.FINAL_STATE} is "
-                         f"missing: the run did not finish)")
-    try:
-        state = train.load_final_state(workdir, template)
-    except Exception as exc:  # msgpack/flax raise several types on a torn or foreign file
-        raise FedlnError(f"{train.FINAL_STATE} in {workdir!r} is unreadable "
-                         f"({type(exc).__name__}); re-run the experiment") from None
-    return exp, state, train.FINAL_STATE
+    from fedln_jax import checkpoint
+    manager = (checkpoint.open_manager(workdir, config.keep_checkpoints)
+               if checkpoint.checkpoint_dir(workdir).exists() else None)
+    if manager is None or not manager.all_steps():
+        raise FedlnError(f"{workdir!r} holds no checkpoint of the model (the run did not reach "
+                         f"its first checkpoint)")
+    template = engine.replicate(train.initial_state(exp), engine.client_mesh())
+    restored = checkpoint.restore_latest(
+        manager, template, lambda meta: train._check_checkpoint_meta(meta, config, workdir))
+    if restored is None:
+        raise FedlnError(f"{workdir!r} holds no readable checkpoint of the model")
+    return exp, restored.state, f"checkpoints/{restored.round}"
 
 
 def analyze_run(workdir: str, client: int = 0, steps: Sequence[int] = (5,),

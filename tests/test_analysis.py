@@ -61,12 +61,12 @@ def test_local_train_is_the_engines_local_training(algorithm):
     assert max(jax.tree.leaves(diff)) < 1e-6
 
 
-def test_final_state_round_trip(tmp_path):
-    config = Config(**TINY, norm="bn").validate()
+def test_analysis_loads_the_latest_checkpoint(tmp_path):
+    config = Config(**TINY, norm="bn", checkpoint_every=1).validate()
     train.run(config, str(tmp_path / "r"), quiet=True)
-    exp = train.build_experiment(config)
-    state = train.load_final_state(str(tmp_path / "r"), train.initial_state(exp))
-    assert int(state.round) == 2 and state.model_state["batch_stats"]
+    exp, state, source = analysis.load_run(str(tmp_path / "r"))
+    assert source == "checkpoints/2" and int(state.round) == 2
+    assert state.model_state["batch_stats"]
     # the loaded model reproduces the logged final accuracy
     row = train.evaluation_row(exp, train.make_evaluator(exp), state, 2, 0.0)
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
@@ -120,7 +120,7 @@ def test_analyze_on_a_directory_without_a_run(tmp_path, capsys):
         assert len(err) == 1 and "holds no run" in err[0]
     (tmp_path / "config.json").write_text(json.dumps(Config(**TINY).to_dict()))
     assert main(["analyze", "--workdir", str(tmp_path)]) == 2
-    assert "holds no saved model state" in capsys.readouterr().err
+    assert "holds no checkpoint" in capsys.readouterr().err
 
 
 def test_malformed_norm_layers_reach_the_cli_as_one_error_line(tmp_path, capsys):

@@ -388,3 +388,15 @@ def test_divergent_norms_on_one_class_data():
     assert np.all(np.diff(w_f[checkpoints, 0]) > 0)                        # only the head grows
     # |z_i - z_j| = |(w_i - w_j) . phi| <= 2 max_k ||w_k|| ||phi|| = 2 sqrt(d) max_k ||w_k||
     assert np.all(gap_f <= 2 * math.sqrt(d) * w_f.max(-1) * (1 + 1e-6))
+
+
+@pytest.mark.parametrize("name,norm", [("cnn", "fn"), ("small_cnn", "bn"), ("mlp", "ln")])
+def test_bfloat16_compute_float32_params_and_logits(name, norm):
+    x = _x(SHAPES[name])
+    f32, bf16 = build_model(name, norm, 4), build_model(name, norm, 4, dtype="bfloat16")
+    v, (a, b) = _run([f32, bf16], x)
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(v))
+    assert a.dtype == b.dtype == jnp.float32
+    assert np.max(np.abs(a - b)) <= 0.05 * np.max(np.abs(a))
+    with pytest.raises(FedlnError):
+        build_model(name, norm, 4, dtype="float16")

@@ -6,6 +6,7 @@ import math
 
 from fedln_jax.errors import FedlnError
 from fedln_jax.models.cnn import ARCHS, MLP, ConvNet
+from fedln_jax.models.flops import forward_macs, train_flops_per_example
 from fedln_jax.models.layers import CONV_IMPLS, Conv, conv2d, max_pool2, resolve_conv_impl
 from fedln_jax.models.resnet import RESNET_WIDTHS, ResNet
 from fedln_jax.models.normalizers import (NORM_PRESETS, PRIMITIVES, Normalizer, apply_norm,
@@ -13,6 +14,7 @@ from fedln_jax.models.normalizers import (NORM_PRESETS, PRIMITIVES, Normalizer, 
                                           parse_primitive)
 
 MODEL_NAMES = ("cnn", "small_cnn", "mlp", "resnet18", "resnet18_tiny")
+DTYPES = ("float32", "bfloat16")
 NORM_POSITIONS = ("after", "before")
 
 
@@ -55,7 +57,7 @@ def _check_name(name):
 
 def build_model(name: str, norm: str, num_classes: int, *, norm_layers: str = "",
                 norm_position: str = "after", gn_groups: int = 4, tau: float = 1.0,
-                conv_impl: str = "auto"):
+                conv_impl: str = "auto", dtype: str = "float32"):
     """Build a flax Linen model (bias-free everywhere except the ResNet head).
 
     Args:
@@ -69,6 +71,8 @@ def build_model(name: str, norm: str, num_classes: int, *, norm_layers: str = ""
       tau: logits are divided by tau.
       conv_impl: "auto" (patches on CPU, lax on GPU/TPU), "patches" or "lax"; the same
         variables work with every choice.
+      dtype: compute dtype, "float32" or "bfloat16" (for GPU/TPU). Parameters, normalizer
+        statistics and logits stay float32 either way.
 
     Returns:
       A Linen module: `apply(variables, x, train=..., return_features=...)`, x float32 NHWC.
@@ -84,8 +88,12 @@ def build_model(name: str, norm: str, num_classes: int, *, norm_layers: str = ""
         raise FedlnError(f"tau must be a positive number, got {tau!r}") from None
     if not (math.isfinite(tau) and tau > 0):
         raise FedlnError(f"tau must be a positive number, got {tau!r}")
+    if dtype not in DTYPES:
+        raise FedlnError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
     conv, pool = resolve_conv_impl(conv_impl)
     if name in RESNET_WIDTHS:
+        if dtype != "float32":
+            raise FedlnError(f"model {name!r} runs in float32 only (dtype={dtype!r} is not supported)")
         widths = RESNET_WIDTHS[name]
         hidden, feature = resnet_norm_layers(norm, norm_layers, gn_groups)
         for width in widths:
@@ -99,15 +107,16 @@ def build_model(name: str, norm: str, num_classes: int, *, norm_layers: str = ""
     for spec, width in zip(specs, widths):
         check_width(spec, width)
     kw = dict(arch["kw"], num_classes=num_classes, norm_layers=specs,
-              norm_position=norm_position, tau=tau)
+              norm_position=norm_position, tau=tau, dtype=dtype)
     if arch["cls"] is ConvNet:
         kw.update(conv_impl=conv, pool_impl=pool)
     return arch["cls"](**kw)
 
 
 __all__ = [
-    "build_model", "MODEL_NAMES", "NORM_PRESETS", "NORM_POSITIONS", "PRIMITIVES", "CONV_IMPLS",
+    "build_model", "MODEL_NAMES", "DTYPES", "NORM_PRESETS", "NORM_POSITIONS", "PRIMITIVES", "CONV_IMPLS",
     "expand_norm_layers", "parse_primitive", "check_width", "num_norm_positions", "feature_dim",
-    "ConvNet", "MLP", "ResNet", "resnet_norm_layers", "Conv", "conv2d", "max_pool2", "resolve_conv_impl", "Normalizer",
-    "apply_norm", "group_norm",
+    "ConvNet", "MLP", "ResNet", "resnet_norm_layers", "Conv", "conv2d", "max_pool2",
+    "resolve_conv_impl", "Normalizer", "apply_norm", "group_norm", "forward_macs",
+    "train_flops_per_example",
 ]
