@@ -57,7 +57,8 @@ class Config:
     seed: int = 0
     checkpoint_every: int = 0           # 0 = only at the end
     keep_checkpoints: int = 3
-    client_chunk_size: int = 0          # clients vmapped together per device; 0 = backend default
+    client_chunk_size: Optional[int] = None   # clients vmapped together per device; None = backend default
+    num_devices: Optional[int] = None   # devices the clients axis is laid out over; None = all
     conv_impl: str = "auto"
 
     @property
@@ -88,7 +89,11 @@ class Config:
         for key in ("lr", "dirichlet_beta", "tau", "server_lr", "test_fraction"):
             if not getattr(self, key) > 0:
                 raise FedlnError(f"{key} must be > 0, got {getattr(self, key)}")
-        for key in ("momentum", "weight_decay", "checkpoint_every", "client_chunk_size", "seed"):
+        for key in ("client_chunk_size", "num_devices"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise FedlnError(f"{key} must be >= 1 (or none for the default), "
+                                 f"got {getattr(self, key)}")
+        for key in ("momentum", "weight_decay", "checkpoint_every", "seed"):
             if getattr(self, key) < 0:
                 raise FedlnError(f"{key} must be >= 0, got {getattr(self, key)}")
         if not self.test_fraction < 1:
@@ -142,7 +147,7 @@ def parse_value(key: str, text: str) -> Any:
     if key not in config_keys():
         raise FedlnError(f"unknown config key {key!r}; known keys: {', '.join(config_keys())}")
     base, optional = _unwrap_optional(_field_types()[key])
-    if optional and text.lower() in ("none", "null", "all", ""):
+    if optional and text.lower() in ("none", "null", "all", "auto", ""):
         return None
     try:
         if base is bool:

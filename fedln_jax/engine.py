@@ -198,8 +198,15 @@ def client_mesh(devices=None) -> Mesh:
 
 def replicate(tree: Pytree, mesh: Mesh) -> Pytree:
     """Place a pytree (state, hparams, data) on every device of the mesh, as the round's
-    outputs are placed: inputs and outputs then share one compilation."""
-    return jax.device_put(tree, NamedSharding(mesh, P()))
+    outputs are placed: inputs and outputs then share one compilation. Under jax.distributed
+    the mesh spans processes and every process must pass the same value."""
+    sharding = NamedSharding(mesh, P())
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+    # Several processes (jax.distributed): each holds the whole value and feeds only its own
+    # addressable devices; together they form one global, replicated array.
+    return jax.tree.map(
+        lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a)), tree)
 
 
 def make_round_fn(apply_fn: Callable, spec: RoundSpec, server_tx: optax.GradientTransformation,
