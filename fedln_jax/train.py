@@ -11,10 +11,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from tqdm.auto import tqdm
 
 from fedln_jax import engine
+from fedln_jax.algorithms import OWNED_HPARAMS, Algorithm, get_algorithm
 from fedln_jax.config import Config, diff_keys
 from fedln_jax.data import class_counts, client_test_weights, load_dataset, partition
 from fedln_jax.errors import FedlnError
@@ -33,7 +33,12 @@ class Experiment(NamedTuple):
     num_classes: int
     counts_CK: np.ndarray           # training examples per client and class
     test_weights_CK: np.ndarray
-    server_tx: optax.GradientTransformation
+    algorithm: Algorithm
+
+    @property
+    def server_tx(self) -> Algorithm:
+        """The engine's third argument (kept for callers written before algorithms existed)."""
+        return self.algorithm
 
 
 def build_experiment(config: Config) -> Experiment:
@@ -61,10 +66,11 @@ def build_experiment(config: Config) -> Experiment:
         momentum=config.momentum, weight_decay=config.weight_decay)
     return Experiment(
         config=config, model=model, apply_fn=engine.make_apply_fn(model), spec=spec,
-        data=engine.make_data(dataset.x_train, dataset.y_train, clients),
+        data=engine.make_data(dataset.x_train, dataset.y_train, clients, dataset.num_classes),
         x_test=jnp.asarray(dataset.x_test), y_test=jnp.asarray(dataset.y_test),
         num_classes=dataset.num_classes, counts_CK=counts_CK,
-        test_weights_CK=client_test_weights(counts_CK), server_tx=optax.identity())
+        test_weights_CK=client_test_weights(counts_CK),
+        algorithm=get_algorithm(config.algorithm))
 
 
 def mesh_devices(config: Config) -> list:
@@ -83,12 +89,16 @@ def mesh_devices(config: Config) -> list:
 
 def hparams_of(config: Config) -> dict[str, jax.Array]:
     """The values a round reads as arrays (so runs differing only in them can be vmapped)."""
-    return {"lr": jnp.float32(config.lr), "server_lr": jnp.float32(config.server_lr)}
+    hparams = {"lr": jnp.float32(config.lr), "server_lr": jnp.float32(config.resolved_server_lr)}
+    for key in get_algorithm(config.algorithm).hparam_keys:
+        hparams[key] = jnp.float32(getattr(config, key))
+    return hparams
 
 
 def initial_state(exp: Experiment) -> engine.ServerState:
     sample_x = jnp.zeros((1,) + exp.data.x.shape[1:], jnp.float32)
-    return engine.init_state(exp.model, sample_x, exp.config.seed, exp.server_tx)
+    return engine.init_state(exp.model, sample_x, exp.config.seed, exp.algorithm,
+                             hparams=hparams_of(exp.config), num_clients=exp.config.num_clients)
 
 
 def evaluation_rounds(config: Config) -> list[int]:
@@ -134,7 +144,8 @@ def format_class_counts(counts_CK: np.ndarray) -> str:
 # them are stacked on a leading runs axis and share one compiled program (DESIGN 2.6).
 # seed/dirichlet_beta change the data and partition: the index tables are padded to a common
 # width, which leaves every run's numbers unchanged (random draws are prefix-stable in length).
-VALUE_KEYS = ("seed", "lr", "server_lr", "dirichlet_beta")
+# Algorithm hyperparameters (prox_mu, fedlc_tau, ...) are read from `hparams` as arrays too.
+VALUE_KEYS = ("seed", "lr", "server_lr", "dirichlet_beta") + tuple(OWNED_HPARAMS)
 
 
 def program_key(config: Config) -> str:
@@ -249,16 +260,14 @@ def train_runs(group: list[Experiment], mesh, on_eval=None) -> engine.ServerStat
     hparams = stack_trees([hparams_of(exp.config) for exp in group])
     state, hparams, data, tests = engine.replicate((state, hparams, data, tests), mesh)
     first = group[0]
-    round_fn = engine.make_round_fn(first.apply_fn, spec, first.server_tx, mesh)
+    round_fn = engine.make_round_fn(first.apply_fn, spec, first.algorithm, mesh)
     run_rounds = jax.jit(jax.vmap(engine.make_multi_round_fn(round_fn),
                                   in_axes=(0, 0, data_axes, None)), donate_argnums=0)
-    evaluate = jax.jit(jax.vmap(
-        engine.make_eval_fn(first.apply_fn, first.num_classes, spec.pixel_scale),
-        in_axes=(0, 0) + tuple(test_axes)))
+    evaluate = jax.jit(jax.vmap(evaluation_fn(first), in_axes=(0,) + tuple(test_axes)))
     done = 0
     for target in evaluation_rounds(first.config):
         state, loss_R = run_rounds(state, hparams, data, jnp.int32(target - done))
-        result_R = jax.device_get(evaluate(state.params, state.model_state, *tests))
+        result_R = jax.device_get(evaluate(state, *tests))
         loss_R = np.asarray(jax.device_get(loss_R))
         rows = [evaluation_row(exp, jax.tree.map(lambda a: a[r], result_R), target,
                                float(loss_R[r])) for r, exp in enumerate(group)]
@@ -266,6 +275,26 @@ def train_runs(group: list[Experiment], mesh, on_eval=None) -> engine.ServerStat
             on_eval(target, rows, target - done)
         done = target
     return state
+
+
+def evaluation_fn(exp: Experiment):
+    """evaluate(state, x, y) -> {correct_K (or correct_CK), total_K, loss_sum}, pure.
+
+    The global model on the test set; for an algorithm with personalized evaluation (FedBN)
+    whose clients hold local layers, each client's own model (correct_CK).
+    """
+    global_eval = engine.make_eval_fn(exp.apply_fn, exp.num_classes, exp.spec.pixel_scale)
+    per_client = engine.make_personalized_eval_fn(exp.apply_fn, exp.algorithm, exp.num_classes,
+                                                  exp.spec.pixel_scale)
+
+    def evaluate(state, x, y):
+        if exp.algorithm.personalized_eval and jax.tree.leaves(state.client_states):
+            out = per_client(state.params, state.model_state, state.client_states, x, y)
+            return {"correct_K": out["correct_CK"], "total_K": out["total_K"],
+                    "loss_sum": out["loss_sum_C"].mean()}
+        return global_eval(state.params, state.model_state, x, y)
+
+    return evaluate
 
 
 def group_spec(group: list[Experiment]) -> engine.RoundSpec:
