@@ -116,3 +116,19 @@ def test_bad_grid_one_error_line_exit_2_nothing_written(tmp_path, capsys, grid, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and fragment in err[0], err
     assert not workdir.exists()
+
+
+def test_algorithm_hyperparameters_are_vectorized_and_equal_alone():
+    from fedln_jax import engine
+    from fedln_jax.train import build_experiment, train_runs
+    base = Config(dataset="synthetic", num_clients=4, classes_per_client=3, local_steps=2,
+                  batch_size=8, rounds=2, eval_every=2, algorithm="fedprox", lr=0.1)
+    runs = expand(base, parse_grid(["prox_mu=0.0,2.0"]))
+    assert [len(g) for g in plan(runs)] == [2]
+    mesh = engine.client_mesh()
+    together, alone = [], []
+    train_runs([build_experiment(c) for _, c in runs], mesh, lambda r, rows, n: together.extend(rows))
+    train_runs([build_experiment(runs[1][1])], mesh, lambda r, rows, n: alone.extend(rows))
+    assert abs(together[1]["train_loss"] - alone[0]["train_loss"]) < 1e-5
+    assert abs(together[1]["test_loss"] - alone[0]["test_loss"]) < 1e-5
+    assert abs(together[0]["train_loss"] - alone[0]["train_loss"]) > 1e-4   # mu matters
