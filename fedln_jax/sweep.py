@@ -162,8 +162,11 @@ def plot_sweep(rows: list[dict], swept: list[str], path: str) -> None:
     line_keys = [k for k in swept if k not in (x_key,)]
     lines: dict[str, dict] = {}
     for row in rows:
-        label = ", ".join(f"{k}={row[k]}" for k in line_keys) or f"norm={row['norm_of_run']}"
-        x = row[x_key] if x_key else "all"
+        if x_key is None:   # only norm (and seeds) swept: the normalizers are the x axis
+            label, x = "mean over seeds", row["norm_of_run"]
+        else:
+            label = ", ".join(f"{k}={row[k]}" for k in line_keys) or f"norm={row['norm_of_run']}"
+            x = row[x_key]
         lines.setdefault(label, {}).setdefault(x, []).append(row["final_test_accuracy"])
     fig, ax = plt.subplots(figsize=(6, 4))
     categorical = x_key is None or any(isinstance(v, str) for line in lines.values() for v in line)
@@ -175,7 +178,7 @@ def plot_sweep(rows: list[dict], swept: list[str], path: str) -> None:
     if not categorical and x_key in ("lr", "server_lr", "dirichlet_beta") and \
             all(x > 0 for line in lines.values() for x in line):
         ax.set_xscale("log")
-    ax.set_xlabel(x_key or "")
+    ax.set_xlabel(x_key or "norm")
     ax.set_ylabel("final test accuracy")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
