@@ -19,6 +19,7 @@ NORMS = ("none", "bn", "gn", "ln", "fn")
 NORM_POSITIONS = ("after", "before")
 ALGORITHMS = ALGORITHM_NAMES
 CONV_IMPLS = ("auto", "patches", "lax")
+DTYPES = ("float32", "bfloat16")
 DEFAULT_MODEL = {"digits": "small_cnn", "synthetic": "small_cnn", "cifar10": "cnn",
                  "cifar100": "cnn", "tinyimagenet": "cnn", "pacs": "cnn"}
 
@@ -65,11 +66,12 @@ class Config:
     feddecorr_coef: float = 0.1         # feddecorr (paper: 0.1)
     # bookkeeping and execution
     seed: int = 0
-    checkpoint_every: int = 0           # 0 = only at the end
+    checkpoint_every: int = 100         # save the run state every N rounds (0 = only at the end)
     keep_checkpoints: int = 3
     client_chunk_size: Optional[int] = None   # clients vmapped together per device; None = backend default
     num_devices: Optional[int] = None   # devices the clients axis is laid out over; None = all
     conv_impl: str = "auto"
+    dtype: str = "float32"              # compute dtype (bfloat16 for GPU/TPU); params stay float32
 
     @property
     def resolved_model(self) -> str:
@@ -93,7 +95,7 @@ class Config:
             _check_type(f.name, getattr(self, f.name), _field_types()[f.name])
         choices = {"dataset": DATASETS, "partition": PARTITIONS, "model": MODELS, "norm": NORMS,
                    "norm_position": NORM_POSITIONS, "algorithm": ALGORITHMS,
-                   "conv_impl": CONV_IMPLS}
+                   "conv_impl": CONV_IMPLS, "dtype": DTYPES}
         for key, allowed in choices.items():
             value = getattr(self, key)
             if value not in allowed:
