@@ -9,6 +9,7 @@ import types
 import typing
 from typing import Any, Optional
 
+from fedln_jax.data.augment import AUGMENT_SETTINGS, resolve_augmentation
 from fedln_jax.errors import FedlnError
 
 DATASETS = ("digits", "synthetic", "cifar10", "cifar100", "tinyimagenet", "pacs")
@@ -20,6 +21,7 @@ ALGORITHMS = ("fedavg",)
 CONV_IMPLS = ("auto", "patches", "lax")
 DEFAULT_MODEL = {"digits": "small_cnn", "synthetic": "small_cnn", "cifar10": "cnn",
                  "cifar100": "cnn", "tinyimagenet": "cnn", "pacs": "cnn"}
+FOLDER_DATASETS = ("tinyimagenet", "pacs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +35,10 @@ class Config:
     classes_per_client: int = 1
     dirichlet_beta: float = 0.1
     min_client_examples: int = 1        # dirichlet guard: redraw while a client has fewer
+    download: bool = True               # cifar10/100: fetch through TFDS when not in data_dir
+    image_size: int = 0                 # tinyimagenet/pacs: image side in pixels (0 = 64)
+    pacs_domain: str = ""               # pacs: held-out test domain ("" = stratified split)
+    augment: str = "auto"               # auto | true | false | none | crop_flip | resized_crop
     # federation
     num_clients: int = 10
     clients_per_round: Optional[int] = None   # None = all clients every round
@@ -65,6 +71,12 @@ class Config:
         return DEFAULT_MODEL[self.dataset] if self.model == "auto" else self.model
 
     @property
+    def resolved_augment(self) -> str:
+        """The augmentation mode applied on the device (data.augment): auto = the paper's per
+        dataset (crop_flip for CIFAR/TinyImageNet, resized_crop for PACS, none for digits)."""
+        return resolve_augmentation(self.augment, self.dataset)
+
+    @property
     def cohort_size(self) -> int:
         """Clients trained per round."""
         return self.num_clients if self.clients_per_round is None else self.clients_per_round
@@ -75,7 +87,7 @@ class Config:
             _check_type(f.name, getattr(self, f.name), _field_types()[f.name])
         choices = {"dataset": DATASETS, "partition": PARTITIONS, "model": MODELS, "norm": NORMS,
                    "norm_position": NORM_POSITIONS, "algorithm": ALGORITHMS,
-                   "conv_impl": CONV_IMPLS}
+                   "conv_impl": CONV_IMPLS, "augment": AUGMENT_SETTINGS}
         for key, allowed in choices.items():
             value = getattr(self, key)
             if value not in allowed:
@@ -88,7 +100,8 @@ class Config:
         for key in ("lr", "dirichlet_beta", "tau", "server_lr", "test_fraction"):
             if not getattr(self, key) > 0:
                 raise FedlnError(f"{key} must be > 0, got {getattr(self, key)}")
-        for key in ("momentum", "weight_decay", "checkpoint_every", "client_chunk_size", "seed"):
+        for key in ("momentum", "weight_decay", "checkpoint_every", "client_chunk_size", "seed",
+                    "image_size"):
             if getattr(self, key) < 0:
                 raise FedlnError(f"{key} must be >= 0, got {getattr(self, key)}")
         if not self.test_fraction < 1:
@@ -96,6 +109,11 @@ class Config:
         if self.clients_per_round is not None and not 1 <= self.clients_per_round <= self.num_clients:
             raise FedlnError(f"clients_per_round must be in 1..num_clients={self.num_clients}, "
                              f"got {self.clients_per_round}")
+        if self.image_size and self.dataset not in FOLDER_DATASETS:
+            raise FedlnError(f"image_size applies to {' and '.join(FOLDER_DATASETS)} only, "
+                             f"not dataset={self.dataset!r}")
+        if self.pacs_domain and self.dataset != "pacs":
+            raise FedlnError(f"pacs_domain applies to dataset='pacs' only, not {self.dataset!r}")
         if self.classes_per_client < 1:
             raise FedlnError(f"classes_per_client must be >= 1, got {self.classes_per_client}")
         return self
