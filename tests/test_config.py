@@ -68,3 +68,13 @@ def test_default_model_per_dataset():
     assert Config(dataset="digits").resolved_model == "small_cnn"
     assert Config(dataset="cifar10").resolved_model == "cnn"
     assert Config(dataset="cifar10", model="mlp").resolved_model == "mlp"
+
+
+def test_every_experiment_config_loads_and_validates():
+    import glob
+    import os
+    root = os.path.join(os.path.dirname(__file__), "..", "experiments", "configs")
+    files = sorted(glob.glob(os.path.join(root, "*.py")))
+    assert files
+    for path in files:
+        load_config_file(path).validate()
