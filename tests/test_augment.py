@@ -109,6 +109,13 @@ def test_augmentation_depends_on_round_client_and_step_only():
                                     jnp.arange(4, dtype=jnp.int32))
     x0_r1, _ = gather(exp.data, exp.spec, next_round[0], jnp.int32(0))
     assert not np.array_equal(x0, x0_r1)
+    # the same images under two clients' keys get different crops
+    augment = jax.jit(lambda k, x: augment_round(jax.random.fold_in(k, engine.AUGMENT_TAG), x,
+                                                 "crop_flip"))
+    x_SB = x0_plain
+    views = [np.asarray(augment(keys[c], x_SB)) for c in range(4)]
+    assert all(not np.array_equal(views[i], views[j]) for i in range(4) for j in range(i))
+    np.testing.assert_array_equal(views[0], x0)   # what the round itself saw for client 0
 
 
 @pytest.mark.parametrize("mode, norm", [("crop_flip", "bn"), ("resized_crop", "fn")])
