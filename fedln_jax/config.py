@@ -9,6 +9,7 @@ import types
 import typing
 from typing import Any, Optional
 
+from fedln_jax.algorithms import ALGORITHM_NAMES, OWNED_HPARAMS, REGISTRY
 from fedln_jax.data.augment import AUGMENT_SETTINGS, resolve_augmentation
 from fedln_jax.errors import FedlnError
 
@@ -17,7 +18,7 @@ PARTITIONS = ("iid", "n_class", "dirichlet")
 MODELS = ("auto", "cnn", "small_cnn", "mlp")
 NORMS = ("none", "bn", "gn", "ln", "fn")
 NORM_POSITIONS = ("after", "before")
-ALGORITHMS = ("fedavg",)
+ALGORITHMS = ALGORITHM_NAMES
 CONV_IMPLS = ("auto", "patches", "lax")
 DEFAULT_MODEL = {"digits": "small_cnn", "synthetic": "small_cnn", "cifar10": "cnn",
                  "cifar100": "cnn", "tinyimagenet": "cnn", "pacs": "cnn"}
@@ -56,9 +57,18 @@ class Config:
     norm_position: str = "after"
     gn_groups: int = 4
     tau: float = 1.0                    # logit temperature
-    # algorithm
+    # algorithm (fedln_jax/algorithms). A hyperparameter owned by other algorithms must keep
+    # its default: setting it is an error, since it would silently do nothing.
     algorithm: str = "fedavg"
-    server_lr: float = 1.0
+    server_lr: Optional[float] = None   # None = the algorithm's default: 1.0, 0.01 for fedadam/fedyogi
+    prox_mu: float = 1.0                # fedprox: loss + mu/2 ||w - w_global||^2 (paper: 1)
+    server_momentum: float = 0.9        # fedavgm
+    server_beta1: float = 0.9           # fedadam, fedyogi (SPEC section 6)
+    server_beta2: float = 0.99          # fedadam, fedyogi
+    server_tau: float = 1e-3            # fedadam, fedyogi: added to sqrt(v)
+    fedlc_tau: float = 1.0              # fedlc: margin tau * n_k^(-1/4)
+    fedrs_alpha: float = 0.5            # fedrs: scale of absent classes' logits, in (0, 1]
+    feddecorr_coef: float = 0.1         # feddecorr (paper: 0.1)
     # bookkeeping and execution
     seed: int = 0
     checkpoint_every: int = 0           # 0 = only at the end
@@ -75,6 +85,13 @@ class Config:
         """The augmentation mode applied on the device (data.augment): auto = the paper's per
         dataset (crop_flip for CIFAR/TinyImageNet, resized_crop for PACS, none for digits)."""
         return resolve_augmentation(self.augment, self.dataset)
+
+    @property
+    def resolved_server_lr(self) -> float:
+        """server_lr, or the algorithm's default when unset."""
+        if self.server_lr is not None:
+            return self.server_lr
+        return REGISTRY[self.algorithm].default_server_lr
 
     @property
     def cohort_size(self) -> int:
@@ -97,13 +114,21 @@ class Config:
         for key in positive:
             if getattr(self, key) < 1:
                 raise FedlnError(f"{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("lr", "dirichlet_beta", "tau", "server_lr", "test_fraction"):
+        for key in ("lr", "dirichlet_beta", "tau", "test_fraction", "server_tau"):
             if not getattr(self, key) > 0:
                 raise FedlnError(f"{key} must be > 0, got {getattr(self, key)}")
+        if self.server_lr is not None and not self.server_lr > 0:
+            raise FedlnError(f"server_lr must be > 0, got {self.server_lr}")
         for key in ("momentum", "weight_decay", "checkpoint_every", "client_chunk_size", "seed",
-                    "image_size"):
-            if getattr(self, key) < 0:
+                    "prox_mu", "fedlc_tau", "feddecorr_coef", "image_size"):
+            if not getattr(self, key) >= 0:
                 raise FedlnError(f"{key} must be >= 0, got {getattr(self, key)}")
+        for key in ("server_momentum", "server_beta1", "server_beta2"):
+            if not 0 <= getattr(self, key) < 1:
+                raise FedlnError(f"{key} must be in [0, 1), got {getattr(self, key)}")
+        if not 0 < self.fedrs_alpha <= 1:
+            raise FedlnError(f"fedrs_alpha must be in (0, 1], got {self.fedrs_alpha}")
+        self._check_algorithm_hparams()
         if not self.test_fraction < 1:
             raise FedlnError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
         if self.clients_per_round is not None and not 1 <= self.clients_per_round <= self.num_clients:
@@ -117,6 +142,14 @@ class Config:
         if self.classes_per_client < 1:
             raise FedlnError(f"classes_per_client must be >= 1, got {self.classes_per_client}")
         return self
+
+    def _check_algorithm_hparams(self) -> None:
+        """A hyperparameter of another algorithm set to a non-default value is an error."""
+        defaults = Config()
+        for key, owners in OWNED_HPARAMS.items():
+            if self.algorithm not in owners and getattr(self, key) != getattr(defaults, key):
+                raise FedlnError(f"{key} is a hyperparameter of {'/'.join(owners)}, not of "
+                                 f"algorithm={self.algorithm}; leave it at its default")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

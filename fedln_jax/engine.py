@@ -15,6 +15,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from fedln_jax.algorithms import Algorithm, ClientContext, init_client_states, make_algorithm
 from fedln_jax.data.augment import augment_round
 from fedln_jax.errors import FedlnError
 
@@ -27,12 +28,15 @@ class DeviceData(NamedTuple):
     """The training set, placed on the device once, and the clients as an index table.
 
     x: uint8 [N, H, W, C] images; y: int32 [N] labels; idx_C: int32 [num_clients, max_n]
-    indices into x (rows padded with 0 past the count); counts_C: int32 [num_clients].
+    indices into x (rows padded with 0 past the count); counts_C: int32 [num_clients];
+    class_counts_CK: float32 [num_clients, num_classes] training examples per client and class
+    (read by FedLC/FedRS; `make_data` fills it).
     """
     x: jax.Array
     y: jax.Array
     idx_C: jax.Array
     counts_C: jax.Array
+    class_counts_CK: jax.Array | None = None
 
 
 class ServerState(NamedTuple):
@@ -65,15 +69,23 @@ class RoundSpec(NamedTuple):
     augment: str = "none"     # data.augment mode applied to training batches on the device
 
 
-def make_data(x: np.ndarray, y: np.ndarray, client_indices: list[np.ndarray]) -> DeviceData:
-    """Pad the ragged client index lists into one table and put everything on the device once."""
+def make_data(x: np.ndarray, y: np.ndarray, client_indices: list[np.ndarray],
+              num_classes: int | None = None) -> DeviceData:
+    """Pad the ragged client index lists into one table and put everything on the device once.
+
+    num_classes: width of class_counts_CK (default: the largest label + 1).
+    """
     counts = np.array([len(ix) for ix in client_indices], np.int32)
     if counts.min() < 1:
         raise FedlnError(f"client {int(counts.argmin())} has no training examples")
     table = np.zeros((len(client_indices), int(counts.max())), np.int32)
     for c, ix in enumerate(client_indices):
         table[c, :len(ix)] = ix
-    return DeviceData(jnp.asarray(x), jnp.asarray(y, jnp.int32), jnp.asarray(table), jnp.asarray(counts))
+    y = np.asarray(y)
+    num_classes = int(y.max()) + 1 if num_classes is None else num_classes
+    class_counts = np.stack([np.bincount(y[ix], minlength=num_classes) for ix in client_indices])
+    return DeviceData(jnp.asarray(x), jnp.asarray(y, jnp.int32), jnp.asarray(table),
+                      jnp.asarray(counts), jnp.asarray(class_counts, jnp.float32))
 
 
 def epochs_needed(min_count: int, local_steps: int, batch_size: int) -> int:
@@ -114,26 +126,54 @@ def client_batch_indices(key: jax.Array, idx_row: jax.Array, count: jax.Array,
     return idx_row[position_SB]
 
 
-def make_client_update(apply_fn: Callable, spec: RoundSpec) -> Callable:
+FEDAVG = make_algorithm("fedavg")
+
+
+def as_algorithm(algorithm: Algorithm | optax.GradientTransformation | None) -> Algorithm:
+    """An Algorithm; a bare optax transform means FedAvg with that fixed server transform."""
+    if algorithm is None:
+        return FEDAVG
+    if isinstance(algorithm, Algorithm):
+        return algorithm
+    if isinstance(algorithm, optax.GradientTransformation):
+        return make_algorithm("fedavg", server_tx=lambda hparams: algorithm)
+    raise TypeError(f"expected an Algorithm or an optax.GradientTransformation, got {algorithm!r}")
+
+
+def make_client_update(apply_fn: Callable, spec: RoundSpec, algorithm: Algorithm | None = None) -> Callable:
     """Build local training of one client: `local_steps` SGD steps in a lax.scan.
 
-    Returns client_update(params, model_state, x_SB, y_SB, lr) -> (params, model_state, mean_loss).
-    x_SB is float32 [S, B, H, W, C]; y_SB int32 [S, B].
-    """
-    def loss_fn(params, model_state, x_B, y_B):
-        logits, new_state = apply_fn(params, model_state, x_B, train=True)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y_B).mean()
-        return loss, new_state
+    Args:
+      apply_fn: (params, model_state, x, train, return_features=False) -> (logits or
+        (logits, features), new_model_state).
+      spec: the RoundSpec (local optimizer settings).
+      algorithm: supplies the client loss and the gradient transform chained before the
+        client optimizer (default FedAvg: cross-entropy, nothing chained).
 
-    def client_update(params, model_state, x_SB, y_SB, lr):
-        tx = optax.chain(optax.add_decayed_weights(spec.weight_decay),
+    Returns:
+      client_update(params, model_state, x_SB, y_SB, lr, ctx=None) -> (params, model_state,
+      mean_loss). x_SB is float32 [S, B, H, W, C]; y_SB int32 [S, B]; ctx the ClientContext
+      (needed by every algorithm but FedAvg).
+    """
+    algorithm = as_algorithm(algorithm)
+
+    def loss_fn(params, model_state, x_B, y_B, ctx):
+        if algorithm.uses_features:
+            (logits, features), new_state = apply_fn(params, model_state, x_B, True,
+                                                     return_features=True)
+        else:
+            (logits, new_state), features = apply_fn(params, model_state, x_B, True), None
+        return algorithm.client_loss(logits, features, y_B, ctx), new_state
+
+    def client_update(params, model_state, x_SB, y_SB, lr, ctx=None):
+        tx = optax.chain(algorithm.client_tx(ctx), optax.add_decayed_weights(spec.weight_decay),
                          optax.sgd(lr, momentum=spec.momentum or None))
         opt_state = tx.init(params)
 
         def step(carry, batch):
             params, model_state, opt_state = carry
             (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-                params, model_state, *batch)
+                params, model_state, *batch, ctx)
             updates, opt_state = tx.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), model_state, opt_state), loss
 
@@ -142,6 +182,35 @@ def make_client_update(apply_fn: Callable, spec: RoundSpec) -> Callable:
         return params, model_state, loss_S.mean()
 
     return client_update
+
+
+def make_client_round(apply_fn: Callable, spec: RoundSpec, algorithm: Algorithm) -> Callable:
+    """One client's whole round, shared by the vmapped round and the reference loop.
+
+    Returns client_round(params, model_state, client_state, server, class_counts_K, x_SB, y_SB,
+    hparams) -> (params, model_state, client_state, mean_loss): the client starts from
+    algorithm.client_start(global model, its state), trains, and updates its state.
+    """
+    client_update = make_client_update(apply_fn, spec, algorithm)
+
+    def client_round(params, model_state, client_state, server, class_counts_K, x_SB, y_SB, hparams):
+        start_params, start_state = algorithm.client_start(params, model_state, client_state)
+        ctx = ClientContext(start_params=start_params, client_state=client_state, server=server,
+                            class_counts_K=class_counts_K, hparams=hparams,
+                            local_steps=spec.local_steps)
+        new_params, new_state, loss = client_update(start_params, start_state, x_SB, y_SB,
+                                                    hparams["lr"], ctx)
+        return new_params, new_state, algorithm.update_client_state(ctx, new_params, new_state), loss
+
+    return client_round
+
+
+def client_class_counts(data: DeviceData) -> jax.Array:
+    """[num_clients, K] class counts; [num_clients, 0] when the data has none (then FedLC and
+    FedRS fail loudly on a shape mismatch instead of calibrating with made-up counts)."""
+    if data.class_counts_CK is None:
+        return jnp.zeros((data.counts_C.shape[0], 0), jnp.float32)
+    return data.class_counts_CK
 
 
 def gather_client_batches(data: DeviceData, spec: RoundSpec, key: jax.Array, client: jax.Array):
@@ -211,26 +280,41 @@ def replicate(tree: Pytree, mesh: Mesh) -> Pytree:
     return jax.device_put(tree, NamedSharding(mesh, P()))
 
 
-def make_round_fn(apply_fn: Callable, spec: RoundSpec, server_tx: optax.GradientTransformation,
+def make_round_fn(apply_fn: Callable, spec: RoundSpec,
+                  algorithm: Algorithm | optax.GradientTransformation | None = None,
                   mesh: Mesh | None = None) -> Callable:
     """The vectorized round: round_fn(state, hparams, data) -> (state, metrics), pure and jit-able.
 
-    Clients run in sequential steps of width chunk_size x devices (lax.scan over chunks of a
-    vmap over clients); the clients axis of each chunk is sharded over the mesh, so the
-    weighted sum becomes a cross-device reduction. Padded slots carry weight 0.
-    hparams: {'lr': scalar, 'server_lr': scalar} (arrays, so runs can be vmapped over them).
+    Args:
+      apply_fn: see make_client_update.
+      spec: the RoundSpec.
+      algorithm: an Algorithm (or a bare optax server transform, meaning FedAvg with it).
+      mesh: the device mesh the clients axis is laid out over (default: all devices).
+
+    Returns:
+      round_fn(state, hparams, data). Clients run in sequential steps of width chunk_size x
+      devices (lax.scan over chunks of a vmap over clients); the clients axis of each chunk is
+      sharded over the mesh, so the weighted sum becomes a cross-device reduction. Padded
+      slots carry weight 0 and their client state is dropped. The sampled clients' states are
+      gathered from state.client_states and scattered back. hparams: {'lr', 'server_lr',
+      *algorithm.hparam_keys} float32 scalars (so runs can be vmapped over them).
     """
+    algorithm = as_algorithm(algorithm)
     mesh = client_mesh() if mesh is None else mesh
     width = spec.chunk_size * mesh.size
     num_chunks = math.ceil(spec.cohort_size / width)
     padded = num_chunks * width
-    client_update = make_client_update(apply_fn, spec)
+    client_round = make_client_round(apply_fn, spec, algorithm)
     lanes = NamedSharding(mesh, P("clients"))
 
     def round_fn(state: ServerState, hparams: dict, data: DeviceData) -> tuple[ServerState, dict]:
-        def one_client(params, model_state, key, client, lr):
+        class_counts_CK = client_class_counts(data)
+        server = algorithm.server_context(state.client_states, data.counts_C.astype(jnp.float32))
+
+        def one_client(key, client, client_state):
             x_SB, y_SB = gather_client_batches(data, spec, key, client)
-            return client_update(params, model_state, x_SB, y_SB, lr)
+            return client_round(state.params, state.model_state, client_state, server,
+                                class_counts_CK[client], x_SB, y_SB, hparams)
 
         rkey = round_key(state)
         cohort_M = sample_cohort(rkey, spec)
@@ -245,21 +329,30 @@ def make_round_fn(apply_fn: Callable, spec: RoundSpec, server_tx: optax.Gradient
 
         def run_chunk(acc, chunk):
             cohort_W, weight_W, keys_W = jax.lax.with_sharding_constraint(chunk, lanes)
-            params_W, mstate_W, loss_W = jax.vmap(one_client, in_axes=(None, None, 0, 0, None))(
-                state.params, state.model_state, keys_W, cohort_W, hparams["lr"])
+            cstate_W = jax.tree.map(lambda s_C: s_C[cohort_W], state.client_states)
+            params_W, mstate_W, cstate_W, loss_W = jax.vmap(one_client)(keys_W, cohort_W, cstate_W)
             weigh = lambda t: jnp.tensordot(weight_W, jnp.where(
                 _bcast(weight_W > 0, t), t, 0.0), axes=1)
             chunk_sum = jax.tree.map(weigh, (params_W, mstate_W, loss_W))
-            return jax.tree.map(jnp.add, acc, chunk_sum), None
+            return jax.tree.map(jnp.add, acc, chunk_sum), cstate_W
 
         zeros = jax.tree.map(jnp.zeros_like, (state.params, state.model_state, jnp.float32(0)))
-        sums, _ = jax.lax.scan(run_chunk, zeros, chunks)
+        sums, cstates = jax.lax.scan(run_chunk, zeros, chunks)
         total = weight_M.sum()
         mean_params, mean_mstate, mean_loss = jax.tree.map(lambda s: s / total, sums)
-        new_state = server_update(state, mean_params, mean_mstate, server_tx, hparams["server_lr"])
-        return new_state, {"train_loss": mean_loss}
+        new_cstate_M = jax.tree.map(lambda a: a.reshape((padded,) + a.shape[2:])[:spec.cohort_size],
+                                    cstates)
+        client_states = scatter_client_states(state.client_states, cohort_M, new_cstate_M)
+        new_state = server_update(state, mean_params, mean_mstate,
+                                  algorithm.server_tx(hparams), hparams["server_lr"])
+        return new_state._replace(client_states=client_states), {"train_loss": mean_loss}
 
     return round_fn
+
+
+def scatter_client_states(client_states_C: Pytree, cohort_M: jax.Array, new_M: Pytree) -> Pytree:
+    """Write the sampled clients' new states back into the stacked states (cohort has no repeats)."""
+    return jax.tree.map(lambda s_C, n_M: s_C.at[cohort_M].set(n_M), client_states_C, new_M)
 
 
 def _bcast(mask_W: jax.Array, t: jax.Array) -> jax.Array:
@@ -287,28 +380,39 @@ def make_multi_round_fn(round_fn: Callable) -> Callable:
 
 
 def make_reference_round(apply_fn: Callable, spec: RoundSpec,
-                         server_tx: optax.GradientTransformation) -> Callable:
+                         algorithm: Algorithm | optax.GradientTransformation | None = None) -> Callable:
     """The correctness oracle: a plain Python loop over clients with the round's semantics.
 
     Same sampling, same per-client keys and batches, same local training (one jitted call per
-    client); the mean is taken on the stacked results.
+    client); client states are read and written one client at a time; the mean is taken on
+    the stacked results.
     """
-    client_update = jax.jit(make_client_update(apply_fn, spec))
+    algorithm = as_algorithm(algorithm)
+    client_round = jax.jit(make_client_round(apply_fn, spec, algorithm))
     gather = jax.jit(gather_client_batches, static_argnums=1)
 
     def reference_round(state: ServerState, hparams: dict, data: DeviceData) -> tuple[ServerState, dict]:
         rkey = round_key(state)
         cohort = sample_cohort(rkey, spec)
         keys = client_keys(rkey, cohort)
+        class_counts_CK = client_class_counts(data)
+        server = algorithm.server_context(state.client_states, data.counts_C.astype(jnp.float32))
+        client_states = state.client_states
         results = []
         for key, client in zip(keys, np.asarray(cohort)):
             x_SB, y_SB = gather(data, spec, key, jnp.int32(client))
-            results.append(client_update(state.params, state.model_state, x_SB, y_SB, hparams["lr"]))
+            own_state = jax.tree.map(lambda s_C: s_C[client], state.client_states)
+            params, mstate, new_own, loss = client_round(
+                state.params, state.model_state, own_state, server, class_counts_CK[client],
+                x_SB, y_SB, hparams)
+            client_states = jax.tree.map(lambda s_C, n: s_C.at[client].set(n), client_states, new_own)
+            results.append((params, mstate, loss))
         params_C, mstate_C, loss_C = jax.tree.map(lambda *xs: jnp.stack(xs), *results)
         weight_C = data.counts_C[cohort].astype(jnp.float32)
         mean_params, mean_mstate, mean_loss = weighted_mean((params_C, mstate_C, loss_C), weight_C)
-        new_state = server_update(state, mean_params, mean_mstate, server_tx, hparams["server_lr"])
-        return new_state, {"train_loss": mean_loss}
+        new_state = server_update(state, mean_params, mean_mstate, algorithm.server_tx(hparams),
+                                  hparams["server_lr"])
+        return new_state._replace(client_states=client_states), {"train_loss": mean_loss}
 
     return reference_round
 
@@ -316,25 +420,46 @@ def make_reference_round(apply_fn: Callable, spec: RoundSpec,
 # ----------------------------------------------------------------------------- init and eval
 
 
-def init_state(model, sample_x: jax.Array, seed: int, server_tx: optax.GradientTransformation,
-               client_states: Pytree = ()) -> ServerState:
-    """Global model initialized from the seed; round 0."""
+def init_state(model, sample_x: jax.Array, seed: int,
+               server_tx: Algorithm | optax.GradientTransformation, client_states: Pytree = (),
+               *, hparams: dict | None = None, num_clients: int | None = None) -> ServerState:
+    """Global model initialized from the seed; round 0.
+
+    Args:
+      model: a flax Linen module.
+      sample_x: an input batch (shapes only).
+      seed: the run's seed; the root key is PRNGKey(seed).
+      server_tx: a bare optax server transform (FedAvg), or an Algorithm; an Algorithm needs
+        `hparams` (to build its server transform) and `num_clients` (its client states are
+        stacked along a leading axis of that size; `client_states` is then ignored).
+      client_states: the stacked client states when server_tx is a bare transform.
+
+    Returns:
+      The ServerState of round 0.
+    """
     key = jax.random.PRNGKey(seed)
     variables = model.init(jax.random.fold_in(key, INIT_TAG), sample_x, train=False)
     params = variables["params"]
     model_state = {k: v for k, v in variables.items() if k != "params"}
+    if isinstance(server_tx, Algorithm):
+        if hparams is None or num_clients is None:
+            raise ValueError("init_state with an Algorithm needs hparams and num_clients")
+        client_states = init_client_states(server_tx, params, model_state, num_clients)
+        server_tx = server_tx.server_tx(hparams)
     return ServerState(params=params, model_state=model_state, opt_state=server_tx.init(params),
                        client_states=client_states, round=jnp.int32(0), key=key)
 
 
 def make_apply_fn(model) -> Callable:
-    """apply_fn(params, model_state, x, train) -> (logits, new_model_state), BN-aware."""
-    def apply_fn(params, model_state, x, train):
+    """apply_fn(params, model_state, x, train, return_features=False) -> (out, new_model_state),
+    BN-aware; out is the logits, or (logits, penultimate features) with return_features."""
+    def apply_fn(params, model_state, x, train, return_features=False):
         variables = {"params": params, **model_state}
+        kw = {"return_features": True} if return_features else {}
         if train and model_state:
-            logits, new_state = model.apply(variables, x, train=True, mutable=list(model_state))
-            return logits, dict(new_state)
-        return model.apply(variables, x, train=train), model_state
+            out, new_state = model.apply(variables, x, train=True, mutable=list(model_state), **kw)
+            return out, dict(new_state)
+        return model.apply(variables, x, train=train, **kw), model_state
     return apply_fn
 
 
@@ -364,11 +489,45 @@ def make_eval_fn(apply_fn: Callable, num_classes: int, pixel_scale: float,
     return evaluate
 
 
+def make_personalized_eval_fn(apply_fn: Callable, algorithm: Algorithm, num_classes: int,
+                              pixel_scale: float, batch_size: int = 500) -> Callable:
+    """evaluate_clients(params, model_state, client_states, x, y) -> {correct_CK, total_K, loss_sum_C}.
+
+    Each client's own model (algorithm.client_start of the global model and its state, e.g.
+    FedBN's local BN layers) on the whole test set, clients in sequence (lax.map); combine with
+    `client_accuracy`, which weights each client's per-class recall by its own classes.
+    """
+    evaluate = make_eval_fn(apply_fn, num_classes, pixel_scale, batch_size)
+
+    def evaluate_clients(params, model_state, client_states, x, y):
+        def one_client(client_state):
+            p, s = algorithm.client_start(params, model_state, client_state)
+            return evaluate(p, s, x, y)
+
+        out = jax.lax.map(one_client, client_states)
+        return {"correct_CK": out["correct_K"], "total_K": out["total_K"][0],
+                "loss_sum_C": out["loss_sum"]}
+
+    return evaluate_clients
+
+
 def client_accuracy(correct_K: np.ndarray, total_K: np.ndarray, test_weights_CK: np.ndarray) -> dict:
     """SPEC section 4: each client's accuracy on test data of its classes in its proportions,
-    i.e. its class weights times the per-class recall; the unweighted mean over clients."""
-    recall_K = np.where(total_K > 0, correct_K / np.maximum(total_K, 1), 0.0)
-    per_client = test_weights_CK @ recall_K
-    return {"test_accuracy": float(per_client.mean()),
-            "test_accuracy_pooled": float(correct_K.sum() / max(total_K.sum(), 1)),
+    i.e. its class weights times the per-class recall; the unweighted mean over clients.
+
+    correct_K is [K] for one global model, or [C, K] when each client has its own model
+    (personalized evaluation: client c's weights times the recall of client c's model; the
+    pooled accuracy and per-class recall are then means over the clients' models).
+    """
+    correct_K = np.asarray(correct_K, np.float64)
+    recall = np.where(total_K > 0, correct_K / np.maximum(total_K, 1), 0.0)
+    if recall.ndim == 2:
+        per_client = np.sum(test_weights_CK * recall, axis=1)
+        pooled = float(correct_K.sum(1).mean() / max(total_K.sum(), 1))
+        recall_K = recall.mean(0)
+    else:
+        per_client = test_weights_CK @ recall
+        pooled = float(correct_K.sum() / max(total_K.sum(), 1))
+        recall_K = recall
+    return {"test_accuracy": float(per_client.mean()), "test_accuracy_pooled": pooled,
             "per_class_recall": recall_K.tolist()}

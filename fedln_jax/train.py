@@ -11,10 +11,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from tqdm.auto import tqdm
 
 from fedln_jax import engine
+from fedln_jax.algorithms import Algorithm, get_algorithm
 from fedln_jax.config import Config, diff_keys
 from fedln_jax.data import class_counts, client_test_weights, load_dataset, partition
 from fedln_jax.data.sources import LoadOptions
@@ -34,7 +34,12 @@ class Experiment(NamedTuple):
     num_classes: int
     counts_CK: np.ndarray           # training examples per client and class
     test_weights_CK: np.ndarray
-    server_tx: optax.GradientTransformation
+    algorithm: Algorithm
+
+    @property
+    def server_tx(self) -> Algorithm:
+        """The engine's third argument (kept for callers written before algorithms existed)."""
+        return self.algorithm
 
 
 def build_experiment(config: Config) -> Experiment:
@@ -66,20 +71,25 @@ def build_experiment(config: Config) -> Experiment:
         augment=config.resolved_augment)
     return Experiment(
         config=config, model=model, apply_fn=engine.make_apply_fn(model), spec=spec,
-        data=engine.make_data(dataset.x_train, dataset.y_train, clients),
+        data=engine.make_data(dataset.x_train, dataset.y_train, clients, dataset.num_classes),
         x_test=jnp.asarray(dataset.x_test), y_test=jnp.asarray(dataset.y_test),
         num_classes=dataset.num_classes, counts_CK=counts_CK,
-        test_weights_CK=client_test_weights(counts_CK), server_tx=optax.identity())
+        test_weights_CK=client_test_weights(counts_CK),
+        algorithm=get_algorithm(config.algorithm))
 
 
 def hparams_of(config: Config) -> dict[str, jax.Array]:
     """The values a round reads as arrays (so runs differing only in them can be vmapped)."""
-    return {"lr": jnp.float32(config.lr), "server_lr": jnp.float32(config.server_lr)}
+    hparams = {"lr": jnp.float32(config.lr), "server_lr": jnp.float32(config.resolved_server_lr)}
+    for key in get_algorithm(config.algorithm).hparam_keys:
+        hparams[key] = jnp.float32(getattr(config, key))
+    return hparams
 
 
 def initial_state(exp: Experiment) -> engine.ServerState:
     sample_x = jnp.zeros((1,) + exp.data.x.shape[1:], jnp.float32)
-    return engine.init_state(exp.model, sample_x, exp.config.seed, exp.server_tx)
+    return engine.init_state(exp.model, sample_x, exp.config.seed, exp.algorithm,
+                             hparams=hparams_of(exp.config), num_clients=exp.config.num_clients)
 
 
 def evaluation_rounds(config: Config) -> list[int]:
@@ -142,8 +152,8 @@ def run(config: Config, workdir: str, *, quiet: bool = False) -> dict:
     mesh = engine.client_mesh()
     state, hparams, data = engine.replicate((initial_state(exp), hparams_of(config), exp.data), mesh)
     run_rounds = jax.jit(engine.make_multi_round_fn(
-        engine.make_round_fn(exp.apply_fn, exp.spec, exp.server_tx, mesh)), donate_argnums=0)
-    evaluate = jax.jit(engine.make_eval_fn(exp.apply_fn, exp.num_classes, exp.spec.pixel_scale))
+        engine.make_round_fn(exp.apply_fn, exp.spec, exp.algorithm, mesh)), donate_argnums=0)
+    evaluate = make_evaluator(exp)
 
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     open(metrics_path, "w").close()
@@ -170,9 +180,31 @@ def run(config: Config, workdir: str, *, quiet: bool = False) -> dict:
     return summary
 
 
+def make_evaluator(exp: Experiment):
+    """evaluate(state) -> {correct_K or correct_CK, total_K, loss_sum}, jitted.
+
+    The global model on the test set; for an algorithm with personalized evaluation (FedBN)
+    whose clients hold local layers, each client's own model instead (correct_CK).
+    """
+    global_eval = jax.jit(engine.make_eval_fn(exp.apply_fn, exp.num_classes, exp.spec.pixel_scale))
+    per_client = jax.jit(engine.make_personalized_eval_fn(
+        exp.apply_fn, exp.algorithm, exp.num_classes, exp.spec.pixel_scale))
+
+    def evaluate(state):
+        if exp.algorithm.personalized_eval and jax.tree.leaves(state.client_states):
+            out = per_client(state.params, state.model_state, state.client_states, exp.x_test,
+                             exp.y_test)
+            return {"correct_K": out["correct_CK"], "total_K": out["total_K"],
+                    "loss_sum": out["loss_sum_C"].mean()}
+        return global_eval(state.params, state.model_state, exp.x_test, exp.y_test)
+
+    return evaluate
+
+
 def evaluation_row(exp: Experiment, evaluate, state: engine.ServerState, round_: int,
                    train_loss: float) -> dict:
-    result = jax.device_get(evaluate(state.params, state.model_state, exp.x_test, exp.y_test))
+    """evaluate: from make_evaluator."""
+    result = jax.device_get(evaluate(state))
     accuracy = engine.client_accuracy(result["correct_K"], result["total_K"], exp.test_weights_CK)
     return {"round": round_, "train_loss": train_loss,
             "test_loss": float(result["loss_sum"] / max(result["total_K"].sum(), 1)), **accuracy}

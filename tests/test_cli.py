@@ -58,6 +58,14 @@ BAD = [
     (["rounds=0"], "rounds must be >= 1"),
     (["dirichlet_beta=0"], "dirichlet_beta must be > 0"),
     (["partition=dirichlet", "num_clients=1000", "min_client_examples=5"], "dirichlet"),
+    (["algorithm=fedsgd"], "algorithm='fedsgd'"),
+    (["algorithm=scaffold", "prox_mu=0.1"], "prox_mu is a hyperparameter of fedprox"),
+    (["algorithm=fedprox", "prox_mu=-1"], "prox_mu must be >= 0"),
+    (["algorithm=feddecorr", "feddecorr_coef=-0.1"], "feddecorr_coef must be >= 0"),
+    (["algorithm=fedlc", "fedlc_tau=-1"], "fedlc_tau must be >= 0"),
+    (["algorithm=fedrs", "fedrs_alpha=0"], "fedrs_alpha must be in (0, 1]"),
+    (["algorithm=fedrs", "fedrs_alpha=1.5"], "fedrs_alpha must be in (0, 1]"),
+    (["algorithm=fedyogi", "server_tau=0"], "server_tau must be > 0"),
 ]
 
 
