@@ -1,10 +1,10 @@
-"""Console script `fedln-jax`: run | demo. Bad input: one `error:` line on stderr, exit 2."""
+"""Console script `fedln-jax`: run | demo | bench. Bad input: one `error:` line on stderr, exit 2."""
 from __future__ import annotations
 
 import argparse
 import sys
 
-from fedln_jax.errors import FedlnError
+from fedln_jax.errors import DivergedError, FedlnError, Interrupted
 
 
 class _Parser(argparse.ArgumentParser):
@@ -26,6 +26,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo_p.add_argument("--rounds", type=int, default=60)
     demo_p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..n-1)")
     demo_p.add_argument("--quiet", action="store_true")
+    bench_p = sub.add_parser("bench", help="time rounds on synthetic data; prints one JSON object")
+    bench_p.add_argument("--model", default="cnn", choices=("cnn", "small_cnn", "mlp"),
+                         help="cnn = paper CNN on 32x32x3, small_cnn = digits CNN on 8x8x1")
+    bench_p.add_argument("--clients", type=int, default=10)
+    bench_p.add_argument("--local-steps", type=int, default=5)
+    bench_p.add_argument("--batch-size", type=int, default=32)
+    bench_p.add_argument("--rounds", type=int, default=3, help="timed rounds (median reported)")
+    bench_p.add_argument("--engine", default="vectorized", choices=("vectorized", "loop"))
+    bench_p.add_argument("--chunk-size", type=int, default=0,
+                         help="clients vmapped together per device; 0 = backend default")
+    bench_p.add_argument("--norm", default="none", choices=("none", "bn", "gn", "ln", "fn"))
+    bench_p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    bench_p.add_argument("--rounds-per-call", type=int, default=1,
+                         help="rounds fused into one jitted call (vectorized engine)")
     return parser
 
 
@@ -33,9 +47,15 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)
+    except DivergedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     except FedlnError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:  # SIGTERM/SIGINT: a checkpoint was saved at a round boundary
+        print(str(exc), file=sys.stderr)
+        return 128 + exc.signum
 
 
 def _dispatch(args) -> int:
@@ -52,6 +72,15 @@ def _dispatch(args) -> int:
         if args.rounds < 1 or args.seeds < 1:
             raise FedlnError("--rounds and --seeds must be >= 1")
         run_demo(args.workdir, seeds=tuple(range(args.seeds)), rounds=args.rounds, quiet=args.quiet)
+        return 0
+    if args.command == "bench":
+        import json
+        from fedln_jax.bench import run_bench
+        result = run_bench(model=args.model, clients=args.clients, local_steps=args.local_steps,
+                           batch_size=args.batch_size, rounds=args.rounds, engine_name=args.engine,
+                           chunk_size=args.chunk_size, norm=args.norm, dtype=args.dtype,
+                           rounds_per_call=args.rounds_per_call)
+        print(json.dumps(result))
         return 0
     raise FedlnError(f"unknown command {args.command!r}")
 

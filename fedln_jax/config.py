@@ -20,6 +20,7 @@ NORMS = ("none", "bn", "gn", "ln", "fn")
 NORM_POSITIONS = ("after", "before")
 ALGORITHMS = ALGORITHM_NAMES
 CONV_IMPLS = ("auto", "patches", "lax")
+DTYPES = ("float32", "bfloat16")
 DEFAULT_MODEL = {"digits": "small_cnn", "synthetic": "small_cnn", "cifar10": "cnn",
                  "cifar100": "cnn", "tinyimagenet": "cnn", "pacs": "cnn"}
 FOLDER_DATASETS = ("tinyimagenet", "pacs")
@@ -71,10 +72,11 @@ class Config:
     feddecorr_coef: float = 0.1         # feddecorr (paper: 0.1)
     # bookkeeping and execution
     seed: int = 0
-    checkpoint_every: int = 0           # 0 = only at the end
+    checkpoint_every: int = 100         # save the run state every N rounds (0 = only at the end)
     keep_checkpoints: int = 3
     client_chunk_size: int = 0          # clients vmapped together per device; 0 = backend default
     conv_impl: str = "auto"
+    dtype: str = "float32"              # compute dtype (bfloat16 for GPU/TPU); params stay float32
 
     @property
     def resolved_model(self) -> str:
@@ -104,7 +106,7 @@ class Config:
             _check_type(f.name, getattr(self, f.name), _field_types()[f.name])
         choices = {"dataset": DATASETS, "partition": PARTITIONS, "model": MODELS, "norm": NORMS,
                    "norm_position": NORM_POSITIONS, "algorithm": ALGORITHMS,
-                   "conv_impl": CONV_IMPLS, "augment": AUGMENT_SETTINGS}
+                   "conv_impl": CONV_IMPLS, "dtype": DTYPES, "augment": AUGMENT_SETTINGS}
         for key, allowed in choices.items():
             value = getattr(self, key)
             if value not in allowed:

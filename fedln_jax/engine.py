@@ -95,7 +95,11 @@ def epochs_needed(min_count: int, local_steps: int, batch_size: int) -> int:
 
 
 def default_chunk_size(cohort_size: int, num_devices: int) -> int:
-    """Per-device vmap width: narrow on CPU (wide vmaps measured slower there), full elsewhere."""
+    """Per-device vmap width: narrow on CPU (wide vmaps measured slower there), full elsewhere.
+
+    On this 2-core CPU width 1 was best for the paper CNN and tied with 5 for the digits CNN
+    (BENCHMARKS.md, "Levers tried").
+    """
     if jax.default_backend() == "cpu":
         return 1
     return max(1, math.ceil(cohort_size / num_devices))

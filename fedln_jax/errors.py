@@ -3,3 +3,21 @@
 
 class FedlnError(Exception):
     """Invalid input (config, data, partition, workdir). The message is one line for the user."""
+
+
+class DivergedError(FedlnError):
+    """Training produced NaN or Inf (CLI exit status 3). The last good checkpoint is kept."""
+
+    def __init__(self, message: str, round_: int):
+        super().__init__(message)
+        self.round = round_
+
+
+class Interrupted(Exception):
+    """SIGTERM or SIGINT stopped a run at a round boundary after saving a checkpoint
+    (CLI exit status 128 + signal number, as a shell reports a signal)."""
+
+    def __init__(self, message: str, signum: int, round_: int):
+        super().__init__(message)
+        self.signum = signum
+        self.round = round_

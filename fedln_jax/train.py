@@ -1,24 +1,26 @@
 """run(config, workdir): build everything from a Config, train in fused blocks of rounds,
-evaluate, and write the workdir files of DESIGN section 6."""
+evaluate, checkpoint, resume, and write the workdir files of DESIGN section 6."""
 from __future__ import annotations
 
 import json
-import os
+import signal
 import sys
+import threading
 import time
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from tqdm.auto import tqdm
 
-from fedln_jax import engine
+from fedln_jax import checkpoint, engine
 from fedln_jax.algorithms import Algorithm, get_algorithm
 from fedln_jax.config import Config, diff_keys
 from fedln_jax.data import class_counts, client_test_weights, load_dataset, partition
 from fedln_jax.data.sources import LoadOptions
-from fedln_jax.errors import FedlnError
+from fedln_jax.errors import DivergedError, FedlnError, Interrupted
 from fedln_jax.models import build_model
 
 
@@ -58,7 +60,8 @@ def build_experiment(config: Config) -> Experiment:
     counts_CK = class_counts(dataset.y_train, clients, dataset.num_classes)
     model = build_model(config.resolved_model, config.norm, dataset.num_classes,
                         norm_layers=config.norm_layers, norm_position=config.norm_position,
-                        gn_groups=config.gn_groups, tau=config.tau, conv_impl=config.conv_impl)
+                        gn_groups=config.gn_groups, tau=config.tau, conv_impl=config.conv_impl,
+                        dtype=config.dtype)
     num_devices = jax.device_count()
     chunk = config.client_chunk_size or engine.default_chunk_size(config.cohort_size, num_devices)
     spec = engine.RoundSpec(
@@ -98,30 +101,81 @@ def evaluation_rounds(config: Config) -> list[int]:
     return rounds if rounds and rounds[-1] == config.rounds else rounds + [config.rounds]
 
 
-def check_workdir(workdir: str, config: Config) -> None:
-    """Refuse a workdir that belongs to a different run, before anything is written."""
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
+def checkpoint_rounds(config: Config) -> list[int]:
+    """Rounds after which the run state is saved: every checkpoint_every rounds, and the last."""
+    every = config.checkpoint_every
+    rounds = list(range(every, config.rounds + 1, every)) if every else []
+    return rounds if rounds and rounds[-1] == config.rounds else rounds + [config.rounds]
+
+
+def compare_configs(previous: dict, config: Config, what: str) -> None:
+    """Allow the same config, or the same with `rounds` raised (extending the run); refuse
+    anything else with a FedlnError naming each differing key."""
+    current = config.to_dict()
+    differing = diff_keys(previous, current)
+    if differing == ["rounds"] and isinstance(previous.get("rounds"), int) \
+            and config.rounds > previous["rounds"]:
+        return
+    if differing:
+        changes = "; ".join(f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in differing)
+        hint = (" (rounds may only be raised, to extend the run)"
+                if differing == ["rounds"] else "")
+        raise FedlnError(f"{what} holds a run with a different config (differs in: "
+                         f"{', '.join(differing)}; {changes}){hint}; use a new workdir")
+
+
+def check_workdir(workdir: str, config: Config) -> dict | None:
+    """Refuse a workdir that belongs to a different run, before anything is written.
+
+    Returns the previous config dict (same config: resume; only `rounds` raised: extend), or
+    None for a new workdir.
+    """
+    root = epath.Path(workdir)
+    if root.exists() and not root.is_dir():
         raise FedlnError(f"workdir {workdir!r} exists and is not a directory")
-    path = os.path.join(workdir, "config.json")
-    if os.path.exists(path):
-        try:
-            with open(path) as f:
-                previous = json.load(f)
-        except (OSError, ValueError):
-            raise FedlnError(f"{path} is unreadable; use a new workdir") from None
-        differing = diff_keys(previous, config.to_dict())
-        if differing:
-            raise FedlnError(f"workdir {workdir!r} holds a run with a different config "
-                             f"(differs in: {', '.join(differing)}); use a new workdir")
+    path = root / "config.json"
+    if not path.exists():
+        if checkpoint.checkpoint_dir(workdir).exists():
+            raise FedlnError(f"workdir {workdir!r} has checkpoints but no config.json; "
+                             f"use a new workdir")
+        return None
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise FedlnError(f"{path} is unreadable; use a new workdir") from None
+    if not isinstance(previous, dict):
+        raise FedlnError(f"{path} is not a JSON object; use a new workdir")
+    compare_configs(previous, config, f"workdir {workdir!r}")
+    return previous
 
 
-def write_json(path: str, obj: Any) -> None:
+def write_json(path, obj: Any) -> None:
     """Write atomically: a crash never leaves a half-written file."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_text(path, text: str) -> None:
+    """Write to a temporary file and rename it over `path` (local or gs://, via etils.epath)."""
+    path = epath.Path(path)
+    tmp = path.parent / (path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    """Rows of metrics.jsonl; a torn last line (a crash mid-write) is dropped."""
+    path = epath.Path(workdir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("round"), int):
+            rows.append(row)
+    return rows
 
 
 def format_class_counts(counts_CK: np.ndarray) -> str:
@@ -131,50 +185,238 @@ def format_class_counts(counts_CK: np.ndarray) -> str:
     return "\n".join(lines)
 
 
-def run(config: Config, workdir: str, *, quiet: bool = False) -> dict:
-    """Train one experiment and write config.json, clients.json, metrics.jsonl, summary.json.
+# Longest wall time of one fused block of rounds: a SIGTERM/SIGINT is acted on at the next block
+# boundary, so this bounds the reaction time (plus one save). Block lengths never change the
+# results: rounds are the same compiled program and the loss is summed sequentially.
+BLOCK_SECONDS = 2.0
 
-    Returns the summary dict. Bad input raises FedlnError before the workdir is touched.
+
+def all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+              if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def make_block_fn(round_fn: Callable) -> Callable:
+    """run_block(state, hparams, data, n, loss_sum) -> (state, loss_sum, bad_round).
+
+    Runs up to n rounds in one program, adding each round's train loss to loss_sum in order
+    (so any split of the rounds into blocks gives the same float32 sum), and stops early at the
+    first round whose loss, parameters or model state are not finite: bad_round is that round
+    (1-based), or -1.
+    """
+    def run_block(state, hparams, data, num_rounds, loss_sum):
+        def cond(carry):
+            i, _, _, bad_round = carry
+            return (i < num_rounds) & (bad_round < 0)
+
+        def body(carry):
+            i, state, loss_sum, _ = carry
+            state, metrics = round_fn(state, hparams, data)
+            loss = metrics["train_loss"]
+            finite = jnp.isfinite(loss) & all_finite((state.params, state.model_state))
+            bad_round = jnp.where(finite, -1, state.round).astype(jnp.int32)
+            return i + 1, state, loss_sum + loss, bad_round
+
+        _, state, loss_sum, bad_round = jax.lax.while_loop(
+            cond, body, (jnp.int32(0), state, loss_sum, jnp.int32(-1)))
+        return state, loss_sum, bad_round
+
+    return run_block
+
+
+class _StopSignal:
+    """Records SIGTERM/SIGINT instead of dying, so the loop can stop at a round boundary.
+    After the first signal the previous handlers come back: a second Ctrl-C aborts at once."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signum = None
+        self.previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+        self._restore()
+        print(f"fedln-jax: received {signal.Signals(signum).name}; finishing the running "
+              f"block of rounds and saving a checkpoint (send it again to abort at once)", file=sys.stderr)
+
+    def _restore(self):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
+
+    def __exit__(self, *exc):
+        self._restore()
+        return False
+
+
+class _Manager:
+    """Opens the CheckpointManager on first use (so a refused run creates nothing) and closes
+    it on the way out."""
+
+    def __init__(self, workdir: str, keep: int):
+        self.workdir, self.keep, self.manager = workdir, keep, None
+
+    def get(self):
+        if self.manager is None:
+            self.manager = checkpoint.open_manager(self.workdir, self.keep)
+        return self.manager
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.manager is not None:
+            self.manager.close()
+        return False
+
+
+def run(config: Config, workdir: str, *, quiet: bool = False) -> dict:
+    """Train one experiment and write config.json, clients.json, metrics.jsonl, summary.json
+    and checkpoints/; resume from the newest valid checkpoint if the workdir has one.
+
+    Returns the summary dict. Bad input raises FedlnError before the workdir is touched;
+    divergence raises DivergedError, SIGTERM/SIGINT raise Interrupted (after a checkpoint).
     """
     exp = build_experiment(config)   # every input error surfaces here, before any write
     check_workdir(workdir, config)
-    os.makedirs(workdir, exist_ok=True)
-    write_json(os.path.join(workdir, "config.json"), config.to_dict())
-    write_json(os.path.join(workdir, "clients.json"), {
-        "class_counts": exp.counts_CK.tolist(),
-        "examples_per_client": exp.counts_CK.sum(1).tolist()})
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
-    log(f"fedln-jax: {config.dataset}, {config.num_clients} clients ({config.partition}), "
-        f"model {config.resolved_model}, norm {config.norm}, {jax.device_count()} "
-        f"{jax.default_backend()} device(s)")
-    log(format_class_counts(exp.counts_CK))
-
     mesh = engine.client_mesh()
-    state, hparams, data = engine.replicate((initial_state(exp), hparams_of(config), exp.data), mesh)
-    run_rounds = jax.jit(engine.make_multi_round_fn(
+    fresh, hparams, data = engine.replicate((initial_state(exp), hparams_of(config), exp.data), mesh)
+
+    with _StopSignal() as stop, _Manager(workdir, config.keep_checkpoints) as managed:
+        restored = None
+        if checkpoint.checkpoint_dir(workdir).exists():
+            restored = checkpoint.restore_latest(
+                managed.get(), fresh, lambda meta: _check_checkpoint_meta(meta, config, workdir))
+        root = epath.Path(workdir)
+        root.mkdir(parents=True, exist_ok=True)
+        manager = managed.get()
+        write_json(root / "config.json", config.to_dict())
+        write_json(root / "clients.json", {
+            "class_counts": exp.counts_CK.tolist(),
+            "examples_per_client": exp.counts_CK.sum(1).tolist()})
+        if restored is None:
+            state, start_round, progress = fresh, 0, {}
+        else:
+            state, start_round, progress = restored.state, restored.round, restored.meta["progress"]
+        history = [row for row in read_metrics(workdir) if row["round"] <= start_round]
+        write_text(root / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+        log(f"fedln-jax: {config.dataset}, {config.num_clients} clients ({config.partition}), "
+            f"model {config.resolved_model}, norm {config.norm}, {jax.device_count()} "
+            f"{jax.default_backend()} device(s)")
+        if start_round:
+            log(f"resuming from the checkpoint at round {start_round} of {config.rounds}")
+        else:
+            log(format_class_counts(exp.counts_CK))
+        return _train(exp, state, hparams, data, mesh, manager, stop, workdir, start_round,
+                      progress, history, log, quiet)
+
+
+def _check_checkpoint_meta(meta: dict, config: Config, workdir: str) -> None:
+    from fedln_jax import __version__
+    if not isinstance(meta.get("config"), dict) or not isinstance(meta.get("progress"), dict):
+        raise FedlnError(f"a checkpoint in {workdir!r} lacks its config; use a new workdir")
+    compare_configs(meta["config"], config, f"the checkpoint at round {meta.get('round')}")
+    if meta.get("fedln_jax_version") != __version__:
+        print(f"warning: the checkpoint was written by fedln_jax {meta.get('fedln_jax_version')}, "
+              f"this is {__version__}; results may differ from an uninterrupted run",
+              file=sys.stderr)
+
+
+def _train(exp: Experiment, state, hparams, data, mesh, manager, stop: _StopSignal, workdir: str,
+           start_round: int, progress: dict, history: list[dict], log, quiet: bool) -> dict:
+    from fedln_jax import __version__
+    config = exp.config
+    root = epath.Path(workdir)
+    run_block = jax.jit(make_block_fn(
         engine.make_round_fn(exp.apply_fn, exp.spec, exp.algorithm, mesh)), donate_argnums=0)
     evaluate = make_evaluator(exp)
+    eval_set, save_set = set(evaluation_rounds(config)), set(checkpoint_rounds(config))
+    boundaries = sorted(eval_set | save_set)
 
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
-    open(metrics_path, "w").close()
-    history = []
-    start = time.time()
-    bar = tqdm(total=config.rounds, unit="round", disable=quiet or None,
+    # Host-side progress that the metrics depend on rides in the checkpoint's JSON, so a
+    # resumed run reports the same train_loss as an uninterrupted one.
+    loss_sum = engine.replicate(jnp.float32(progress.get("train_loss_sum", 0.0)), mesh)
+    rounds_in_sum = int(progress.get("rounds_in_sum", 0))
+    elapsed_before = float(progress.get("elapsed_seconds", 0.0))
+    session_start = time.time()
+    elapsed = lambda: elapsed_before + time.time() - session_start
+    save_seconds = []
+    last_saved = start_round if start_round else None
+    metrics_text = "".join(json.dumps(r) + "\n" for r in history)
+
+    def save(round_: int) -> None:
+        nonlocal last_saved
+        meta = {"fedln_jax_version": __version__, "config": config.to_dict(),
+                "progress": {"train_loss_sum": float(loss_sum), "rounds_in_sum": rounds_in_sum,
+                             "elapsed_seconds": round(elapsed(), 3)}}
+        seconds = checkpoint.save(manager, state, meta)
+        if seconds is not None:
+            save_seconds.append(seconds)
+        last_saved = round_
+
+    def finish(status: str, rounds_completed: int, **extra) -> dict:
+        summary = summarize(history, elapsed(), status=status, rounds_completed=rounds_completed,
+                            resumed_from_round=start_round, save_seconds=save_seconds, **extra)
+        write_json(root / "summary.json", summary)
+        return summary
+
+    bar = tqdm(total=config.rounds, initial=start_round, unit="round", disable=quiet or None,
                desc=f"{config.norm}/seed{config.seed}", leave=False)
-    done = 0
-    for target in evaluation_rounds(config):
-        state, train_loss = run_rounds(state, hparams, data, jnp.int32(target - done))
-        bar.update(target - done)
-        done = target
-        row = evaluation_row(exp, evaluate, state, target, float(train_loss))
-        row["elapsed_seconds"] = round(time.time() - start, 3)
-        history.append(row)
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        bar.set_postfix(loss=f"{row['train_loss']:.3f}", acc=f"{row['test_accuracy']:.3f}")
+    done, seconds_per_round = start_round, None
+    while done < config.rounds:
+        target = next(b for b in boundaries if b > done)
+        # Until a compiled round has been timed, run single rounds (the first one compiles).
+        cap = max(1, int(BLOCK_SECONDS / seconds_per_round)) if seconds_per_round else 1
+        n = min(target - done, cap)
+        t0 = time.perf_counter()
+        state, loss_sum, bad_round = run_block(state, hparams, data, jnp.int32(n), loss_sum)
+        bad_round = int(bad_round)
+        if done > start_round:
+            seconds_per_round = (time.perf_counter() - t0) / n
+        if bad_round >= 0:
+            bar.close()
+            finish("diverged", bad_round - 1, diverged_at_round=bad_round)
+            kept = (f"the last good checkpoint is round {last_saved}" if last_saved
+                    else "no checkpoint was saved before it")
+            raise DivergedError(f"training diverged at round {bad_round}: non-finite loss or "
+                                f"parameters (lr={config.lr}); {kept}", bad_round)
+        done += n
+        rounds_in_sum += n
+        bar.update(n)
+        checkpoint.pause_for_test("block", done)
+        if done in eval_set:
+            train_loss = float(np.float32(jax.device_get(loss_sum)) / np.float32(rounds_in_sum))
+            row = evaluation_row(exp, evaluate, state, done, train_loss)
+            row["elapsed_seconds"] = round(elapsed(), 3)
+            history.append(row)
+            metrics_text += json.dumps(row) + "\n"
+            write_text(root / "metrics.jsonl", metrics_text)
+            checkpoint.pause_for_test("metrics", done)
+            loss_sum = engine.replicate(jnp.float32(0.0), mesh)
+            rounds_in_sum = 0
+            bar.set_postfix(loss=f"{row['train_loss']:.3f}", acc=f"{row['test_accuracy']:.3f}")
+        if done in save_set or stop.signum is not None:
+            save(done)
+        if stop.signum is not None and done < config.rounds:
+            bar.close()
+            name = signal.Signals(stop.signum).name
+            finish("interrupted", done, interrupted_by=name)
+            raise Interrupted(f"fedln-jax: stopped by {name} after round {done} of "
+                              f"{config.rounds}; checkpoint saved in {root / 'checkpoints'}; "
+                              f"run the same command again to resume", stop.signum, done)
     bar.close()
-    summary = summarize(history, time.time() - start)
-    write_json(os.path.join(workdir, "summary.json"), summary)
+    summary = finish("completed", done)
+    if save_seconds:
+        log(f"checkpoints: {len(save_seconds)} saved, {np.mean(save_seconds):.3f} s each")
     log(f"done: {summary['rounds_completed']} rounds, final test accuracy "
         f"{summary['final_test_accuracy']:.4f} ({summary['wall_seconds']:.1f} s)")
     return summary
@@ -210,12 +452,21 @@ def evaluation_row(exp: Experiment, evaluate, state: engine.ServerState, round_:
             "test_loss": float(result["loss_sum"] / max(result["total_K"].sum(), 1)), **accuracy}
 
 
-def summarize(history: list[dict], wall_seconds: float) -> dict:
+def summarize(history: list[dict], wall_seconds: float, *, status: str = "completed",
+              rounds_completed: int | None = None, save_seconds=(), **extra) -> dict:
+    """The whole run (every session of it): accuracies from metrics.jsonl's rows, the status
+    (completed | interrupted | diverged), and checkpoint timings of this session."""
     accuracies = [row["test_accuracy"] for row in history]
-    return {"final_test_accuracy": accuracies[-1],
-            "mean_last3_test_accuracy": float(np.mean(accuracies[-3:])),
-            "best_test_accuracy": max(accuracies),
-            "final_train_loss": history[-1]["train_loss"],
-            "rounds_completed": history[-1]["round"],
-            "wall_seconds": round(wall_seconds, 3),
-            "status": "completed"}
+    summary = {"final_test_accuracy": accuracies[-1] if accuracies else None,
+               "mean_last3_test_accuracy": float(np.mean(accuracies[-3:])) if accuracies else None,
+               "best_test_accuracy": max(accuracies) if accuracies else None,
+               "final_train_loss": history[-1]["train_loss"] if history else None,
+               "rounds_completed": (history[-1]["round"] if rounds_completed is None and history
+                                    else rounds_completed),
+               "wall_seconds": round(wall_seconds, 3),
+               "status": status,
+               "checkpoints_saved": len(save_seconds),
+               "seconds_per_checkpoint": (round(float(np.mean(save_seconds)), 4)
+                                          if save_seconds else None)}
+    summary.update(extra)
+    return summary

@@ -148,3 +148,32 @@ def test_eval_counts_match_plain_argmax():
     y = np.asarray(exp.y_test)
     np.testing.assert_allclose(result["correct_K"], [hits[y == k].sum() for k in range(10)])
     np.testing.assert_allclose(result["total_K"], np.bincount(y, minlength=10))
+
+
+@pytest.mark.parametrize("norm", ["ln", "fn"])
+def test_bfloat16_round_runs_and_stays_close_to_float32(norm):
+    """dtype=bfloat16 computes in bf16 through the same round; params stay float32.
+
+    (Not bn here: train-mode BN over 8 examples divides bf16 rounding by a tiny batch std.)"""
+    rounds = {}
+    for dtype in ("float32", "bfloat16"):
+        config = tiny_config(norm=norm, dtype=dtype)
+        exp = build_experiment(config)
+        state = initial_state(exp)
+        new, metrics = jax.jit(engine.make_round_fn(exp.apply_fn, exp.spec, exp.server_tx))(
+            state, hparams_of(config), exp.data)
+        rounds[dtype] = (state, new, float(metrics["train_loss"]))
+    (s32, n32, l32), (s16, n16, l16) = rounds["float32"], rounds["bfloat16"]
+    assert max_diff(s32.params, s16.params) == 0.0          # same init
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves((n16.params, n16.model_state)))
+    assert np.isfinite(l16) and abs(l16 - l32) < 0.02 * abs(l32)
+    # the update (new - old) agrees in direction and size: bf16 keeps ~3 significant digits
+    d32 = jnp.concatenate([(a - b).ravel() for a, b in zip(jax.tree.leaves(n32.params), jax.tree.leaves(s32.params))])
+    d16 = jnp.concatenate([(a - b).ravel() for a, b in zip(jax.tree.leaves(n16.params), jax.tree.leaves(s16.params))])
+    cosine = float(d32 @ d16 / (jnp.linalg.norm(d32) * jnp.linalg.norm(d16)))
+    assert cosine > 0.98 and abs(float(jnp.linalg.norm(d16) / jnp.linalg.norm(d32)) - 1) < 0.05
+
+
+def test_default_chunk_size_per_backend():
+    expected = 1 if jax.default_backend() == "cpu" else 25
+    assert engine.default_chunk_size(100, 4) == expected

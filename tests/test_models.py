@@ -301,3 +301,15 @@ def test_bad_input_raises(args, kwargs):
     with pytest.raises(FedlnError) as e:
         build_model(*args, **kwargs)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("name,norm", [("cnn", "fn"), ("small_cnn", "bn"), ("mlp", "ln")])
+def test_bfloat16_compute_float32_params_and_logits(name, norm):
+    x = _x(SHAPES[name])
+    f32, bf16 = build_model(name, norm, 4), build_model(name, norm, 4, dtype="bfloat16")
+    v, (a, b) = _run([f32, bf16], x)
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(v))
+    assert a.dtype == b.dtype == jnp.float32
+    assert np.max(np.abs(a - b)) <= 0.05 * np.max(np.abs(a))
+    with pytest.raises(FedlnError):
+        build_model(name, norm, 4, dtype="float16")

@@ -6,12 +6,14 @@ import math
 
 from fedln_jax.errors import FedlnError
 from fedln_jax.models.cnn import ARCHS, MLP, ConvNet
+from fedln_jax.models.flops import forward_macs, train_flops_per_example
 from fedln_jax.models.layers import CONV_IMPLS, Conv, conv2d, max_pool2, resolve_conv_impl
 from fedln_jax.models.normalizers import (NORM_PRESETS, PRIMITIVES, Normalizer, apply_norm,
                                           check_width, expand_norm_layers, group_norm,
                                           parse_primitive)
 
 MODEL_NAMES = ("cnn", "small_cnn", "mlp")
+DTYPES = ("float32", "bfloat16")
 NORM_POSITIONS = ("after", "before")
 
 
@@ -34,7 +36,7 @@ def _check_name(name):
 
 def build_model(name: str, norm: str, num_classes: int, *, norm_layers: str = "",
                 norm_position: str = "after", gn_groups: int = 4, tau: float = 1.0,
-                conv_impl: str = "auto"):
+                conv_impl: str = "auto", dtype: str = "float32"):
     """Build a bias-free flax Linen model.
 
     Args:
@@ -47,6 +49,8 @@ def build_model(name: str, norm: str, num_classes: int, *, norm_layers: str = ""
       tau: logits are divided by tau.
       conv_impl: "auto" (patches on CPU, lax on GPU/TPU), "patches" or "lax"; the same
         variables work with every choice.
+      dtype: compute dtype, "float32" or "bfloat16" (for GPU/TPU). Parameters, normalizer
+        statistics and logits stay float32 either way.
 
     Returns:
       A Linen module: `apply(variables, x, train=..., return_features=...)`, x float32 NHWC.
@@ -62,13 +66,15 @@ def build_model(name: str, norm: str, num_classes: int, *, norm_layers: str = ""
         raise FedlnError(f"tau must be a positive number, got {tau!r}") from None
     if not (math.isfinite(tau) and tau > 0):
         raise FedlnError(f"tau must be a positive number, got {tau!r}")
+    if dtype not in DTYPES:
+        raise FedlnError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
     arch = ARCHS[name]
     widths = arch["widths"]
     specs = expand_norm_layers(norm, len(widths), norm_layers, gn_groups)
     for spec, width in zip(specs, widths):
         check_width(spec, width)
     kw = dict(arch["kw"], num_classes=num_classes, norm_layers=specs,
-              norm_position=norm_position, tau=tau)
+              norm_position=norm_position, tau=tau, dtype=dtype)
     conv, pool = resolve_conv_impl(conv_impl)
     if arch["cls"] is ConvNet:
         kw.update(conv_impl=conv, pool_impl=pool)
@@ -76,8 +82,8 @@ def build_model(name: str, norm: str, num_classes: int, *, norm_layers: str = ""
 
 
 __all__ = [
-    "build_model", "MODEL_NAMES", "NORM_PRESETS", "NORM_POSITIONS", "PRIMITIVES", "CONV_IMPLS",
+    "build_model", "MODEL_NAMES", "DTYPES", "NORM_PRESETS", "NORM_POSITIONS", "PRIMITIVES", "CONV_IMPLS",
     "expand_norm_layers", "parse_primitive", "check_width", "num_norm_positions", "feature_dim",
     "ConvNet", "MLP", "Conv", "conv2d", "max_pool2", "resolve_conv_impl", "Normalizer",
-    "apply_norm", "group_norm",
+    "apply_norm", "group_norm", "forward_macs", "train_flops_per_example",
 ]

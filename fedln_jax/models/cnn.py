@@ -24,8 +24,9 @@ def _act_norm(x, spec, *, position, spatial, train, name):
     return apply_norm(spec, nn.relu(x), spatial=spatial, train=train, name=name)
 
 
-def _head(phi, num_classes, tau, return_features):
-    logits = nn.Dense(num_classes, use_bias=False, name="head")(phi)
+def _head(phi, num_classes, tau, return_features, dtype):
+    # The loss is taken in float32 whatever the compute dtype.
+    logits = nn.Dense(num_classes, use_bias=False, dtype=dtype, name="head")(phi).astype(jnp.float32)
     if tau != 1.0:
         logits = logits / tau
     return (logits, phi) if return_features else logits
@@ -48,10 +49,11 @@ class ConvNet(nn.Module):
     tau: float = 1.0
     conv_impl: str = "patches"
     pool_impl: str = "reshape"
+    dtype: str = "float32"      # compute dtype; parameters stay float32
 
     @nn.compact
     def __call__(self, x, train: bool = False, return_features: bool = False):
-        x = jnp.asarray(x, jnp.float32)
+        x = jnp.asarray(x, self.dtype)
         j = 0
         for i, f in enumerate(self.conv_features):
             x = Conv(f, (self.kernel_size, self.kernel_size), self.padding, self.conv_impl,
@@ -62,11 +64,11 @@ class ConvNet(nn.Module):
             j += 1
         x = x.reshape(x.shape[:-3] + (-1,))
         for i, f in enumerate(self.dense_features):
-            x = nn.Dense(f, use_bias=False, name=f"dense{i}")(x)
+            x = nn.Dense(f, use_bias=False, dtype=self.dtype, name=f"dense{i}")(x)
             x = _act_norm(x, self.norm_layers[j], position=self.norm_position, spatial=False,
                           train=train, name=f"norm{j}")
             j += 1
-        return _head(x, self.num_classes, self.tau, return_features)
+        return _head(x, self.num_classes, self.tau, return_features, self.dtype)
 
 
 class MLP(nn.Module):
@@ -77,16 +79,17 @@ class MLP(nn.Module):
     hidden: Sequence[int] = (256, 128)
     norm_position: str = "after"
     tau: float = 1.0
+    dtype: str = "float32"      # compute dtype; parameters stay float32
 
     @nn.compact
     def __call__(self, x, train: bool = False, return_features: bool = False):
-        x = jnp.asarray(x, jnp.float32)
+        x = jnp.asarray(x, self.dtype)
         x = x.reshape(x.shape[:-3] + (-1,))
         for i, f in enumerate(self.hidden):
-            x = nn.Dense(f, use_bias=False, name=f"dense{i}")(x)
+            x = nn.Dense(f, use_bias=False, dtype=self.dtype, name=f"dense{i}")(x)
             x = _act_norm(x, self.norm_layers[i], position=self.norm_position, spatial=False,
                           train=train, name=f"norm{i}")
-        return _head(x, self.num_classes, self.tau, return_features)
+        return _head(x, self.num_classes, self.tau, return_features, self.dtype)
 
 
 # Architecture of each model name: constructor kwargs and the width at each normalized position.

@@ -91,7 +91,13 @@ def conv2d(x: jax.Array, kernel: jax.Array, padding: str, impl: str) -> jax.Arra
     kh, kw, cin, cout = kernel.shape
     if impl == "patches":
         p = extract_patches(x, kh, kw, padding)
-        return jnp.dot(p, kernel.reshape(kh * kw * cin, cout))
+        # One 2-D [pixels, kh*kw*cin] x [kh*kw*cin, cout] matmul. With the batch axes kept,
+        # XLA:CPU transposes the 4-D output gradient for the kernel-gradient matmul with a
+        # slow generic 4-D transpose; flattened, it is a 2-D one. Measured back to back on
+        # the paper CNN's training step (batch 32): 54-59 ms vs 60-63 ms per step.
+        p2 = p.reshape((-1, p.shape[-1]))
+        y = jnp.dot(p2, kernel.reshape(kh * kw * cin, cout))
+        return y.reshape(p.shape[:-1] + (cout,))
     if impl == "lax":
         lead = x.shape[:-3]
         x4 = x.reshape((-1,) + x.shape[-3:])

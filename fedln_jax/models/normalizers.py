@@ -171,8 +171,9 @@ def apply_norm(spec: str, x: jax.Array, *, spatial: bool, train: bool, name: str
     """
     check_width(spec, x.shape[-1])
     if parse_primitive(spec)[0] == "bn":
-        return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
-                            epsilon=BN_EPS, name=name)(x)
+        # Normalize in float32 whatever the compute dtype: x - mean cancels badly in bf16.
+        return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPS,
+                            dtype=jnp.float32, name=name)(x.astype(jnp.float32)).astype(x.dtype)
     if parse_primitive(spec)[0] == "none":
         return x
     return Normalizer(spec, spatial, name=name)(x)

@@ -1,0 +1,241 @@
+"""Throughput benchmark: client steps/s and GFLOP/s of a federated round, vectorized or looped.
+
+Useful work is counted analytically from the architecture (`forward_macs`): a training step
+costs 3x the forward MACs (forward, gradient w.r.t. activations, gradient w.r.t. weights),
+2 FLOPs per MAC. Element-wise work (ReLU, pooling, normalizers, the optimizer) is not counted,
+so GFLOP/s is a lower bound on what the hardware executes and comparable with the usual
+PyTorch/JAX figures. The machine's own ceiling is measured in the same process: the best
+time of a large float32 matmul.
+
+Data are synthetic uint8 images of the model's input shape, built directly with
+`engine.make_data` (no dataset needed), so every number depends only on shapes.
+"""
+from __future__ import annotations
+
+import math
+import platform
+import resource
+import statistics
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fedln_jax import engine
+from fedln_jax.errors import FedlnError
+from fedln_jax.models import build_model, forward_macs, train_flops_per_example  # noqa: F401
+
+INPUT_SHAPES = {"cnn": (32, 32, 3), "small_cnn": (8, 8, 1), "mlp": (8, 8, 1)}
+ENGINES = ("vectorized", "loop")
+NUM_CLASSES = 10
+
+
+# ----------------------------------------------------------------------------- FLOP counting
+
+
+def resnet18_forward_macs(num_classes: int = 10, size: int = 32) -> int:
+    """MACs of the CIFAR-style ResNet-18 of SPEC section 2 (3x3 stem, stride 1, no max-pool,
+    BasicBlocks [2,2,2,2] of widths 64..512, 1x1 projection shortcuts, linear head), for
+    predictions before that model is built; normalizers and the residual adds are not counted."""
+    macs = size * size * 64 * 9 * 3                          # stem
+    cin = 64
+    for stage, width in enumerate((64, 128, 256, 512)):
+        if stage:
+            size //= 2                                        # first block of a stage: stride 2
+        for block in range(2):
+            macs += size * size * width * 9 * cin             # conv a (strided in block 0)
+            macs += size * size * width * 9 * width           # conv b
+            if cin != width:
+                macs += size * size * width * cin             # 1x1 projection shortcut
+            cin = width
+    return macs + 512 * num_classes
+
+
+# ----------------------------------------------------------------------------- measurements
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 7) -> float:
+    """Best-of-`repeats` GFLOP/s of an n x n float32 matmul: the machine's practical ceiling."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    matmul = jax.jit(jnp.dot)
+    matmul(a, b).block_until_ready()
+    best = min(_timed(lambda: matmul(a, b).block_until_ready()) for _ in range(repeats))
+    return 2 * n ** 3 / best / 1e9
+
+
+def _timed(fn: Callable) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident set size (Linux reports ru_maxrss in KiB, macOS in bytes)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024 * 1024 if platform.system() == "Darwin" else 1024)
+
+
+def synthetic_data(num_clients: int, examples_per_client: int, input_shape, seed: int = 0):
+    """Random uint8 images and labels; client c owns a contiguous block of examples."""
+    rng = np.random.default_rng(seed)
+    n = num_clients * examples_per_client
+    x = rng.integers(0, 256, (n,) + tuple(input_shape), dtype=np.uint8)
+    y = rng.integers(0, NUM_CLASSES, n, dtype=np.int32)
+    blocks = np.arange(n, dtype=np.int32).reshape(num_clients, examples_per_client)
+    return engine.make_data(x, y, list(blocks))
+
+
+# ----------------------------------------------------------------------------- the two engines
+
+
+def make_loop_round(apply_fn: Callable, spec: engine.RoundSpec,
+                    server_tx: optax.GradientTransformation) -> Callable:
+    """A fair per-client loop, as a PyTorch user would write it: one jitted call per client.
+
+    Each call gathers the client's batches, runs its local steps and adds its weighted result
+    into a running sum (donated, so no copy); one more jitted call applies the server step.
+    Same semantics as `engine.make_round_fn` with FedAvg (full participation or sampled cohort).
+    """
+    client_update = engine.make_client_update(apply_fn, spec)
+
+    @jax.jit
+    def cohort_of(state, data):
+        rkey = engine.round_key(state)
+        cohort = engine.sample_cohort(rkey, spec)
+        return cohort, engine.client_keys(rkey, cohort), data.counts_C[cohort].astype(jnp.float32)
+
+    def train_one(state, lr, data, acc, key, client, weight):
+        x_SB, y_SB = engine.gather_client_batches(data, spec, key, client)
+        params, mstate, loss = client_update(state.params, state.model_state, x_SB, y_SB, lr)
+        return jax.tree.map(lambda a, t: a + weight * t, acc, (params, mstate, loss))
+
+    train_one = jax.jit(train_one, donate_argnums=3)
+
+    @jax.jit
+    def finish(state, hparams, acc, total):
+        mean_params, mean_mstate, mean_loss = jax.tree.map(lambda s: s / total, acc)
+        new_state = engine.server_update(state, mean_params, mean_mstate, server_tx,
+                                         hparams["server_lr"])
+        return new_state, {"train_loss": mean_loss}
+
+    def loop_round(state, hparams, data):
+        cohort, keys, weights = cohort_of(state, data)
+        acc = jax.tree.map(jnp.zeros_like, (state.params, state.model_state, jnp.float32(0)))
+        for i in range(spec.cohort_size):
+            acc = train_one(state, hparams["lr"], data, acc, keys[i], cohort[i], weights[i])
+        return finish(state, hparams, acc, weights.sum())
+
+    return loop_round
+
+
+def run_bench(model: str = "cnn", clients: int = 10, local_steps: int = 5, batch_size: int = 32,
+              rounds: int = 3, engine_name: str = "vectorized", chunk_size: int = 0,
+              norm: str = "none", dtype: str = "float32", rounds_per_call: int = 1,
+              matmul_size: int = 2048) -> dict:
+    """Time `rounds` calls after a warm-up one; return the result record (see module doc).
+
+    rounds_per_call > 1 (vectorized engine only) fuses that many rounds into one jitted call
+    (`engine.make_multi_round_fn`, as `train.run` does between evaluations); the reported
+    round time is the call time divided by it.
+    """
+    if engine_name not in ENGINES:
+        raise FedlnError(f"unknown engine {engine_name!r}; expected one of {', '.join(ENGINES)}")
+    for key, value in (("clients", clients), ("local_steps", local_steps),
+                       ("batch_size", batch_size), ("rounds", rounds),
+                       ("rounds_per_call", rounds_per_call)):
+        if value < 1:
+            raise FedlnError(f"--{key.replace('_', '-')} must be >= 1, got {value}")
+    if rounds_per_call > 1 and engine_name != "vectorized":
+        raise FedlnError("--rounds-per-call applies to the vectorized engine only")
+    if chunk_size < 0:
+        raise FedlnError(f"--chunk-size must be >= 0, got {chunk_size}")
+    input_shape = INPUT_SHAPES.get(model)
+    if input_shape is None:
+        raise FedlnError(f"unknown model {model!r}; expected one of {', '.join(INPUT_SHAPES)}")
+    net = build_model(model, norm, NUM_CLASSES, dtype=dtype)
+    mesh = engine.client_mesh()
+    chunk = chunk_size or engine.default_chunk_size(clients, mesh.size)
+    examples = 4 * batch_size           # a few full batches per client: reshuffles are exercised
+    spec = engine.RoundSpec(
+        num_clients=clients, cohort_size=clients, local_steps=local_steps, batch_size=batch_size,
+        max_epochs=engine.epochs_needed(examples, local_steps, batch_size), pixel_scale=1 / 255,
+        chunk_size=chunk, momentum=0.0, weight_decay=0.0)
+    server_tx = optax.identity()
+    apply_fn = engine.make_apply_fn(net)
+    data = synthetic_data(clients, examples, input_shape)
+    state = engine.init_state(net, jnp.zeros((1,) + input_shape, jnp.float32), 0, server_tx)
+    hparams = {"lr": jnp.float32(0.01), "server_lr": jnp.float32(1.0)}
+    if engine_name == "vectorized":
+        state, hparams, data = engine.replicate((state, hparams, data), mesh)
+        round_fn = engine.make_round_fn(apply_fn, spec, server_tx, mesh)
+        if rounds_per_call > 1:
+            multi = engine.make_multi_round_fn(round_fn)
+            blocks = jnp.int32(rounds_per_call)
+            round_fn = lambda state, hparams, data: _loss_as_metrics(multi(state, hparams, data, blocks))
+        jitted = jax.jit(round_fn, donate_argnums=0)
+        start = time.perf_counter()
+        round_fn = jitted.lower(state, hparams, data).compile()
+        compile_seconds = time.perf_counter() - start
+    else:
+        round_fn = make_loop_round(apply_fn, spec, server_tx)
+        compile_seconds = None          # jitted lazily: estimated from the first round below
+
+    def one_round(state):
+        state, metrics = round_fn(state, hparams, data)
+        jax.block_until_ready((state, metrics))
+        return state, metrics
+
+    start = time.perf_counter()
+    state, metrics = one_round(state)   # warm-up (the loop engine compiles here)
+    first_round = time.perf_counter() - start
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        state, metrics = one_round(state)
+        times.append((time.perf_counter() - start) / rounds_per_call)
+    loss = float(metrics["train_loss"])
+    if not math.isfinite(loss):
+        raise FedlnError(f"the benchmark round produced a non-finite loss ({loss})")
+    median = statistics.median(times)
+    steps = clients * local_steps
+    flops = steps * batch_size * train_flops_per_example(model, input_shape, NUM_CLASSES)
+    peak = matmul_peak_gflops(matmul_size)
+    gflops = flops / median / 1e9
+    return {
+        "model": model, "engine": engine_name, "clients": clients, "local_steps": local_steps,
+        "batch_size": batch_size, "rounds_timed": rounds * rounds_per_call,
+        "rounds_per_call": rounds_per_call,
+        "chunk_size": chunk if engine_name == "vectorized" else None,
+        "norm": norm, "dtype": dtype, "backend": jax.default_backend(),
+        "devices": jax.device_count(),
+        "client_steps_per_second": steps / median,
+        "examples_per_second": steps * batch_size / median,
+        "gflops_per_second": gflops,
+        "gflop_per_round": flops / 1e9,
+        "round_seconds_median": median,
+        "round_seconds_min": min(times),
+        "round_seconds_max": max(times),
+        "compile_seconds": (compile_seconds if compile_seconds is not None
+                            else max(first_round - median, 0.0)),
+        "first_round_seconds": first_round,
+        "peak_rss_mb": peak_rss_mb(),
+        "matmul_peak_gflops": peak,
+        "fraction_of_matmul_peak": gflops / peak,
+        "train_loss": loss,
+        "jax_version": jax.__version__,
+        "jaxlib_version": _jaxlib_version(),
+    }
+
+
+def _loss_as_metrics(result):
+    state, mean_loss = result
+    return state, {"train_loss": mean_loss}
+
+
+def _jaxlib_version() -> str:
+    import jaxlib
+    return getattr(jaxlib, "__version__", None) or jaxlib.version.__version__

@@ -1,0 +1,201 @@
+"""Run-state checkpoints in WORKDIR/checkpoints, with orbax's CheckpointManager.
+
+A checkpoint is one orbax step directory named by the round, holding two items:
+`state` (the whole engine.ServerState pytree: params, model_state, opt_state, client_states,
+round, key) and `meta` (a small JSON: format version, fedln_jax version, the config, and the
+host-side progress the metrics depend on). Orbax writes into a temporary directory and renames
+it when complete (on GCS it writes a commit marker last), so a crash during a save leaves the
+previous checkpoint usable and no partial step visible.
+
+Restoring checks the stored tree against the target built from the current config (structure,
+shapes and dtypes) before reading any array: a mismatch is a FedlnError, never a silent cast.
+A step whose files cannot be read is reported as corrupt and the next older one is tried.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any, NamedTuple, Optional
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+from fedln_jax.errors import FedlnError
+
+FORMAT_VERSION = 1
+# Test-only hook: FEDLN_TEST_PAUSE="EVENT:ROUND:SECONDS:DIR" makes the run touch
+# DIR/paused_EVENT_ROUND and sleep SECONDS when it reaches EVENT at ROUND, so a subprocess test
+# can kill or signal it at a known moment. Events: "block" (after a block of rounds), "save" (inside orbax's save, after the
+# arrays are written and before the step is committed), "metrics" (after the metrics row of
+# an evaluation round is written, before that round's checkpoint), "saved" (after a
+# checkpoint is committed).
+PAUSE_ENV = "FEDLN_TEST_PAUSE"
+
+
+def pause_for_test(event: str, round_: int) -> None:
+    spec = os.environ.get(PAUSE_ENV)
+    if not spec:
+        return
+    want_event, want_round, seconds, directory = spec.split(":", 3)
+    if want_event == event and int(want_round) == round_:
+        (epath.Path(directory) / f"paused_{event}_{round_}").touch()
+        time.sleep(float(seconds))
+
+
+class Restored(NamedTuple):
+    state: Any          # engine.ServerState, placed like the target
+    meta: dict          # the JSON saved next to it
+    round: int
+
+
+class _MetaHandler(ocp.JsonCheckpointHandler):
+    """The JSON item's handler, plus the test hook that holds a save half-done."""
+
+    async def async_save(self, directory, *args, **kwargs):
+        futures = await super().async_save(directory, *args, **kwargs)
+        if os.environ.get(PAUSE_ENV):
+            step = epath.Path(directory).parent.name.split(".")[0]   # "<round>.orbax-...-tmp"
+            pause_for_test("save", int(step))
+        return futures
+
+
+def checkpoint_dir(workdir: str) -> epath.Path:
+    return epath.Path(workdir) / "checkpoints"
+
+
+def open_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
+    """A synchronous manager (saves of this run's small states take tens of milliseconds,
+    measured in the README) that keeps the newest `keep` steps and clears leftover temporary
+    directories of interrupted saves."""
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, enable_async_checkpointing=False,
+        cleanup_tmp_directories=True)
+    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+    state_handler, meta_handler = ocp.StandardCheckpointHandler(), _MetaHandler()
+    registry.add("state", ocp.args.StandardSave, state_handler)
+    registry.add("state", ocp.args.StandardRestore, state_handler)
+    registry.add("meta", ocp.args.JsonSave, meta_handler)
+    registry.add("meta", ocp.args.JsonRestore, meta_handler)
+    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
+                                 handler_registry=registry)
+
+
+def save(manager: ocp.CheckpointManager, state, meta: dict) -> Optional[float]:
+    """Save `state` at step state.round with `meta`; return the seconds it took, or None if
+    that round is already saved."""
+    start = time.perf_counter()
+    step = int(jax.device_get(state.round))
+    if step in manager.all_steps():
+        return None
+    meta = {**meta, "format_version": FORMAT_VERSION, "round": step}
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                               meta=ocp.args.JsonSave(meta)), force=True)
+    manager.wait_until_finished()
+    seconds = time.perf_counter() - start
+    pause_for_test("saved", step)
+    return seconds
+
+
+def abstract_like(tree):
+    """ShapeDtypeStructs (with shardings) of a pytree of arrays: the restore target."""
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+class CorruptCheckpoint(Exception):
+    """A step whose files are missing or unreadable (fall back to an older one)."""
+
+
+def restore_latest(manager: ocp.CheckpointManager, target, check_meta,
+                   warn=None) -> Optional[Restored]:
+    """Restore the newest readable step, or None if there is none.
+
+    target: a pytree of arrays or ShapeDtypeStructs with the expected structure, shapes, dtypes
+    and shardings. check_meta(meta) raises FedlnError if the checkpoint belongs to an
+    incompatible config or format. A corrupt step is warned about and skipped; steps newer than
+    the restored one are deleted, so the run can save them again.
+    """
+    warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
+    abstract = abstract_like(target)
+    steps = sorted(manager.all_steps(), reverse=True)
+    for step in steps:
+        try:
+            restored = _restore_step(manager, step, abstract, check_meta)
+        except CorruptCheckpoint as exc:
+            warn(f"checkpoint at round {step} is unreadable ({exc}); trying an older one")
+            continue
+        for newer in steps[:steps.index(step)]:
+            manager.delete(newer)
+        return restored
+    if steps:
+        warn("no readable checkpoint; starting from round 0")
+        for step in steps:
+            manager.delete(step)
+    return None
+
+
+def _restore_step(manager, step: int, abstract, check_meta) -> Restored:
+    try:
+        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+        stored = manager.item_metadata(step)["state"]
+    except Exception as exc:  # orbax/tensorstore raise many types for missing or torn files
+        raise CorruptCheckpoint(_first_line(exc)) from None
+    if not isinstance(meta, dict) or stored is None:
+        raise CorruptCheckpoint("metadata missing")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise FedlnError(f"checkpoint at round {step} has format version "
+                         f"{meta.get('format_version')!r}, this fedln_jax reads {FORMAT_VERSION}; "
+                         f"use a new workdir")
+    check_meta(meta)
+    stored_tree = stored.tree if hasattr(stored, "tree") else stored
+    mismatch = tree_mismatch(stored_tree, abstract)
+    if mismatch:
+        raise FedlnError(f"checkpoint at round {step} does not fit this run's state ({mismatch}); "
+                         f"use a new workdir")
+    try:
+        state = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract))).state
+        round_ = int(jax.device_get(state.round))
+    except Exception as exc:
+        raise CorruptCheckpoint(_first_line(exc)) from None
+    if round_ != step or meta.get("round") != step:
+        raise CorruptCheckpoint(f"step {step} holds round {round_}")
+    return Restored(state=state, meta=meta, round=step)
+
+
+def tree_mismatch(stored_tree, abstract) -> str:
+    """'' if the stored metadata tree has the target's leaves, shapes and dtypes; else what
+    differs. Orbax itself would cast dtypes silently."""
+    stored_leaves = {_path(p): leaf for p, leaf in
+                     jax.tree_util.tree_flatten_with_path(stored_tree)[0]}
+    target_leaves = {_path(p): leaf for p, leaf in
+                     jax.tree_util.tree_flatten_with_path(abstract)[0]}
+    missing = sorted(set(target_leaves) - set(stored_leaves))
+    extra = sorted(set(stored_leaves) - set(target_leaves))
+    if missing or extra:
+        return (f"missing {', '.join(missing) or '-'}; unexpected {', '.join(extra) or '-'}")
+    for name, want in target_leaves.items():
+        got = stored_leaves[name]
+        if tuple(got.shape) != tuple(want.shape) or np.dtype(got.dtype) != np.dtype(want.dtype):
+            return (f"{name} is {np.dtype(got.dtype).name}{list(got.shape)}, expected "
+                    f"{np.dtype(want.dtype).name}{list(want.shape)}")
+    return ""
+
+
+def _path(keypath) -> str:
+    parts = []
+    for k in keypath:
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                parts.append(str(getattr(k, attr)))
+                break
+        else:
+            parts.append(str(k))
+    return ".".join(parts)
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200] if text else ''}"
