@@ -10,6 +10,7 @@ import typing
 from typing import Any, Optional
 
 from fedln_jax.algorithms import ALGORITHM_NAMES, OWNED_HPARAMS, REGISTRY
+from fedln_jax.data.augment import AUGMENT_SETTINGS, resolve_augmentation
 from fedln_jax.errors import FedlnError
 
 DATASETS = ("digits", "synthetic", "cifar10", "cifar100", "tinyimagenet", "pacs")
@@ -22,6 +23,7 @@ CONV_IMPLS = ("auto", "patches", "lax")
 DTYPES = ("float32", "bfloat16")
 DEFAULT_MODEL = {"digits": "small_cnn", "synthetic": "small_cnn", "cifar10": "cnn",
                  "cifar100": "cnn", "tinyimagenet": "cnn", "pacs": "cnn"}
+FOLDER_DATASETS = ("tinyimagenet", "pacs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +37,10 @@ class Config:
     classes_per_client: int = 1
     dirichlet_beta: float = 0.1
     min_client_examples: int = 1        # dirichlet guard: redraw while a client has fewer
+    download: bool = True               # cifar10/100: fetch through TFDS when not in data_dir
+    image_size: int = 0                 # tinyimagenet/pacs: image side in pixels (0 = 64)
+    pacs_domain: str = ""               # pacs: held-out test domain ("" = stratified split)
+    augment: str = "auto"               # auto | true | false | none | crop_flip | resized_crop
     # federation
     num_clients: int = 10
     clients_per_round: Optional[int] = None   # None = all clients every round
@@ -78,6 +84,12 @@ class Config:
         return DEFAULT_MODEL[self.dataset] if self.model == "auto" else self.model
 
     @property
+    def resolved_augment(self) -> str:
+        """The augmentation mode applied on the device (data.augment): auto = the paper's per
+        dataset (crop_flip for CIFAR/TinyImageNet, resized_crop for PACS, none for digits)."""
+        return resolve_augmentation(self.augment, self.dataset)
+
+    @property
     def resolved_server_lr(self) -> float:
         """server_lr, or the algorithm's default when unset."""
         if self.server_lr is not None:
@@ -95,7 +107,7 @@ class Config:
             _check_type(f.name, getattr(self, f.name), _field_types()[f.name])
         choices = {"dataset": DATASETS, "partition": PARTITIONS, "model": MODELS, "norm": NORMS,
                    "norm_position": NORM_POSITIONS, "algorithm": ALGORITHMS,
-                   "conv_impl": CONV_IMPLS, "dtype": DTYPES}
+                   "conv_impl": CONV_IMPLS, "dtype": DTYPES, "augment": AUGMENT_SETTINGS}
         for key, allowed in choices.items():
             value = getattr(self, key)
             if value not in allowed:
@@ -115,7 +127,7 @@ class Config:
                 raise FedlnError(f"{key} must be >= 1 (or none for the default), "
                                  f"got {getattr(self, key)}")
         for key in ("momentum", "weight_decay", "checkpoint_every", "seed",
-                    "prox_mu", "fedlc_tau", "feddecorr_coef"):
+                    "prox_mu", "fedlc_tau", "feddecorr_coef", "image_size"):
             if not getattr(self, key) >= 0:
                 raise FedlnError(f"{key} must be >= 0, got {getattr(self, key)}")
         for key in ("server_momentum", "server_beta1", "server_beta2"):
@@ -129,6 +141,11 @@ class Config:
         if self.clients_per_round is not None and not 1 <= self.clients_per_round <= self.num_clients:
             raise FedlnError(f"clients_per_round must be in 1..num_clients={self.num_clients}, "
                              f"got {self.clients_per_round}")
+        if self.image_size and self.dataset not in FOLDER_DATASETS:
+            raise FedlnError(f"image_size applies to {' and '.join(FOLDER_DATASETS)} only, "
+                             f"not dataset={self.dataset!r}")
+        if self.pacs_domain and self.dataset != "pacs":
+            raise FedlnError(f"pacs_domain applies to dataset='pacs' only, not {self.dataset!r}")
         if self.classes_per_client < 1:
             raise FedlnError(f"classes_per_client must be >= 1, got {self.classes_per_client}")
         return self

@@ -20,6 +20,7 @@ from fedln_jax import checkpoint, engine
 from fedln_jax.algorithms import OWNED_HPARAMS, Algorithm, get_algorithm
 from fedln_jax.config import Config, diff_keys
 from fedln_jax.data import class_counts, client_test_weights, load_dataset, partition
+from fedln_jax.data.sources import LoadOptions
 from fedln_jax.errors import DivergedError, FedlnError, Interrupted
 from fedln_jax.models import build_model
 
@@ -48,7 +49,10 @@ def build_experiment(config: Config) -> Experiment:
     """Data, partition, model and round spec. Raises FedlnError on impossible requests."""
     config.validate()
     dataset = load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed,
-                           test_fraction=config.test_fraction)
+                           test_fraction=config.test_fraction,
+                           options=LoadOptions(download=config.download,
+                                               image_size=config.image_size,
+                                               pacs_domain=config.pacs_domain))
     clients = partition(dataset.y_train, config.num_clients, scheme=config.partition,
                         num_classes=dataset.num_classes,
                         classes_per_client=config.classes_per_client,
@@ -67,7 +71,8 @@ def build_experiment(config: Config) -> Experiment:
         max_epochs=engine.epochs_needed(int(counts_CK.sum(1).min()), config.local_steps,
                                         config.batch_size),
         pixel_scale=dataset.pixel_scale, chunk_size=chunk,
-        momentum=config.momentum, weight_decay=config.weight_decay)
+        momentum=config.momentum, weight_decay=config.weight_decay,
+        augment=config.resolved_augment)
     return Experiment(
         config=config, model=model, apply_fn=engine.make_apply_fn(model), spec=spec,
         data=engine.make_data(dataset.x_train, dataset.y_train, clients, dataset.num_classes),
