@@ -1,4 +1,4 @@
-"""Console script `fedln-jax`: run | demo | bench | analyze | figure. Bad input: one `error:` line on stderr, exit 2."""
+"""Console script `fedln-jax`: run | demo | sweep | bench | analyze | figure. Bad input: one `error:` line on stderr, exit 2."""
 from __future__ import annotations
 
 import argparse
@@ -22,6 +22,19 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument("--config", help="Python file defining get_config()")
     run_p.add_argument("--quiet", action="store_true", help="no progress bar or logs")
     run_p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    sweep_p = sub.add_parser("sweep", help="run a grid; runs differing only in values are vectorized")
+    sweep_p.add_argument("--workdir", required=True)
+    sweep_p.add_argument("--config", help="Python file defining get_config() (the grid's base)")
+    sweep_p.add_argument("--quiet", action="store_true")
+    sweep_p.add_argument("grid", nargs="*", metavar="KEY=V1,V2,...")
+    for p in (run_p, sweep_p):
+        group = p.add_argument_group("multi-host (see fedln_jax/distributed.py)")
+        group.add_argument("--coordinator", help="HOST:PORT of process 0 (env FEDLN_COORDINATOR)")
+        group.add_argument("--num-processes", type=int, help="env FEDLN_NUM_PROCESSES")
+        group.add_argument("--process-id", type=int, help="env FEDLN_PROCESS_ID")
+        group.add_argument("--distributed", action="store_true",
+                           help="jax.distributed.initialize() with auto-detection (TPU slices; "
+                                "env FEDLN_DISTRIBUTED=1)")
     demo_p = sub.add_parser("demo", help="the headline comparison on the embedded digits")
     demo_p.add_argument("--workdir", default="fedln_demo")
     demo_p.add_argument("--rounds", type=int, default=60)
@@ -83,6 +96,15 @@ def main(argv=None) -> int:
 
 
 def _dispatch(args) -> int:
+    if args.command in ("run", "sweep"):
+        from fedln_jax import distributed
+        distributed.initialize(args.coordinator, args.num_processes, args.process_id,
+                               auto=args.distributed)
+    if args.command == "sweep":
+        from fedln_jax.sweep import run_sweep
+        rows = run_sweep(args.workdir, args.config, args.grid, quiet=args.quiet)
+        print(f"{len(rows)} runs; wrote results.csv, results.md, sweep.png in {args.workdir}")
+        return 0
     if args.command == "run":
         from fedln_jax.config import build_config
         from fedln_jax.train import run

@@ -10,6 +10,7 @@ import typing
 from typing import Any, Optional
 
 from fedln_jax.algorithms import ALGORITHM_NAMES, OWNED_HPARAMS, REGISTRY
+from fedln_jax.data.augment import AUGMENT_SETTINGS, resolve_augmentation
 from fedln_jax.errors import FedlnError
 
 DATASETS = ("digits", "synthetic", "cifar10", "cifar100", "tinyimagenet", "pacs")
@@ -22,6 +23,7 @@ CONV_IMPLS = ("auto", "patches", "lax")
 DTYPES = ("float32", "bfloat16")
 DEFAULT_MODEL = {"digits": "small_cnn", "synthetic": "small_cnn", "cifar10": "cnn",
                  "cifar100": "cnn", "tinyimagenet": "cnn", "pacs": "cnn"}
+FOLDER_DATASETS = ("tinyimagenet", "pacs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +37,10 @@ class Config:
     classes_per_client: int = 1
     dirichlet_beta: float = 0.1
     min_client_examples: int = 1        # dirichlet guard: redraw while a client has fewer
+    download: bool = True               # cifar10/100: fetch through TFDS when not in data_dir
+    image_size: int = 0                 # tinyimagenet/pacs: image side in pixels (0 = 64)
+    pacs_domain: str = ""               # pacs: held-out test domain ("" = stratified split)
+    augment: str = "auto"               # auto | true | false | none | crop_flip | resized_crop
     # federation
     num_clients: int = 10
     clients_per_round: Optional[int] = None   # None = all clients every round
@@ -70,13 +76,20 @@ class Config:
     seed: int = 0
     checkpoint_every: int = 100         # save the run state every N rounds (0 = only at the end)
     keep_checkpoints: int = 3
-    client_chunk_size: int = 0          # clients vmapped together per device; 0 = backend default
+    client_chunk_size: Optional[int] = None   # clients vmapped together per device; None = backend default
+    num_devices: Optional[int] = None   # devices the clients axis is laid out over; None = all
     conv_impl: str = "auto"
     dtype: str = "float32"              # compute dtype (bfloat16 for GPU/TPU); params stay float32
 
     @property
     def resolved_model(self) -> str:
         return DEFAULT_MODEL[self.dataset] if self.model == "auto" else self.model
+
+    @property
+    def resolved_augment(self) -> str:
+        """The augmentation mode applied on the device (data.augment): auto = the paper's per
+        dataset (crop_flip for CIFAR/TinyImageNet, resized_crop for PACS, none for digits)."""
+        return resolve_augmentation(self.augment, self.dataset)
 
     @property
     def resolved_server_lr(self) -> float:
@@ -96,7 +109,7 @@ class Config:
             _check_type(f.name, getattr(self, f.name), _field_types()[f.name])
         choices = {"dataset": DATASETS, "partition": PARTITIONS, "model": MODELS, "norm": NORMS,
                    "norm_position": NORM_POSITIONS, "algorithm": ALGORITHMS,
-                   "conv_impl": CONV_IMPLS, "dtype": DTYPES}
+                   "conv_impl": CONV_IMPLS, "dtype": DTYPES, "augment": AUGMENT_SETTINGS}
         for key, allowed in choices.items():
             value = getattr(self, key)
             if value not in allowed:
@@ -111,8 +124,12 @@ class Config:
                 raise FedlnError(f"{key} must be > 0, got {getattr(self, key)}")
         if self.server_lr is not None and not self.server_lr > 0:
             raise FedlnError(f"server_lr must be > 0, got {self.server_lr}")
-        for key in ("momentum", "weight_decay", "checkpoint_every", "client_chunk_size", "seed",
-                    "prox_mu", "fedlc_tau", "feddecorr_coef", "analysis_every"):
+        for key in ("client_chunk_size", "num_devices"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise FedlnError(f"{key} must be >= 1 (or none for the default), "
+                                 f"got {getattr(self, key)}")
+        for key in ("momentum", "weight_decay", "checkpoint_every", "seed",
+                    "prox_mu", "fedlc_tau", "feddecorr_coef", "image_size", "analysis_every"):
             if not getattr(self, key) >= 0:
                 raise FedlnError(f"{key} must be >= 0, got {getattr(self, key)}")
         for key in ("server_momentum", "server_beta1", "server_beta2"):
@@ -126,6 +143,11 @@ class Config:
         if self.clients_per_round is not None and not 1 <= self.clients_per_round <= self.num_clients:
             raise FedlnError(f"clients_per_round must be in 1..num_clients={self.num_clients}, "
                              f"got {self.clients_per_round}")
+        if self.image_size and self.dataset not in FOLDER_DATASETS:
+            raise FedlnError(f"image_size applies to {' and '.join(FOLDER_DATASETS)} only, "
+                             f"not dataset={self.dataset!r}")
+        if self.pacs_domain and self.dataset != "pacs":
+            raise FedlnError(f"pacs_domain applies to dataset='pacs' only, not {self.dataset!r}")
         if self.classes_per_client < 1:
             raise FedlnError(f"classes_per_client must be >= 1, got {self.classes_per_client}")
         return self
@@ -180,7 +202,7 @@ def parse_value(key: str, text: str) -> Any:
     if key not in config_keys():
         raise FedlnError(f"unknown config key {key!r}; known keys: {', '.join(config_keys())}")
     base, optional = _unwrap_optional(_field_types()[key])
-    if optional and text.lower() in ("none", "null", "all", ""):
+    if optional and text.lower() in ("none", "null", "all", "auto", ""):
         return None
     try:
         if base is bool:

@@ -16,10 +16,12 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from fedln_jax.algorithms import Algorithm, ClientContext, init_client_states, make_algorithm
+from fedln_jax.data.augment import augment_round
 from fedln_jax.errors import FedlnError
 
 Pytree = Any
 SAMPLING_TAG, CLIENT_TAG, INIT_TAG = 0, 1, 2
+AUGMENT_TAG = 3   # folded into a client's round key for its augmentation stream
 
 
 class DeviceData(NamedTuple):
@@ -64,6 +66,7 @@ class RoundSpec(NamedTuple):
     chunk_size: int           # clients vmapped together on one device
     momentum: float
     weight_decay: float
+    augment: str = "none"     # data.augment mode applied to training batches on the device
 
 
 def make_data(x: np.ndarray, y: np.ndarray, client_indices: list[np.ndarray],
@@ -215,9 +218,15 @@ def client_class_counts(data: DeviceData) -> jax.Array:
 
 
 def gather_client_batches(data: DeviceData, spec: RoundSpec, key: jax.Array, client: jax.Array):
-    """Images (float32 in [0,1]) and labels of one client's round: [S, B, ...] and [S, B]."""
+    """Images (float32 in [0,1]) and labels of one client's round: [S, B, ...] and [S, B].
+
+    `key` is the client's round key (from (seed, round, client)); it picks the batches and,
+    folded with AUGMENT_TAG and the step, the augmentation of each step (spec.augment).
+    """
     ix_SB = client_batch_indices(key, data.idx_C[client], data.counts_C[client], spec)
-    return data.x[ix_SB].astype(jnp.float32) * spec.pixel_scale, data.y[ix_SB]
+    x_SB = data.x[ix_SB].astype(jnp.float32) * spec.pixel_scale
+    x_SB = augment_round(jax.random.fold_in(key, AUGMENT_TAG), x_SB, spec.augment)
+    return x_SB, data.y[ix_SB]
 
 
 def client_keys(round_key: jax.Array, clients: jax.Array) -> jax.Array:
@@ -271,8 +280,15 @@ def client_mesh(devices=None) -> Mesh:
 
 def replicate(tree: Pytree, mesh: Mesh) -> Pytree:
     """Place a pytree (state, hparams, data) on every device of the mesh, as the round's
-    outputs are placed: inputs and outputs then share one compilation."""
-    return jax.device_put(tree, NamedSharding(mesh, P()))
+    outputs are placed: inputs and outputs then share one compilation. Under jax.distributed
+    the mesh spans processes and every process must pass the same value."""
+    sharding = NamedSharding(mesh, P())
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+    # Several processes (jax.distributed): each holds the whole value and feeds only its own
+    # addressable devices; together they form one global, replicated array.
+    return jax.tree.map(
+        lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a)), tree)
 
 
 def make_round_fn(apply_fn: Callable, spec: RoundSpec,

@@ -1,11 +1,11 @@
 """Dataset sources: every dataset is returned as uint8 images plus int32 labels.
 
 `load_dataset(name, ...)` dispatches through `_LOADERS`, a dict from dataset name to a
-loader function `loader(data_dir, seed, test_fraction) -> Dataset`.  Bundled datasets
-(`digits`, `synthetic`) need no download.  The names reserved for the TFDS-backed
-datasets (`cifar10`, `cifar100`, `tinyimagenet`, `pacs`) currently point at a stub that
-raises `FedlnError`; the task that adds them replaces exactly those dict entries.  Those
-loaders may ignore `test_fraction` when the dataset has an official test split.
+loader function `loader(data_dir, seed, test_fraction, options) -> Dataset`.  Bundled
+datasets (`digits`, `synthetic`) need no download; `cifar10` and `cifar100` come through
+tensorflow_datasets (`fedln_jax.data.tfds_source`, imported only when asked for);
+`tinyimagenet` and `pacs` are image folders decoded with Pillow (`fedln_jax.data.folders`).
+Loaders ignore `test_fraction` when the dataset has an official test split.
 """
 
 from __future__ import annotations
@@ -39,7 +39,21 @@ class Dataset:
         return tuple(int(d) for d in self.x_train.shape[1:])
 
 
-Loader = Callable[[str, int, float], Dataset]
+@dataclasses.dataclass(frozen=True)
+class LoadOptions:
+    """Per-dataset options (config keys); loaders ignore the ones that do not concern them.
+
+    download: fetch a TFDS dataset that is not in data_dir yet (needs network and TensorFlow).
+    image_size: side in pixels of folder datasets (0 = their default, 64).
+    pacs_domain: PACS domain held out as the test set ("" = stratified split of all domains).
+    """
+
+    download: bool = True
+    image_size: int = 0
+    pacs_domain: str = ""
+
+
+Loader = Callable[[str, int, float, LoadOptions], Dataset]
 
 
 # ---------------------------------------------------------------------------------------
@@ -101,7 +115,7 @@ def _from_split(name: str, x: np.ndarray, y: np.ndarray, num_classes: int, pixel
 # Loaders
 
 
-def _load_digits(data_dir: str, seed: int, test_fraction: float) -> Dataset:
+def _load_digits(data_dir: str, seed: int, test_fraction: float, options: LoadOptions) -> Dataset:
     """sklearn's bundled 8x8 digits (1797 images, values 0..16). `data_dir` is unused."""
     from sklearn.datasets import load_digits
 
@@ -115,7 +129,7 @@ SYNTHETIC_CLASSES = 10
 SYNTHETIC_PER_CLASS = 50  # with test_fraction 0.2: 40 train + 10 test per class
 
 
-def _load_synthetic(data_dir: str, seed: int, test_fraction: float) -> Dataset:
+def _load_synthetic(data_dir: str, seed: int, test_fraction: float, options: LoadOptions) -> Dataset:
     """Tiny learnable dataset for tests, fully determined by `seed`.
 
     Each of the 10 classes has a random binary 8x8 prototype (about half the pixels on);
@@ -132,29 +146,40 @@ def _load_synthetic(data_dir: str, seed: int, test_fraction: float) -> Dataset:
     return _from_split("synthetic", images, labels, c, 1.0 / 255.0, seed, test_fraction)
 
 
-def _not_available(name: str) -> Loader:
-    def loader(data_dir: str, seed: int, test_fraction: float) -> Dataset:
-        raise FedlnError(f"dataset {name!r} is not available yet (only {', '.join(_AVAILABLE)} for now)")
-
-    return loader
+def _load_cifar10(data_dir: str, seed: int, test_fraction: float, options: LoadOptions) -> Dataset:
+    from fedln_jax.data.tfds_source import load_tfds
+    return load_tfds("cifar10", 10, data_dir, download=options.download)
 
 
-_AVAILABLE = ("digits", "synthetic")
+def _load_cifar100(data_dir: str, seed: int, test_fraction: float, options: LoadOptions) -> Dataset:
+    from fedln_jax.data.tfds_source import load_tfds
+    return load_tfds("cifar100", 100, data_dir, download=options.download)
 
-# name -> loader(data_dir, seed, test_fraction) -> Dataset.  Replace the stub entries
-# when the TFDS-backed datasets are added.
+
+def _load_tinyimagenet(data_dir: str, seed: int, test_fraction: float, options: LoadOptions) -> Dataset:
+    from fedln_jax.data.folders import load_tinyimagenet
+    return load_tinyimagenet(data_dir, image_size=options.image_size)
+
+
+def _load_pacs(data_dir: str, seed: int, test_fraction: float, options: LoadOptions) -> Dataset:
+    from fedln_jax.data.folders import load_pacs
+    return load_pacs(data_dir, image_size=options.image_size, test_domain=options.pacs_domain,
+                     seed=seed, test_fraction=test_fraction)
+
+
+# name -> loader(data_dir, seed, test_fraction, options) -> Dataset.
 _LOADERS: dict[str, Loader] = {
     "digits": _load_digits,
     "synthetic": _load_synthetic,
-    "cifar10": _not_available("cifar10"),
-    "cifar100": _not_available("cifar100"),
-    "tinyimagenet": _not_available("tinyimagenet"),
-    "pacs": _not_available("pacs"),
+    "cifar10": _load_cifar10,
+    "cifar100": _load_cifar100,
+    "tinyimagenet": _load_tinyimagenet,
+    "pacs": _load_pacs,
 }
 
 
 def dataset_names() -> tuple[str, ...]:
-    """All dataset names `load_dataset` knows (including ones not available yet)."""
+    """All dataset names `load_dataset` knows."""
     return tuple(_LOADERS)
 
 
@@ -173,15 +198,18 @@ def _validate(ds: Dataset) -> Dataset:
     return ds
 
 
-def load_dataset(name: str, *, data_dir: str = "", seed: int = 0, test_fraction: float = 0.2) -> Dataset:
+def load_dataset(name: str, *, data_dir: str = "", seed: int = 0, test_fraction: float = 0.2,
+                 options: LoadOptions | None = None) -> Dataset:
     """Load dataset `name`.
 
     `seed` fixes the train/test split and the train order for datasets without an official
-    test split (`digits`, `synthetic`); there, `test_fraction` of each class goes to test.
+    test split (`digits`, `synthetic`, `pacs` without a held-out domain); there,
+    `test_fraction` of each class goes to test.  `options` carries the per-dataset keys.
     """
     key = str(name).strip().lower()
     loader = _LOADERS.get(key)
     if loader is None:
         raise FedlnError(f"unknown dataset {name!r}; known datasets: {', '.join(_LOADERS)}")
     _check_test_fraction(test_fraction)
-    return _validate(loader(data_dir, int(seed), float(test_fraction)))
+    options = LoadOptions() if options is None else options
+    return _validate(loader(data_dir, int(seed), float(test_fraction), options))

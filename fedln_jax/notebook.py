@@ -1,0 +1,143 @@
+"""What the Colab TPU notebook (experiments/colab_tpu.ipynb) does, as plain functions.
+
+The notebook's cells are one-line calls into this module, so a test can run them on a CPU
+with tiny settings.  A comparison is one run per normalizer in `<workdir>/<norm>`; each is an
+ordinary `train.run`, which lays the clients out over every device (the TPU cores) and, on a
+workdir holding checkpoints, resumes from the latest one, so re-running the cells after a
+runtime restart continues where the runs stopped.  Workdirs may be local, on a mounted Google
+Drive (/content/drive/...), or gs:// buckets.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+from fedln_jax.config import Config, build_config
+from fedln_jax.errors import FedlnError
+
+NORMS = ("none", "bn", "gn", "ln", "fn")
+PAPER_CONFIG = os.path.join("experiments", "configs", "paper_cifar10_one_class_cnn.py")
+DRIVE_ROOT = "/content/drive"
+
+
+def _path(path: str):
+    from etils import epath   # local paths and gs:// alike
+    return epath.Path(path)
+
+
+def device_summary() -> dict:
+    """Backend, devices, and how the clients axis is laid out over them."""
+    import jax
+
+    from fedln_jax import engine
+
+    mesh = engine.client_mesh()
+    return {"backend": jax.default_backend(), "device_count": jax.device_count(),
+            "process_count": jax.process_count(),
+            "devices": [str(d) for d in jax.devices()],
+            "client_mesh": dict(zip(mesh.axis_names, mesh.devices.shape))}
+
+
+def show_devices() -> dict:
+    info = device_summary()
+    print(f"{info['device_count']} {info['backend']} device(s) in {info['process_count']} "
+          f"process(es); clients are sharded over mesh axes {info['client_mesh']}")
+    for device in info["devices"]:
+        print(" ", device)
+    return info
+
+
+def prepare_workdir(workdir: str, data_dir: str = "") -> str:
+    """Mount Google Drive if the workdir or data_dir lives there (in Colab); create the local
+    workdir folder (gs:// needs none). Returns the workdir."""
+    on_drive = [p for p in (workdir, data_dir) if p.startswith(DRIVE_ROOT + "/")]
+    if on_drive and not os.path.isdir(os.path.join(DRIVE_ROOT, "MyDrive")):
+        try:
+            from google.colab import drive
+        except ImportError:
+            raise FedlnError(f"{on_drive[0]} is on Google Drive, which can only be mounted in "
+                             f"Colab; use a local or gs:// path") from None
+        drive.mount(DRIVE_ROOT)
+    if not workdir.startswith("gs://"):
+        os.makedirs(workdir, exist_ok=True)
+    return workdir
+
+
+def comparison_configs(config_path: str, norms=NORMS, overrides=()) -> dict[str, Config]:
+    """One validated Config per normalizer: the config file, the overrides, then `norm=`."""
+    return {norm: build_config(config_path, [*overrides, f"norm={norm}"]) for norm in norms}
+
+
+def _finished_summary(run_dir: str, config: Config) -> dict | None:
+    """The summary of a run already completed in run_dir with this exact config, else None."""
+    root = _path(run_dir)
+    try:
+        previous = json.loads((root / "config.json").read_text())
+        summary = json.loads((root / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    done = (previous == config.to_dict() and summary.get("status", "completed") == "completed"
+            and summary.get("rounds_completed") == config.rounds)
+    return summary if done else None
+
+
+def run_comparison(config_path: str, workdir: str, *, norms=NORMS, overrides=(),
+                   quiet: bool = False) -> dict[str, dict]:
+    """Run every normalizer's experiment in workdir/<norm>, finished ones skipped; returns
+    norm -> summary.  Interrupted runs resume from their latest checkpoint (train.run)."""
+    from fedln_jax.train import run
+
+    summaries = {}
+    for norm, config in comparison_configs(config_path, norms, overrides).items():
+        run_dir = str(_path(workdir) / norm)
+        summary = _finished_summary(run_dir, config)
+        if summary is None:
+            summary = run(config, run_dir, quiet=quiet)
+        summaries[norm] = summary
+        if not quiet:
+            print(f"{norm:<5} final test accuracy {summary['final_test_accuracy']:.4f} "
+                  f"after {summary['rounds_completed']} rounds")
+    return summaries
+
+
+def load_curves(workdir: str, norms=NORMS) -> dict[str, list[dict]]:
+    """norm -> the metrics.jsonl rows of workdir/<norm>."""
+    curves = {}
+    for norm in norms:
+        text = (_path(workdir) / norm / "metrics.jsonl").read_text()
+        curves[norm] = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return curves
+
+
+def plot_comparison(workdir: str, norms=NORMS, title: str = "") -> str:
+    """Test accuracy vs round, one line per normalizer; saved as workdir/accuracy.png."""
+    from fedln_jax.plots import plot_accuracy_curves
+
+    curves = {norm: [rows] for norm, rows in load_curves(workdir, norms).items()}
+    target = _path(workdir) / "accuracy.png"
+    with tempfile.TemporaryDirectory() as tmp:   # matplotlib writes locally; copy to gs:// too
+        local = os.path.join(tmp, "accuracy.png")
+        plot_accuracy_curves(curves, local, title=title)
+        with open(local, "rb") as f:
+            target.write_bytes(f.read())
+    return str(target)
+
+
+def results_table(summaries: dict[str, dict]) -> str:
+    lines = ["norm   final   best    rounds"]
+    for norm, s in summaries.items():
+        lines.append(f"{norm:<5}  {s['final_test_accuracy']:.4f}  {s['best_test_accuracy']:.4f}  "
+                     f"{s['rounds_completed']}")
+    return "\n".join(lines)
+
+
+def show_image(path: str) -> None:
+    """Display a PNG (local or gs://) inline in a notebook; print its path elsewhere."""
+    data = _path(path).read_bytes()
+    try:
+        from IPython.display import Image, display
+    except ImportError:
+        print(f"{path} ({len(data)} bytes)")
+        return
+    display(Image(data=data))

@@ -1,0 +1,188 @@
+"""`fedln-jax sweep`: a grid of runs, vectorized where only values differ.
+
+Runs that differ only in VALUE_KEYS (seed, lr, server_lr, dirichlet_beta) are stacked on a
+leading runs axis and executed as one compiled program (train.run_group); the other keys
+(norm, model, algorithm, num_clients, dataset, ...) make separate programs. Each run gets a
+normal workdir under DIR/runs/<name>/; DIR/results.csv, DIR/results.md and DIR/sweep.png
+summarize them. A rerun skips the runs whose summary.json says completed.
+"""
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import os
+import re
+import sys
+from typing import Any
+
+import numpy as np
+
+from fedln_jax.config import Config, build_config, parse_value
+from fedln_jax.errors import FedlnError
+from fedln_jax.train import program_key, run_group, write_json
+
+
+def parse_grid(items: list[str]) -> dict[str, list[Any]]:
+    """['norm=ln,fn', 'seed=0,1'] -> {'norm': ['ln', 'fn'], 'seed': [0, 1]}, typed per key."""
+    grid: dict[str, list[Any]] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise FedlnError(f"grid item {item!r} is not of the form KEY=V1,V2,...")
+        if key in grid:
+            raise FedlnError(f"grid key {key!r} is given twice")
+        parts = [p.strip() for p in text.split(",")]
+        if not text.strip() or any(p == "" for p in parts):
+            raise FedlnError(f"grid key {key!r} has an empty value list or an empty value: {text!r}")
+        values = [parse_value(key, p) for p in parts]
+        if len(set(map(repr, values))) != len(values):
+            raise FedlnError(f"grid key {key!r} repeats a value: {text!r}")
+        grid[key] = values
+    return grid
+
+
+def expand(base: Config, grid: dict[str, list[Any]]) -> list[tuple[str, Config]]:
+    """Every combination of the grid applied to base, validated, with its run name."""
+    keys = list(grid)
+    runs = []
+    for combo in itertools.product(*(grid[k] for k in keys)):
+        changes = dict(zip(keys, combo))
+        runs.append((run_name(changes), base.replace(**changes).validate()))
+    return runs
+
+
+def run_name(changes: dict[str, Any]) -> str:
+    """'norm=fn_lr=0.1_seed=0': the swept values, safe as one path component."""
+    if not changes:
+        return "run"
+    text = "_".join(f"{k}={v}" for k, v in changes.items())
+    return re.sub(r"[^A-Za-z0-9._=+-]", "-", text)
+
+
+def is_complete(workdir: str, config: Config) -> bool:
+    try:
+        with open(os.path.join(workdir, "summary.json")) as f:
+            summary = json.load(f)
+        with open(os.path.join(workdir, "config.json")) as f:
+            previous = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return summary.get("status") == "completed" and previous == config.to_dict()
+
+
+def plan(runs: list[tuple[str, Config]]) -> list[list[int]]:
+    """Indices of the runs grouped into programs (one per program key, grid order kept)."""
+    groups: dict[str, list[int]] = {}
+    for i, (_, config) in enumerate(runs):
+        groups.setdefault(program_key(config), []).append(i)
+    return list(groups.values())
+
+
+def run_sweep(workdir: str, config_file: str | None, items: list[str], *,
+              quiet: bool = False) -> list[dict]:
+    """Run (or resume) the grid; write results.csv, results.md and sweep.png. Returns rows."""
+    grid = parse_grid(items)
+    # A key given one value is a plain override of the base, not a swept axis.
+    fixed = {k: v[0] for k, v in grid.items() if len(v) == 1}
+    grid = {k: v for k, v in grid.items() if len(v) > 1}
+    base = build_config(config_file, []).replace(**fixed)
+    runs = expand(base, grid)
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise FedlnError(f"workdir {workdir!r} exists and is not a directory")
+    dirs = [os.path.join(workdir, "runs", name) for name, _ in runs]
+    log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
+    todo = [i for i, (_, config) in enumerate(runs) if not is_complete(dirs[i], config)]
+    groups = plan([runs[i] for i in todo])
+    log(f"sweep: {len(runs)} runs, {len(runs) - len(todo)} already complete, "
+        f"{len(todo)} to run as {len(groups)} program(s)")
+    os.makedirs(workdir, exist_ok=True)
+    write_json(os.path.join(workdir, "sweep.json"), {
+        "grid": grid, "fixed": fixed, "base_config": base.to_dict(), "runs": [name for name, _ in runs]})
+    for g, members in enumerate(groups):
+        picked = [todo[i] for i in members]
+        log(f"sweep: program {g + 1}/{len(groups)}: {len(picked)} run(s) vectorized: "
+            + ", ".join(runs[i][0] for i in picked))
+        run_group([runs[i][1] for i in picked], [dirs[i] for i in picked], quiet=quiet)
+    rows = collect(runs, dirs, list(grid))
+    write_results(workdir, rows, list(grid))
+    return rows
+
+
+def collect(runs, dirs, keys: list[str]) -> list[dict]:
+    rows = []
+    for (name, config), run_dir in zip(runs, dirs):
+        with open(os.path.join(run_dir, "summary.json")) as f:
+            summary = json.load(f)
+        row = {"run": name, **{k: getattr(config, k) for k in keys if k != "seed"},
+               "seed": config.seed, "norm_of_run": config.norm,
+               "final_test_accuracy": summary["final_test_accuracy"]}
+        rows.append(row)
+    return rows
+
+
+def write_results(workdir: str, rows: list[dict], keys: list[str]) -> None:
+    swept = [k for k in keys if k != "seed"]
+    with open(os.path.join(workdir, "results.csv"), "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["run", *swept, "seed", "final_test_accuracy"])
+        for row in rows:
+            writer.writerow([row["run"], *(row[k] for k in swept), row["seed"],
+                             row["final_test_accuracy"]])
+    with open(os.path.join(workdir, "results.md"), "w") as f:
+        f.write(markdown_table(rows, swept) + "\n")
+    plot_sweep(rows, swept, os.path.join(workdir, "sweep.png"))
+
+
+def aggregate(rows: list[dict], swept: list[str]) -> list[tuple[tuple, list[float]]]:
+    """(values of the non-seed swept keys) -> final accuracies over seeds, in grid order."""
+    cells: dict[tuple, list[float]] = {}
+    for row in rows:
+        cells.setdefault(tuple(row[k] for k in swept), []).append(row["final_test_accuracy"])
+    return list(cells.items())
+
+
+def markdown_table(rows: list[dict], swept: list[str]) -> str:
+    lines = ["| " + " | ".join(swept + ["final test accuracy (mean +- std)", "seeds"]) + " |",
+             "|" + "---|" * (len(swept) + 2)]
+    for values, accs in aggregate(rows, swept):
+        lines.append("| " + " | ".join([*map(str, values),
+                                        f"{np.mean(accs):.4f} +- {np.std(accs):.4f}",
+                                        str(len(accs))]) + " |")
+    return "\n".join(lines)
+
+
+def plot_sweep(rows: list[dict], swept: list[str], path: str) -> None:
+    """Mean final accuracy (error bars: std over seeds) vs the first swept key other than norm;
+    one line per normalizer (and per value of any further swept key)."""
+    from fedln_jax.plots import _pyplot
+    plt = _pyplot()
+    x_key = next((k for k in swept if k != "norm"), None)
+    line_keys = [k for k in swept if k not in (x_key,)]
+    lines: dict[str, dict] = {}
+    for row in rows:
+        if x_key is None:   # only norm (and seeds) swept: the normalizers are the x axis
+            label, x = "mean over seeds", row["norm_of_run"]
+        else:
+            label = ", ".join(f"{k}={row[k]}" for k in line_keys) or f"norm={row['norm_of_run']}"
+            x = row[x_key]
+        lines.setdefault(label, {}).setdefault(x, []).append(row["final_test_accuracy"])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    categorical = x_key is None or any(isinstance(v, str) for line in lines.values() for v in line)
+    for label, points in lines.items():
+        xs = list(points)
+        pos = [str(x) for x in xs] if categorical else xs
+        ax.errorbar(pos, [np.mean(points[x]) for x in xs], yerr=[np.std(points[x]) for x in xs],
+                    marker="o", capsize=3, label=label)
+    if not categorical and x_key in ("lr", "server_lr", "dirichlet_beta") and \
+            all(x > 0 for line in lines.values() for x in line):
+        ax.set_xscale("log")
+    ax.set_xlabel(x_key or "norm")
+    ax.set_ylabel("final test accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,134 @@
+"""The sweep: grid parsing, grouping into programs, vectorized runs == the same runs alone,
+the result files, resume, and bad grids (one `error:` line, exit 2, nothing written)."""
+import csv
+import json
+import os
+
+import pytest
+
+from fedln_jax.cli import main
+from fedln_jax.config import Config
+from fedln_jax.sweep import expand, parse_grid, plan
+from fedln_jax.train import run
+
+TINY = ["dataset=synthetic", "num_clients=4", "local_steps=2", "batch_size=8", "rounds=2",
+        "eval_every=1", "partition=dirichlet"]
+GRID = ["seed=0,1", "dirichlet_beta=0.3,5.0"]   # 4 runs, value-only: one program
+
+
+def read_rows(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("sweep") / "grid"
+    assert main(["sweep", "--workdir", str(workdir), "--quiet", *TINY, *GRID]) == 0
+    return workdir
+
+
+def test_value_keys_share_a_program_and_shape_keys_do_not():
+    base = Config(dataset="synthetic")
+    runs = expand(base, parse_grid(["norm=ln,fn", "seed=0,1,2", "lr=0.1,0.2"]))
+    assert len(runs) == 12 and runs[0][0] == "norm=ln_seed=0_lr=0.1"
+    groups = plan(runs)
+    assert [len(g) for g in groups] == [6, 6]
+    assert {runs[i][1].norm for i in groups[0]} == {"ln"}
+    assert len(plan(expand(base, parse_grid(["num_clients=5,10", "seed=0,1"])))) == 2
+
+
+def test_grid_values_are_typed():
+    assert parse_grid(["lr=0.1,1", "norm=fn", "clients_per_round=all,3"]) == {
+        "lr": [0.1, 1.0], "norm": ["fn"], "clients_per_round": [None, 3]}
+
+
+def test_sweep_writes_run_workdirs_and_results(swept):
+    names = sorted(os.listdir(swept / "runs"))
+    assert names == sorted(f"seed={s}_dirichlet_beta={b}" for s in (0, 1) for b in (0.3, 5.0))
+    for name in names:
+        run_dir = swept / "runs" / name
+        assert {"config.json", "metrics.jsonl", "summary.json", "clients.json"} <= set(os.listdir(run_dir))
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["runs_vectorized"] == 4 and summary["rounds_completed"] == 2
+    with open(swept / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["run"] for r in rows] == [f"seed={s}_dirichlet_beta={b}" for s in (0, 1) for b in (0.3, 5.0)]
+    assert set(rows[0]) == {"run", "dirichlet_beta", "seed", "final_test_accuracy"}
+    for row in rows:
+        summary = json.loads((swept / "runs" / row["run"] / "summary.json").read_text())
+        assert float(row["final_test_accuracy"]) == summary["final_test_accuracy"]
+    table = (swept / "results.md").read_text().splitlines()
+    assert table[0].startswith("| dirichlet_beta |") and len(table) == 4   # header, rule, 2 betas
+    accs = [float(r["final_test_accuracy"]) for r in rows if r["dirichlet_beta"] == "0.3"]
+    mean = sum(accs) / 2
+    assert f"| 0.3 | {mean:.4f} +- {abs(accs[0] - accs[1]) / 2:.4f} | 2 |" == table[2]
+    assert (swept / "sweep.png").stat().st_size > 0
+
+
+def test_vectorized_run_equals_the_same_run_alone(swept, tmp_path):
+    # seed 1 / beta 0.3 was padded to the group's widest client table and its max_epochs.
+    alone = tmp_path / "alone"
+    config = Config(dataset="synthetic", num_clients=4, local_steps=2, batch_size=8, rounds=2,
+                    eval_every=1, partition="dirichlet", seed=1, dirichlet_beta=0.3)
+    run(config.validate(), str(alone), quiet=True)
+    vec_dir = swept / "runs" / "seed=1_dirichlet_beta=0.3"
+    assert json.loads((vec_dir / "config.json").read_text()) == config.to_dict()
+    assert (vec_dir / "clients.json").read_text() == (alone / "clients.json").read_text()
+    widths = {max(json.loads((swept / "runs" / n / "clients.json").read_text())["examples_per_client"])
+              for n in os.listdir(swept / "runs")}
+    assert len(widths) > 1, "the group should mix client tables of different widths"
+    for a, b in zip(read_rows(vec_dir), read_rows(alone)):
+        assert a["round"] == b["round"]
+        for key in ("train_loss", "test_loss", "test_accuracy", "test_accuracy_pooled"):
+            assert abs(a[key] - b[key]) < 1e-5, (key, a, b)
+
+
+def test_sweep_resumes_skipping_completed_runs(swept, capsys):
+    summaries = {n: (swept / "runs" / n / "summary.json").read_text() for n in os.listdir(swept / "runs")}
+    mtimes = {n: os.stat(swept / "runs" / n / "summary.json").st_mtime_ns for n in summaries}
+    os.remove(swept / "runs" / "seed=0_dirichlet_beta=5.0" / "summary.json")   # an unfinished run
+    capsys.readouterr()
+    assert main(["sweep", "--workdir", str(swept), *TINY, *GRID]) == 0
+    err = capsys.readouterr().err
+    assert "3 already complete, 1 to run as 1 program(s)" in err
+    for name, text in summaries.items():
+        path = swept / "runs" / name / "summary.json"
+        if name != "seed=0_dirichlet_beta=5.0":
+            assert os.stat(path).st_mtime_ns == mtimes[name]
+        rerun, before = json.loads(path.read_text()), json.loads(text)
+        assert rerun["final_test_accuracy"] == pytest.approx(before["final_test_accuracy"], abs=1e-5)
+
+
+@pytest.mark.parametrize("grid, fragment", [
+    (["bogus=1,2"], "unknown config key 'bogus'"),
+    (["lr="], "grid key 'lr' has an empty value list"),
+    (["lr=0.1,,0.2"], "empty value"),
+    (["seed=0,0"], "repeats a value"),
+    (["lr=0.1", "lr=0.2"], "given twice"),
+    (["seed"], "KEY=V1,V2"),
+    (["lr=0.1,abc"], "lr must be of type float"),
+    (["lr=0.1,-1"], "lr must be > 0"),
+])
+def test_bad_grid_one_error_line_exit_2_nothing_written(tmp_path, capsys, grid, fragment):
+    workdir = tmp_path / "sweep"
+    assert main(["sweep", "--workdir", str(workdir), *TINY, *grid]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and fragment in err[0], err
+    assert not workdir.exists()
+
+
+def test_algorithm_hyperparameters_are_vectorized_and_equal_alone():
+    from fedln_jax import engine
+    from fedln_jax.train import build_experiment, train_runs
+    base = Config(dataset="synthetic", num_clients=4, classes_per_client=3, local_steps=2,
+                  batch_size=8, rounds=2, eval_every=2, algorithm="fedprox", lr=0.1)
+    runs = expand(base, parse_grid(["prox_mu=0.0,2.0"]))
+    assert [len(g) for g in plan(runs)] == [2]
+    mesh = engine.client_mesh()
+    together, alone = [], []
+    train_runs([build_experiment(c) for _, c in runs], mesh, lambda r, rows, n: together.extend(rows))
+    train_runs([build_experiment(runs[1][1])], mesh, lambda r, rows, n: alone.extend(rows))
+    assert abs(together[1]["train_loss"] - alone[0]["train_loss"]) < 1e-5
+    assert abs(together[1]["test_loss"] - alone[0]["test_loss"]) < 1e-5
+    assert abs(together[0]["train_loss"] - alone[0]["train_loss"]) > 1e-4   # mu matters
