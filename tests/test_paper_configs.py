@@ -64,3 +64,15 @@ def test_cifar10_one_class_config_runs_a_round_on_mock_data(tmp_path):
     with tfds.testing.mock_data(num_examples=100):
         summary = run(config, str(tmp_path / "run"), quiet=True)
     assert summary["rounds_completed"] == 1
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if "cifar10_" in p], ids=os.path.basename)
+def test_cifar10_table_rows_have_resnet18_commands_for_every_norm(path):
+    norms = set()
+    for line in module_doc(path).splitlines():
+        if line.strip().startswith("fedln-jax run") and "model=resnet18" in line:
+            args = build_parser().parse_args(shlex.split(line.strip())[1:])
+            config = build_config(os.path.join(ROOT, args.config), args.overrides)
+            assert config.resolved_model == "resnet18"
+            norms.add(config.norm)
+    assert norms == set(NORMS)

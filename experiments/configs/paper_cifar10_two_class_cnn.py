@@ -8,6 +8,14 @@ One config for the five normalizers of this table row; pick the normalizer on th
     fedln-jax run --config experiments/configs/paper_cifar10_two_class_cnn.py --workdir runs/paper_cifar10_two_class_cnn/ln norm=ln
     fedln-jax run --config experiments/configs/paper_cifar10_two_class_cnn.py --workdir runs/paper_cifar10_two_class_cnn/fn norm=fn
 
+The same table row with ResNet-18 (CIFAR style), the same config with model=resnet18:
+
+    fedln-jax run --config experiments/configs/paper_cifar10_two_class_cnn.py --workdir runs/paper_cifar10_two_class_resnet18/none norm=none model=resnet18
+    fedln-jax run --config experiments/configs/paper_cifar10_two_class_cnn.py --workdir runs/paper_cifar10_two_class_resnet18/bn norm=bn model=resnet18
+    fedln-jax run --config experiments/configs/paper_cifar10_two_class_cnn.py --workdir runs/paper_cifar10_two_class_resnet18/gn norm=gn model=resnet18
+    fedln-jax run --config experiments/configs/paper_cifar10_two_class_cnn.py --workdir runs/paper_cifar10_two_class_resnet18/ln norm=ln model=resnet18
+    fedln-jax run --config experiments/configs/paper_cifar10_two_class_cnn.py --workdir runs/paper_cifar10_two_class_resnet18/fn norm=fn model=resnet18
+
 Augmentation: random crop 32 with padding 4 + horizontal flip (augment=auto).
 Pixels in [0, 1], no mean/std normalization.
 
