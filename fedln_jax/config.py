@@ -170,6 +170,19 @@ class Config:
         return dataclasses.replace(self, **changes)
 
 
+# SPEC section 4, the reference protocol of the paper's tables: full participation, 10 local SGD
+# steps of batch 32, lr 0.01, no momentum or weight decay, FedAvg of the whole model state
+# weighted by client size, up to 10,000 rounds, evaluation every 100.
+PAPER_PROTOCOL = dict(model="cnn", norm="none", local_steps=10, batch_size=32, lr=0.01,
+                      momentum=0.0, weight_decay=0.0, algorithm="fedavg", rounds=10000,
+                      eval_every=100, checkpoint_every=500, seed=0)
+
+
+def paper_protocol(**setting) -> dict[str, Any]:
+    """The overrides of a paper table setting: PAPER_PROTOCOL plus the setting's own keys."""
+    return {**PAPER_PROTOCOL, **setting}
+
+
 def config_keys() -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(Config))
 

@@ -89,10 +89,7 @@ def plot_local_overfit(result: dict, path: str) -> None:
     """Per-class recall of the global model and of each local-overfit probe."""
     plt = _pyplot()
     probes = result["local_overfit_by_steps"]
-    groups = {f"global (acc {probes[0]['global_acc_before']:.2f})":
-              probes[0]["per_class_recall_before"]}
-    for p in probes:
-        groups[f"{p['steps']} step(s) (acc {p['global_acc_after']:.2f})"] = p["per_class_recall_after"]
+    groups = _recall_groups(probes, "global (acc {:.2f})", "{} step(s) (acc {:.2f})")
     fig, ax = plt.subplots(figsize=(7, 3.8))
     _bars(ax, groups, "recall", f"local overfit: {result['norm']}, client "
           f"{probes[0]['client']} (classes {probes[0]['client_classes']})")
@@ -149,12 +146,19 @@ def plot_local_overfit_grid(results: dict[str, dict], path: str) -> None:
     fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.6), squeeze=False)
     for ax, (label, result) in zip(axes[0], results.items()):
         probes = result["local_overfit_by_steps"]
-        groups = {f"global ({probes[0]['global_acc_before']:.2f})": probes[0]["per_class_recall_before"]}
-        for p in probes:
-            groups[f"{p['steps']} step ({p['global_acc_after']:.2f})"] = p["per_class_recall_after"]
+        groups = _recall_groups(probes, "global ({:.2f})", "{} step ({:.2f})")
         _bars(ax, groups, "recall", f"{label}: client {probes[0]['client']} "
               f"(classes {probes[0]['client_classes']})")
         ax.set_ylim(0, 1.05)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _recall_groups(probes: list[dict], before_label: str, after_label: str) -> dict[str, list]:
+    """Bar groups of a local-overfit probe: the global model's per-class recall, then the
+    recall after each number of local steps, labelled with the global accuracy."""
+    groups = {before_label.format(probes[0]["global_acc_before"]): probes[0]["per_class_recall_before"]}
+    for p in probes:
+        groups[after_label.format(p["steps"], p["global_acc_after"])] = p["per_class_recall_after"]
+    return groups

@@ -23,27 +23,14 @@ CIFAR comes through TFDS: with data_dir empty it is read from ~/tensorflow_datas
 $TFDS_DATA_DIR), and downloaded there once when TensorFlow is installed.
 Re-running a command on its workdir resumes from the latest checkpoint (every 500 rounds).
 """
+from fedln_jax.config import paper_protocol
 
 
 def get_config():
-    return dict(
+    # SPEC section 4's protocol (fedln_jax.config.PAPER_PROTOCOL) plus this table row's setting.
+    return paper_protocol(
         dataset="cifar10",
         partition="n_class",
         classes_per_client=1,
         num_clients=10,
-        model="cnn",
-        norm="none",
-        # SPEC section 4: full participation, 10 local SGD steps of batch 32, lr 0.01, no momentum
-        # or weight decay, FedAvg of the whole model state weighted by client size, up to 10,000
-        # rounds, evaluation every 100 (global model on each client's test classes, mean over clients).
-        local_steps=10,
-        batch_size=32,
-        lr=0.01,
-        momentum=0.0,
-        weight_decay=0.0,
-        algorithm="fedavg",
-        rounds=10000,
-        eval_every=100,
-        checkpoint_every=500,
-        seed=0,
     )
