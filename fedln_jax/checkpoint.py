@@ -63,6 +63,9 @@ class _MetaHandler(ocp.JsonCheckpointHandler):
 
 
 def checkpoint_dir(workdir: str) -> epath.Path:
+    # orbax refuses relative paths; a local workdir is made absolute, a gs:// one kept as is.
+    if "://" not in str(workdir):
+        workdir = os.path.abspath(workdir)
     return epath.Path(workdir) / "checkpoints"
 
 

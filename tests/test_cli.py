@@ -114,3 +114,13 @@ def test_argparse_errors_are_one_line(capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:")
+
+
+def test_a_relative_workdir_runs_and_resumes(tmp_path, monkeypatch, capsys):
+    # orbax needs absolute checkpoint paths; users type relative ones.
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--workdir", "rel/run", "--quiet", *TINY]) == 0
+    assert (tmp_path / "rel" / "run" / "checkpoints").is_dir()
+    assert main(["run", "--workdir", "rel/run", "--quiet", *TINY[:-2], "rounds=6", "eval_every=2"]) == 0
+    summary = json.loads((tmp_path / "rel" / "run" / "summary.json").read_text())
+    assert summary["rounds_completed"] == 6 and summary["resumed_from_round"] == 4
