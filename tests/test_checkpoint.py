@@ -225,23 +225,13 @@ def test_a_leftover_partial_save_is_ignored_and_cleaned(tmp_path, reference):
     assert_same_run(workdir, reference, tiny())
 
 
-def snapshot(path):
-    out = {}
-    for root, _, files in os.walk(path):
-        for name in files:
-            full = os.path.join(root, name)
-            with open(full, "rb") as f:
-                out[os.path.relpath(full, path)] = f.read()
-    return out
-
-
 @pytest.mark.parametrize("overrides, fragment", [
     (["lr=0.5", "norm=fn"], "differs in: lr, norm;"),
     (["rounds=4"], "rounds may only be raised"),
     (["rounds=12", "seed=1"], "differs in: rounds, seed;"),
 ])
 def test_config_mismatch_is_refused_and_the_workdir_untouched(tmp_path, reference, capsys,
-                                                             overrides, fragment):
+                                                             overrides, fragment, snapshot):
     workdir = str(tmp_path / "w")
     shutil.copytree(reference, workdir)
     before = snapshot(workdir)

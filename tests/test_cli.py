@@ -13,16 +13,6 @@ TINY = ["dataset=synthetic", "num_clients=4", "classes_per_client=3", "local_ste
         "batch_size=8", "rounds=4", "eval_every=2"]
 
 
-def snapshot(path):
-    out = {}
-    for root, _, files in os.walk(path):
-        for name in files:
-            full = os.path.join(root, name)
-            with open(full, "rb") as f:
-                out[os.path.relpath(full, path)] = f.read()
-    return out
-
-
 def test_run_end_to_end_writes_every_workdir_file(tmp_path):
     workdir = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "fedln_jax.cli", "run", "--workdir", str(workdir),
@@ -78,7 +68,7 @@ def finished_run(tmp_path_factory):
 
 @pytest.mark.parametrize("overrides, fragment", BAD)
 def test_bad_input_one_error_line_exit_2_workdir_untouched(tmp_path, capsys, finished_run,
-                                                          overrides, fragment):
+                                                          overrides, fragment, snapshot):
     workdir = tmp_path / "existing"
     shutil.copytree(finished_run, workdir)
     before = snapshot(workdir)
@@ -89,7 +79,7 @@ def test_bad_input_one_error_line_exit_2_workdir_untouched(tmp_path, capsys, fin
     assert snapshot(workdir) == before
 
 
-def test_a_different_config_on_an_existing_workdir_is_refused(tmp_path, capsys, finished_run):
+def test_a_different_config_on_an_existing_workdir_is_refused(tmp_path, capsys, finished_run, snapshot):
     workdir = tmp_path / "w"
     shutil.copytree(finished_run, workdir)
     before = snapshot(workdir)
