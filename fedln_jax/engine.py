@@ -370,18 +370,51 @@ def _bcast(mask_W: jax.Array, t: jax.Array) -> jax.Array:
     return mask_W.reshape(mask_W.shape + (1,) * (t.ndim - 1))
 
 
-def make_multi_round_fn(round_fn: Callable) -> Callable:
-    """run_rounds(state, hparams, data, n) -> (state, mean train loss): n rounds in one program.
+def all_finite(tree: Pytree) -> jax.Array:
+    """True when every floating-point leaf of the tree is free of NaN and Inf."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+              if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
-    n is a traced scalar, so every block length shares one compilation.
+
+def make_block_fn(round_fn: Callable, stop_at_nonfinite: bool = True) -> Callable:
+    """run_block(state, hparams, data, n, loss_sum) -> (state, loss_sum, bad_round).
+
+    Runs up to n rounds in one program (n is traced: every block length shares one
+    compilation), adding each round's train loss to loss_sum in order (so any split of the
+    rounds into blocks gives the same float32 sum). With stop_at_nonfinite it stops early at
+    the first round whose loss, parameters or model state are not finite: bad_round is that
+    round (1-based), or -1.
     """
-    def run_rounds(state, hparams, data, num_rounds):
-        def body(_, carry):
-            state, loss_sum = carry
-            state, metrics = round_fn(state, hparams, data)
-            return state, loss_sum + metrics["train_loss"]
+    def run_block(state, hparams, data, num_rounds, loss_sum):
+        def cond(carry):
+            i, _, _, bad_round = carry
+            return (i < num_rounds) & (bad_round < 0)
 
-        state, loss_sum = jax.lax.fori_loop(0, num_rounds, body, (state, jnp.float32(0)))
+        def body(carry):
+            i, state, loss_sum, _ = carry
+            state, metrics = round_fn(state, hparams, data)
+            loss = metrics["train_loss"]
+            bad_round = jnp.int32(-1)
+            if stop_at_nonfinite:
+                finite = jnp.isfinite(loss) & all_finite((state.params, state.model_state))
+                bad_round = jnp.where(finite, -1, state.round).astype(jnp.int32)
+            return i + 1, state, loss_sum + loss, bad_round
+
+        _, state, loss_sum, bad_round = jax.lax.while_loop(
+            cond, body, (jnp.int32(0), state, loss_sum, jnp.int32(-1)))
+        return state, loss_sum, bad_round
+
+    return run_block
+
+
+def make_multi_round_fn(round_fn: Callable) -> Callable:
+    """run_rounds(state, hparams, data, n) -> (state, mean train loss): n rounds in one program,
+    without the divergence stop (a block of make_block_fn)."""
+    run_block = make_block_fn(round_fn, stop_at_nonfinite=False)
+
+    def run_rounds(state, hparams, data, num_rounds):
+        state, loss_sum, _ = run_block(state, hparams, data, num_rounds, jnp.float32(0))
         return state, loss_sum / jnp.maximum(num_rounds, 1)
 
     return run_rounds

@@ -8,7 +8,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -220,40 +220,6 @@ def program_key(config: Config) -> str:
 BLOCK_SECONDS = 2.0
 
 
-def all_finite(tree) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
-              if jnp.issubdtype(x.dtype, jnp.inexact)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
-
-
-def make_block_fn(round_fn: Callable) -> Callable:
-    """run_block(state, hparams, data, n, loss_sum) -> (state, loss_sum, bad_round).
-
-    Runs up to n rounds in one program, adding each round's train loss to loss_sum in order
-    (so any split of the rounds into blocks gives the same float32 sum), and stops early at the
-    first round whose loss, parameters or model state are not finite: bad_round is that round
-    (1-based), or -1.
-    """
-    def run_block(state, hparams, data, num_rounds, loss_sum):
-        def cond(carry):
-            i, _, _, bad_round = carry
-            return (i < num_rounds) & (bad_round < 0)
-
-        def body(carry):
-            i, state, loss_sum, _ = carry
-            state, metrics = round_fn(state, hparams, data)
-            loss = metrics["train_loss"]
-            finite = jnp.isfinite(loss) & all_finite((state.params, state.model_state))
-            bad_round = jnp.where(finite, -1, state.round).astype(jnp.int32)
-            return i + 1, state, loss_sum + loss, bad_round
-
-        _, state, loss_sum, bad_round = jax.lax.while_loop(
-            cond, body, (jnp.int32(0), state, loss_sum, jnp.int32(-1)))
-        return state, loss_sum, bad_round
-
-    return run_block
-
-
 class _StopSignal:
     """Records SIGTERM/SIGINT instead of dying, so the loop can stop at a round boundary.
     After the first signal the previous handlers come back: a second Ctrl-C aborts at once."""
@@ -365,7 +331,7 @@ def _train(exp: Experiment, state, hparams, data, mesh, manager, stop: _StopSign
     from fedln_jax import __version__
     config = exp.config
     root = epath.Path(workdir)
-    run_block = jax.jit(make_block_fn(
+    run_block = jax.jit(engine.make_block_fn(
         engine.make_round_fn(exp.apply_fn, exp.spec, exp.algorithm, mesh)), donate_argnums=0)
     evaluate = jax.jit(evaluation_fn(exp))
     eval_set, save_set = set(evaluation_rounds(config)), set(checkpoint_rounds(config))
