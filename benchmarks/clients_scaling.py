@@ -21,7 +21,7 @@ def measure(clients: int, chunk: str, rounds: int) -> dict:
     import jax.numpy as jnp
     from fedln_jax import engine
     from fedln_jax.config import Config
-    from fedln_jax.train import build_experiment, hparams_of, initial_state, mesh_devices
+    from fedln_jax.experiment import build_experiment, hparams_of, initial_state, mesh_devices
 
     config = Config(dataset="digits", partition="n_class", classes_per_client=1,
                     num_clients=clients, local_steps=10, batch_size=32, lr=0.01,

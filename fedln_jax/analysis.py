@@ -115,7 +115,7 @@ def local_train(exp, state: engine.ServerState, client: int, steps: int):
     S steps sees a prefix of the batches of the probe with more steps.
     Returns (params, model_state, mean loss).
     """
-    from fedln_jax.train import hparams_of
+    from fedln_jax.experiment import hparams_of
     client = check_client(exp, client)
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
         raise FedlnError(f"steps must be a positive integer, got {steps!r}")
@@ -168,7 +168,7 @@ def load_run(workdir: str):
     if there is no run or no checkpoint (a finished run always checkpoints its last round)."""
     import json
     from fedln_jax.config import from_dict
-    from fedln_jax import train
+    from fedln_jax import experiment, train
     path = os.path.join(workdir, "config.json")
     if not os.path.isdir(workdir) or not os.path.isfile(path):
         raise FedlnError(f"{workdir!r} holds no run (no config.json); run `fedln-jax run "
@@ -178,14 +178,14 @@ def load_run(workdir: str):
             config = from_dict(json.load(f)).validate()
     except (OSError, ValueError, TypeError):
         raise FedlnError(f"{path} is unreadable or not a fedln-jax config") from None
-    exp = train.build_experiment(config)
+    exp = experiment.build_experiment(config)
     from fedln_jax import checkpoint
     manager = (checkpoint.open_manager(workdir, config.keep_checkpoints)
                if checkpoint.checkpoint_dir(workdir).exists() else None)
     if manager is None or not manager.all_steps():
         raise FedlnError(f"{workdir!r} holds no checkpoint of the model (the run did not reach "
                          f"its first checkpoint)")
-    template = engine.replicate(train.initial_state(exp), engine.client_mesh())
+    template = engine.replicate(experiment.initial_state(exp), engine.client_mesh())
     restored = checkpoint.restore_latest(
         manager, template, lambda meta: train._check_checkpoint_meta(meta, config, workdir))
     if restored is None:

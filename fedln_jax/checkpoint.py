@@ -111,9 +111,18 @@ class CorruptCheckpoint(Exception):
     """A step whose files are missing or unreadable (fall back to an older one)."""
 
 
+def newest_step(workdir: str) -> int:
+    """The newest committed step in WORKDIR/checkpoints (0 if none), from the directory names
+    alone (orbax commits a step by renaming its temporary directory to the bare number)."""
+    directory = checkpoint_dir(workdir)
+    if not directory.exists():
+        return 0
+    return max((int(p.name) for p in directory.iterdir() if p.name.isdigit()), default=0)
+
+
 def restore_latest(manager: ocp.CheckpointManager, target, check_meta,
-                   warn=None) -> Optional[Restored]:
-    """Restore the newest readable step, or None if there is none.
+                   warn=None, max_step: Optional[int] = None) -> Optional[Restored]:
+    """Restore the newest readable step (at most max_step), or None if there is none.
 
     target: a pytree of arrays or ShapeDtypeStructs with the expected structure, shapes, dtypes
     and shardings. check_meta(meta) raises FedlnError if the checkpoint belongs to an
@@ -123,13 +132,17 @@ def restore_latest(manager: ocp.CheckpointManager, target, check_meta,
     warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
     abstract = abstract_like(target)
     steps = sorted(manager.all_steps(), reverse=True)
-    for step in steps:
+    candidates = [s for s in steps if max_step is None or s <= max_step]
+    if len(candidates) < len(steps):
+        warn(f"{manager.directory.parent}: checkpoints after round {max_step} are dropped: the "
+             f"other runs of its program resume from round {max_step}")
+    for step in candidates:
         try:
             restored = _restore_step(manager, step, abstract, check_meta)
         except CorruptCheckpoint as exc:
             warn(f"checkpoint at round {step} is unreadable ({exc}); trying an older one")
             continue
-        for newer in steps[:steps.index(step)]:
+        for newer in (s for s in steps if s > step):
             manager.delete(newer)
         return restored
     if steps:

@@ -103,7 +103,10 @@ def _dispatch(args) -> int:
     if args.command == "sweep":
         from fedln_jax.sweep import run_sweep
         rows = run_sweep(args.workdir, args.config, args.grid, quiet=args.quiet)
-        print(f"{len(rows)} runs; wrote results.csv, results.md, sweep.png in {args.workdir}")
+        if rows:   # only process 0 of a multi-process sweep collects the results
+            diverged = sum(row["status"] == "diverged" for row in rows)
+            print(f"{len(rows)} runs" + (f" ({diverged} diverged)" if diverged else "")
+                  + f"; wrote results.csv, results.md, sweep.png in {args.workdir}")
         return 0
     if args.command == "run":
         from fedln_jax.config import build_config

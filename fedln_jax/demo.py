@@ -10,7 +10,8 @@ import numpy as np
 
 from fedln_jax.config import Config
 from fedln_jax.plots import plot_accuracy_curves
-from fedln_jax.train import run, write_json
+from fedln_jax.errors import FedlnError
+from fedln_jax.train import run_group, write_json
 
 DEMO_NORMS = ("none", "ln", "fn")
 DEMO_SEEDS = (0, 1, 2)
@@ -32,15 +33,19 @@ def run_demo(workdir: str, *, norms=DEMO_NORMS, seeds=DEMO_SEEDS, rounds: int = 
              quiet: bool = False) -> dict:
     """Run every (norm, seed), then write results.json, accuracy.png and print the table."""
     start = time.time()
-    results = {}
-    for norm in norms:
-        for seed in seeds:
-            summary = run(demo_config(norm, seed, rounds), os.path.join(workdir, "runs", f"{norm}_seed{seed}"),
+    cells = [(norm, seed) for norm in norms for seed in seeds]
+    # The seeds of a normalizer differ only in values: run_group trains them as one program.
+    summaries = run_group([demo_config(norm, seed, rounds) for norm, seed in cells],
+                          [os.path.join(workdir, "runs", f"{norm}_seed{seed}") for norm, seed in cells],
                           quiet=True)
-            results.setdefault(norm, []).append(summary)
-            if not quiet:
-                print(f"  {norm:<5} seed {seed}: final {summary['final_test_accuracy']:.3f} "
-                      f"({summary['wall_seconds']:.1f} s)", file=sys.stderr)
+    results = {}
+    for (norm, seed), summary in zip(cells, summaries):
+        if summary["status"] != "completed":
+            raise FedlnError(f"demo run {norm}/seed{seed} ended {summary['status']}")
+        results.setdefault(norm, []).append(summary)
+        if not quiet:
+            print(f"  {norm:<5} seed {seed}: final {summary['final_test_accuracy']:.3f}",
+                  file=sys.stderr)
     curves = {norm: [load_history(os.path.join(workdir, "runs", f"{norm}_seed{s}")) for s in seeds]
               for norm in norms}
     table = {norm: {"final_mean": float(np.mean([s["final_test_accuracy"] for s in sums])),

@@ -25,7 +25,7 @@ import time
 import numpy as np
 
 from fedln_jax.config import load_config_file, parse_overrides
-from fedln_jax.errors import FedlnError
+from fedln_jax.errors import DivergedError, FedlnError
 
 
 def load_figure(path: str):
@@ -44,21 +44,8 @@ def load_figure(path: str):
     return base, runs, dict(getattr(module, "FIGURE", {}))
 
 
-def _completed(workdir: str, config) -> dict | None:
-    try:
-        with open(os.path.join(workdir, "config.json")) as f:
-            same = json.load(f) == config.to_dict()
-        with open(os.path.join(workdir, "summary.json")) as f:
-            summary = json.load(f)
-    except (OSError, ValueError):
-        return None
-    ok = same and summary.get("status") == "completed" and \
-        summary.get("rounds_completed") == config.rounds
-    return summary if ok else None
-
-
 def run_figure(path: str, workdir: str, overrides=(), quiet: bool = False) -> dict:
-    from fedln_jax import train
+    from fedln_jax import experiment, train
     base, runs, figure = load_figure(path)
     extra = parse_overrides(list(overrides))
     seeds = tuple(figure.get("seeds", (0,)))
@@ -68,14 +55,20 @@ def run_figure(path: str, workdir: str, overrides=(), quiet: bool = False) -> di
             cfg = base.replace(**r.get("overrides", {})).replace(seed=seed, **extra).validate()
             configs.append((r, seed, cfg, os.path.join(workdir, "runs", f"{r['name']}_seed{seed}")))
     for _, _, cfg, _ in configs:
-        train.build_experiment(cfg)  # impossible partitions and bad norm specs fail here
+        experiment.build_experiment(cfg)  # impossible partitions and bad norm specs fail here
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
     start = time.time()
+    summaries = [train.finished_summary(run_dir, cfg) for _, _, cfg, run_dir in configs]
+    todo = [i for i, s in enumerate(summaries) if s is None]
+    # Runs differing only in values (the seeds, an lr axis) train as one vectorized program.
+    for i, summary in zip(todo, train.run_group([configs[i][2] for i in todo],
+                                                [configs[i][3] for i in todo], quiet=True)):
+        if summary["status"] == "diverged":
+            raise DivergedError(f"{configs[i][3]}: " + train.diverged_message(configs[i][2], summary),
+                                summary["diverged_at_round"])
+        summaries[i] = summary
     rows = []
-    for r, seed, cfg, run_dir in configs:
-        summary = _completed(run_dir, cfg)
-        if summary is None:
-            summary = train.run(cfg, run_dir, quiet=True)
+    for (r, seed, cfg, run_dir), summary in zip(configs, summaries):
         log(f"  {r['name']:<24} seed {seed}: final {summary['final_test_accuracy']:.3f} "
             f"last3 {summary['mean_last3_test_accuracy']:.3f}")
         rows.append({"name": r["name"], "series": r["series"], "x": r.get("x"), "seed": seed,

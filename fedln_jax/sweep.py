@@ -20,7 +20,8 @@ import numpy as np
 
 from fedln_jax.config import Config, build_config, parse_value
 from fedln_jax.errors import FedlnError
-from fedln_jax.train import program_key, run_group, write_json
+from fedln_jax.program import program_key
+from fedln_jax.train import finished_summary, is_writer, run_group, write_json
 
 
 def parse_grid(items: list[str]) -> dict[str, list[Any]]:
@@ -62,14 +63,8 @@ def run_name(changes: dict[str, Any]) -> str:
 
 
 def is_complete(workdir: str, config: Config) -> bool:
-    try:
-        with open(os.path.join(workdir, "summary.json")) as f:
-            summary = json.load(f)
-        with open(os.path.join(workdir, "config.json")) as f:
-            previous = json.load(f)
-    except (OSError, ValueError):
-        return False
-    return summary.get("status") == "completed" and previous == config.to_dict()
+    # A diverged run is finished too: it would diverge again, at the same round.
+    return finished_summary(workdir, config, ("completed", "diverged")) is not None
 
 
 def plan(runs: list[tuple[str, Config]]) -> list[list[int]]:
@@ -97,14 +92,18 @@ def run_sweep(workdir: str, config_file: str | None, items: list[str], *,
     groups = plan([runs[i] for i in todo])
     log(f"sweep: {len(runs)} runs, {len(runs) - len(todo)} already complete, "
         f"{len(todo)} to run as {len(groups)} program(s)")
-    os.makedirs(workdir, exist_ok=True)
-    write_json(os.path.join(workdir, "sweep.json"), {
-        "grid": grid, "fixed": fixed, "base_config": base.to_dict(), "runs": [name for name, _ in runs]})
+    if is_writer():
+        os.makedirs(workdir, exist_ok=True)
+        write_json(os.path.join(workdir, "sweep.json"), {
+            "grid": grid, "fixed": fixed, "base_config": base.to_dict(),
+            "runs": [name for name, _ in runs]})
     for g, members in enumerate(groups):
         picked = [todo[i] for i in members]
         log(f"sweep: program {g + 1}/{len(groups)}: {len(picked)} run(s) vectorized: "
             + ", ".join(runs[i][0] for i in picked))
         run_group([runs[i][1] for i in picked], [dirs[i] for i in picked], quiet=quiet)
+    if not is_writer():   # the other processes of a multi-process sweep only compute
+        return []
     rows = collect(runs, dirs, list(grid))
     write_results(workdir, rows, list(grid))
     return rows
@@ -117,7 +116,8 @@ def collect(runs, dirs, keys: list[str]) -> list[dict]:
             summary = json.load(f)
         row = {"run": name, **{k: getattr(config, k) for k in keys if k != "seed"},
                "seed": config.seed, "norm_of_run": config.norm,
-               "final_test_accuracy": summary["final_test_accuracy"]}
+               "final_test_accuracy": summary["final_test_accuracy"],
+               "status": summary["status"]}
         rows.append(row)
     return rows
 
@@ -126,30 +126,35 @@ def write_results(workdir: str, rows: list[dict], keys: list[str]) -> None:
     swept = [k for k in keys if k != "seed"]
     with open(os.path.join(workdir, "results.csv"), "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["run", *swept, "seed", "final_test_accuracy"])
+        writer.writerow(["run", *swept, "seed", "final_test_accuracy", "status"])
         for row in rows:
             writer.writerow([row["run"], *(row[k] for k in swept), row["seed"],
-                             row["final_test_accuracy"]])
+                             row["final_test_accuracy"], row["status"]])
     with open(os.path.join(workdir, "results.md"), "w") as f:
         f.write(markdown_table(rows, swept) + "\n")
     plot_sweep(rows, swept, os.path.join(workdir, "sweep.png"))
 
 
-def aggregate(rows: list[dict], swept: list[str]) -> list[tuple[tuple, list[float]]]:
-    """(values of the non-seed swept keys) -> final accuracies over seeds, in grid order."""
-    cells: dict[tuple, list[float]] = {}
+def aggregate(rows: list[dict], swept: list[str]) -> list[tuple[tuple, list[float], int]]:
+    """(values of the non-seed swept keys, final accuracies of the completed seeds, number of
+    diverged seeds), in grid order."""
+    cells: dict[tuple, tuple[list[float], list[int]]] = {}
     for row in rows:
-        cells.setdefault(tuple(row[k] for k in swept), []).append(row["final_test_accuracy"])
-    return list(cells.items())
+        accs, diverged = cells.setdefault(tuple(row[k] for k in swept), ([], []))
+        if row["status"] == "diverged":
+            diverged.append(1)
+        else:
+            accs.append(row["final_test_accuracy"])
+    return [(values, accs, len(diverged)) for values, (accs, diverged) in cells.items()]
 
 
 def markdown_table(rows: list[dict], swept: list[str]) -> str:
     lines = ["| " + " | ".join(swept + ["final test accuracy (mean +- std)", "seeds"]) + " |",
              "|" + "---|" * (len(swept) + 2)]
-    for values, accs in aggregate(rows, swept):
-        lines.append("| " + " | ".join([*map(str, values),
-                                        f"{np.mean(accs):.4f} +- {np.std(accs):.4f}",
-                                        str(len(accs))]) + " |")
+    for values, accs, diverged in aggregate(rows, swept):
+        cell = f"{np.mean(accs):.4f} +- {np.std(accs):.4f}" if accs else "diverged"
+        seeds = str(len(accs)) + (f" ({diverged} diverged)" if diverged else "")
+        lines.append("| " + " | ".join([*map(str, values), cell, seeds]) + " |")
     return "\n".join(lines)
 
 
@@ -161,7 +166,7 @@ def plot_sweep(rows: list[dict], swept: list[str], path: str) -> None:
     x_key = next((k for k in swept if k != "norm"), None)
     line_keys = [k for k in swept if k not in (x_key,)]
     lines: dict[str, dict] = {}
-    for row in rows:
+    for row in (r for r in rows if r["status"] != "diverged"):
         if x_key is None:   # only norm (and seeds) swept: the normalizers are the x axis
             label, x = "mean over seeds", row["norm_of_run"]
         else:

@@ -1,14 +1,17 @@
-"""run(config, workdir): build everything from a Config, train in fused blocks of rounds,
-evaluate, checkpoint, resume, and write the workdir files of DESIGN section 6."""
+"""run(config, workdir) and run_group(configs, workdirs): the one training loop. It trains the
+runs of a program (program.py: one run, or several vectorized) in fused blocks of rounds,
+evaluates, checkpoints every run into its own workdir, resumes, stops a diverged run, saves on
+SIGTERM/SIGINT, and writes the workdir files of DESIGN section 6."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import sys
 import threading
 import time
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -17,97 +20,11 @@ from etils import epath
 from tqdm.auto import tqdm
 
 from fedln_jax import checkpoint, engine
-from fedln_jax.algorithms import OWNED_HPARAMS, Algorithm, get_algorithm
 from fedln_jax.config import Config, diff_keys
-from fedln_jax.data import class_counts, client_test_weights, load_dataset, partition
-from fedln_jax.data.sources import LoadOptions
 from fedln_jax.errors import DivergedError, FedlnError, Interrupted
-from fedln_jax.models import build_model
-
-
-class Experiment(NamedTuple):
-    """Everything a run needs, built from a Config before anything is written to disk."""
-    config: Config
-    model: Any
-    apply_fn: Any
-    spec: engine.RoundSpec
-    data: engine.DeviceData
-    x_test: jax.Array
-    y_test: jax.Array
-    num_classes: int
-    counts_CK: np.ndarray           # training examples per client and class
-    test_weights_CK: np.ndarray
-    algorithm: Algorithm
-
-    @property
-    def server_tx(self) -> Algorithm:
-        """The engine's third argument (kept for callers written before algorithms existed)."""
-        return self.algorithm
-
-
-def build_experiment(config: Config) -> Experiment:
-    """Data, partition, model and round spec. Raises FedlnError on impossible requests."""
-    config.validate()
-    dataset = load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed,
-                           test_fraction=config.test_fraction,
-                           options=LoadOptions(download=config.download,
-                                               image_size=config.image_size,
-                                               pacs_domain=config.pacs_domain))
-    clients = partition(dataset.y_train, config.num_clients, scheme=config.partition,
-                        num_classes=dataset.num_classes,
-                        classes_per_client=config.classes_per_client,
-                        dirichlet_beta=config.dirichlet_beta, seed=config.seed,
-                        min_examples=config.min_client_examples)
-    counts_CK = class_counts(dataset.y_train, clients, dataset.num_classes)
-    model = build_model(config.resolved_model, config.norm, dataset.num_classes,
-                        norm_layers=config.norm_layers, norm_position=config.norm_position,
-                        gn_groups=config.gn_groups, tau=config.tau, conv_impl=config.conv_impl,
-                        dtype=config.dtype)
-    num_devices = len(mesh_devices(config))
-    chunk = config.client_chunk_size or engine.default_chunk_size(config.cohort_size, num_devices)
-    spec = engine.RoundSpec(
-        num_clients=config.num_clients, cohort_size=config.cohort_size,
-        local_steps=config.local_steps, batch_size=config.batch_size,
-        max_epochs=engine.epochs_needed(int(counts_CK.sum(1).min()), config.local_steps,
-                                        config.batch_size),
-        pixel_scale=dataset.pixel_scale, chunk_size=chunk,
-        momentum=config.momentum, weight_decay=config.weight_decay,
-        augment=config.resolved_augment)
-    return Experiment(
-        config=config, model=model, apply_fn=engine.make_apply_fn(model), spec=spec,
-        data=engine.make_data(dataset.x_train, dataset.y_train, clients, dataset.num_classes),
-        x_test=jnp.asarray(dataset.x_test), y_test=jnp.asarray(dataset.y_test),
-        num_classes=dataset.num_classes, counts_CK=counts_CK,
-        test_weights_CK=client_test_weights(counts_CK),
-        algorithm=get_algorithm(config.algorithm))
-
-
-def mesh_devices(config: Config) -> list:
-    """The devices the clients axis is laid out over (all, or the first num_devices)."""
-    available = jax.devices()
-    if config.num_devices is None:
-        return available
-    if config.num_devices > len(available):
-        raise FedlnError(f"num_devices={config.num_devices} cannot host the mesh: only "
-                         f"{len(available)} {jax.default_backend()} device(s) are available")
-    if jax.process_count() > 1 and config.num_devices != len(available):
-        raise FedlnError(f"num_devices={config.num_devices}: a multi-process run lays clients "
-                         f"out over all {len(available)} devices; leave num_devices unset")
-    return available[:config.num_devices]
-
-
-def hparams_of(config: Config) -> dict[str, jax.Array]:
-    """The values a round reads as arrays (so runs differing only in them can be vmapped)."""
-    hparams = {"lr": jnp.float32(config.lr), "server_lr": jnp.float32(config.resolved_server_lr)}
-    for key in get_algorithm(config.algorithm).hparam_keys:
-        hparams[key] = jnp.float32(getattr(config, key))
-    return hparams
-
-
-def initial_state(exp: Experiment) -> engine.ServerState:
-    sample_x = jnp.zeros((1,) + exp.data.x.shape[1:], jnp.float32)
-    return engine.init_state(exp.model, sample_x, exp.config.seed, exp.algorithm,
-                             hparams=hparams_of(exp.config), num_clients=exp.config.num_clients)
+from fedln_jax.experiment import (Experiment, build_experiment, evaluation_row, hparams_of,
+                                  initial_state, mesh_devices)
+from fedln_jax.program import Program, build_program, vectorizable_groups
 
 
 def evaluation_rounds(config: Config) -> list[int]:
@@ -193,25 +110,26 @@ def read_metrics(workdir: str) -> list[dict]:
     return rows
 
 
+def finished_summary(workdir: str, config: Config, statuses=("completed",)) -> dict | None:
+    """The summary of a run of exactly this config that ended with one of `statuses` (and did
+    all its rounds, if completed), or None: a sweep or figure skips such a run."""
+    try:
+        previous = json.loads((epath.Path(workdir) / "config.json").read_text())
+        summary = json.loads((epath.Path(workdir) / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if previous != config.to_dict() or summary.get("status") not in statuses:
+        return None
+    if summary["status"] == "completed" and summary.get("rounds_completed") != config.rounds:
+        return None
+    return summary
+
+
 def format_class_counts(counts_CK: np.ndarray) -> str:
     lines = ["client  n     examples per class"]
     for c, row in enumerate(counts_CK):
         lines.append(f"{c:>6}  {int(row.sum()):<5} {' '.join(f'{int(v):>4}' for v in row)}")
     return "\n".join(lines)
-
-
-# Config keys that change only values a round reads, never shapes or code: runs differing only in
-# them are stacked on a leading runs axis and share one compiled program (DESIGN 2.6).
-# seed/dirichlet_beta change the data and partition: the index tables are padded to a common
-# width, which leaves every run's numbers unchanged (random draws are prefix-stable in length).
-# Algorithm hyperparameters (prox_mu, fedlc_tau, ...) are read from `hparams` as arrays too.
-VALUE_KEYS = ("seed", "lr", "server_lr", "dirichlet_beta") + tuple(OWNED_HPARAMS)
-
-
-def program_key(config: Config) -> str:
-    """Runs with equal program keys can be vectorized together."""
-    fields = {k: v for k, v in config.to_dict().items() if k not in VALUE_KEYS}
-    return json.dumps(fields, sort_keys=True)
 
 
 # Longest wall time of one fused block of rounds: a SIGTERM/SIGINT is acted on at the next block
@@ -280,39 +198,50 @@ def run(config: Config, workdir: str, *, quiet: bool = False) -> dict:
     Returns the summary dict. Bad input raises FedlnError before the workdir is touched;
     divergence raises DivergedError, SIGTERM/SIGINT raise Interrupted (after a checkpoint).
     """
-    exp = build_experiment(config)   # every input error surfaces here, before any write
-    check_workdir(workdir, config)
-    log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
-    mesh = engine.client_mesh(mesh_devices(config))
-    fresh, hparams, data = engine.replicate((initial_state(exp), hparams_of(config), exp.data), mesh)
+    summary = run_group([config], [workdir], quiet=quiet)[0]
+    if summary["status"] == "diverged":
+        raise DivergedError(diverged_message(config, summary), summary["diverged_at_round"])
+    return summary
 
-    with _StopSignal() as stop, _Manager(workdir, config.keep_checkpoints) as managed:
-        restored = None
-        if checkpoint.checkpoint_dir(workdir).exists():
-            restored = checkpoint.restore_latest(
-                managed.get(), fresh, lambda meta: _check_checkpoint_meta(meta, config, workdir))
-        root = epath.Path(workdir)
-        root.mkdir(parents=True, exist_ok=True)
-        manager = managed.get()
-        write_json(root / "config.json", config.to_dict())
-        write_json(root / "clients.json", {
-            "class_counts": exp.counts_CK.tolist(),
-            "examples_per_client": exp.counts_CK.sum(1).tolist()})
-        if restored is None:
-            state, start_round, progress = fresh, 0, {}
-        else:
-            state, start_round, progress = restored.state, restored.round, restored.meta["progress"]
-        history = [row for row in read_metrics(workdir) if row["round"] <= start_round]
-        write_text(root / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
-        log(f"fedln-jax: {config.dataset}, {config.num_clients} clients ({config.partition}), "
-            f"model {config.resolved_model}, norm {config.norm}, {jax.device_count()} "
-            f"{jax.default_backend()} device(s)")
-        if start_round:
-            log(f"resuming from the checkpoint at round {start_round} of {config.rounds}")
-        else:
-            log(format_class_counts(exp.counts_CK))
-        return _train(exp, state, hparams, data, mesh, manager, stop, workdir, start_round,
-                      progress, history, log, quiet)
+
+def run_group(configs: list[Config], workdirs: list[str], *, quiet: bool = False) -> list[dict]:
+    """Train several experiments, each into its own workdir; returns their summaries in order.
+
+    Runs that differ only in VALUE_KEYS (with equal array shapes, resuming from the same
+    round) are executed as one vmapped program over a leading runs axis; the others as
+    separate programs. Every run checkpoints into its own workdir and resumes from it. Every
+    input error surfaces before any workdir is written. A diverged run ends with status
+    `diverged` while the others of its program go on; SIGTERM/SIGINT raise Interrupted after
+    every unfinished run of the running program has saved a checkpoint.
+    """
+    if len(configs) != len(workdirs) or len(set(map(os.path.abspath, workdirs))) != len(workdirs):
+        raise FedlnError("run_group needs one distinct workdir per config")
+    experiments = [build_experiment(c) for c in configs]   # input errors surface here
+    for config, workdir in zip(configs, workdirs):
+        check_workdir(workdir, config)
+    log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
+    summaries: list[dict | None] = [None] * len(configs)
+    starts = [checkpoint.newest_step(w) for w in workdirs]
+    for members in vectorizable_groups(experiments, starts):
+        outs = train_program([experiments[i] for i in members], [workdirs[i] for i in members],
+                             log, quiet)
+        for i, summary in zip(members, outs):
+            summaries[i] = summary
+    return summaries
+
+
+def diverged_message(config: Config, summary: dict) -> str:
+    saved = summary.get("last_checkpoint_round")
+    kept = (f"the last good checkpoint is round {saved}" if saved
+            else "no checkpoint was saved before it")
+    return (f"training diverged at round {summary['diverged_at_round']}: non-finite loss or "
+            f"parameters (lr={config.lr}); {kept}")
+
+
+def is_writer() -> bool:
+    """In a multi-process run every process computes the same numbers; process 0 writes the
+    JSON files (orbax coordinates the checkpoint writes of all processes itself)."""
+    return jax.process_index() == 0
 
 
 def _check_checkpoint_meta(meta: dict, config: Config, workdir: str) -> None:
@@ -326,243 +255,193 @@ def _check_checkpoint_meta(meta: dict, config: Config, workdir: str) -> None:
               file=sys.stderr)
 
 
-def _train(exp: Experiment, state, hparams, data, mesh, manager, stop: _StopSignal, workdir: str,
-           start_round: int, progress: dict, history: list[dict], log, quiet: bool) -> dict:
-    from fedln_jax import __version__
-    config = exp.config
-    root = epath.Path(workdir)
-    run_block = jax.jit(engine.make_block_fn(
-        engine.make_round_fn(exp.apply_fn, exp.spec, exp.algorithm, mesh)), donate_argnums=0)
-    evaluate = jax.jit(evaluation_fn(exp))
-    eval_set, save_set = set(evaluation_rounds(config)), set(checkpoint_rounds(config))
-    boundaries = sorted(eval_set | save_set)
+class RunFiles:
+    """One run's workdir as its program trains: metrics rows, checkpoints, summary.
 
-    # Host-side progress that the metrics depend on rides in the checkpoint's JSON, so a
-    # resumed run reports the same train_loss as an uninterrupted one.
-    loss_sum = engine.replicate(jnp.float32(progress.get("train_loss_sum", 0.0)), mesh)
-    rounds_in_sum = int(progress.get("rounds_in_sum", 0))
-    elapsed_before = float(progress.get("elapsed_seconds", 0.0))
-    session_start = time.time()
-    elapsed = lambda: elapsed_before + time.time() - session_start
-    save_seconds = []
-    last_saved = start_round if start_round else None
-    metrics_text = "".join(json.dumps(r) + "\n" for r in history)
-    if config.analysis_every:
-        from fedln_jax.analysis import make_feature_fn
-        features_fn = make_feature_fn(exp.model, exp.spec.pixel_scale)
+    The host-side progress the metrics depend on (the running train-loss sum) rides in each
+    checkpoint's JSON, so a resumed run reports the same train_loss as an uninterrupted one.
+    """
 
-    def save(round_: int) -> None:
-        nonlocal last_saved
-        meta = {"fedln_jax_version": __version__, "config": config.to_dict(),
-                "progress": {"train_loss_sum": float(loss_sum), "rounds_in_sum": rounds_in_sum,
-                             "elapsed_seconds": round(elapsed(), 3)}}
-        seconds = checkpoint.save(manager, state, meta)
+    def __init__(self, exp: Experiment, workdir: str, manager, restored, session_start: float):
+        self.exp, self.workdir, self.manager = exp, workdir, manager
+        self.root = epath.Path(workdir)
+        self.start_round = restored.round if restored else 0
+        self.progress = restored.meta["progress"] if restored else {}
+        self.last_saved = self.start_round or None
+        self.save_seconds: list[float] = []
+        self.elapsed_before = float(self.progress.get("elapsed_seconds", 0.0))
+        self.session_start = session_start
+        self.history = [row for row in read_metrics(workdir) if row["round"] <= self.start_round]
+        self.status = "running"
+        if is_writer():
+            self.root.mkdir(parents=True, exist_ok=True)
+            write_json(self.root / "config.json", exp.config.to_dict())
+            write_json(self.root / "clients.json", {
+                "class_counts": exp.counts_CK.tolist(),
+                "examples_per_client": exp.counts_CK.sum(1).tolist()})
+            self._write_metrics()
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.time() - self.session_start
+
+    def add_row(self, row: dict) -> None:
+        row["elapsed_seconds"] = round(self.elapsed(), 3)
+        self.history.append(row)
+        self._write_metrics()
+
+    def _write_metrics(self) -> None:
+        if is_writer():
+            write_text(self.root / "metrics.jsonl",
+                       "".join(json.dumps(r) + "\n" for r in self.history))
+
+    def save(self, state, round_: int, loss_sum: float, rounds_in_sum: int) -> None:
+        from fedln_jax import __version__
+        meta = {"fedln_jax_version": __version__, "config": self.exp.config.to_dict(),
+                "progress": {"train_loss_sum": loss_sum, "rounds_in_sum": rounds_in_sum,
+                             "elapsed_seconds": round(self.elapsed(), 3)}}
+        seconds = checkpoint.save(self.manager, state, meta)
         if seconds is not None:
-            save_seconds.append(seconds)
-        last_saved = round_
+            self.save_seconds.append(seconds)
+        self.last_saved = round_
 
-    def finish(status: str, rounds_completed: int, **extra) -> dict:
-        summary = summarize(history, elapsed(), status=status, rounds_completed=rounds_completed,
-                            resumed_from_round=start_round, save_seconds=save_seconds, **extra)
-        write_json(root / "summary.json", summary)
+    def finish(self, status: str, rounds_completed: int, runs_vectorized: int, **extra) -> dict:
+        self.status = status
+        summary = summarize(self.history, self.elapsed(), status=status,
+                            rounds_completed=rounds_completed, resumed_from_round=self.start_round,
+                            save_seconds=self.save_seconds, runs_vectorized=runs_vectorized,
+                            last_checkpoint_round=self.last_saved, **extra)
+        if is_writer():
+            write_json(self.root / "summary.json", summary)
         return summary
 
-    bar = tqdm(total=config.rounds, initial=start_round, unit="round", disable=quiet or None,
-               desc=f"{config.norm}/seed{config.seed}", leave=False)
+
+def restore_runs(managed: list[_Manager], program: Program, configs: list[Config],
+                 workdirs: list[str]) -> list:
+    """Each run's newest readable checkpoint, all at one round (runs of a program advance in
+    lockstep): if one run must fall back (a damaged newest step), the others follow it."""
+    if not any(checkpoint.checkpoint_dir(w).exists() for w in workdirs):
+        return [None] * len(workdirs)
+    bound = None
+    while True:
+        restored = [checkpoint.restore_latest(
+            m.get(), program.take(program.fresh, r),
+            lambda meta, c=c, w=w: _check_checkpoint_meta(meta, c, w), max_step=bound)
+            for r, (m, c, w) in enumerate(zip(managed, configs, workdirs))]
+        rounds = [x.round if x else 0 for x in restored]
+        if len(set(rounds)) == 1:
+            return restored
+        bound = min(rounds)
+
+
+def train_program(group: list[Experiment], workdirs: list[str], log, quiet: bool) -> list[dict]:
+    """Train the runs of one program in fused blocks of rounds, evaluating, checkpointing and
+    stopping at the rounds the config asks (and at SIGTERM/SIGINT); returns their summaries."""
+    config, runs = group[0].config, len(group)
+    devices = mesh_devices(config)
+    program = build_program(group, engine.client_mesh(devices))
+    with _StopSignal() as stop, contextlib.ExitStack() as stack:
+        managed = [stack.enter_context(_Manager(w, exp.config.keep_checkpoints))
+                   for exp, w in zip(group, workdirs)]
+        restored = restore_runs(managed, program, [exp.config for exp in group], workdirs)
+        start = time.time()
+        files = [RunFiles(exp, w, m.get(), r, start)
+                 for exp, w, m, r in zip(group, workdirs, managed, restored)]
+        start_round = files[0].start_round
+        log(f"fedln-jax: {config.dataset}, {config.num_clients} clients ({config.partition}), "
+            f"model {config.resolved_model}, norm {config.norm}, {len(devices)} "
+            f"{jax.default_backend()} device(s), {jax.process_count()} process(es)"
+            + (f", {runs} runs vectorized" if runs > 1 else ""))
+        if start_round:
+            log(f"resuming from the checkpoint at round {start_round} of {config.rounds}")
+        elif runs == 1:
+            log(format_class_counts(group[0].counts_CK))
+        state = program.join([x.state for x in restored]) if restored[0] else program.fresh
+        _train_loop(program, files, state, stop, quiet)
+        summaries = [f.summary for f in files]
+    for f in files:
+        s = f.summary
+        if f.save_seconds and runs == 1:
+            log(f"checkpoints: {len(f.save_seconds)} saved, {np.mean(f.save_seconds):.3f} s each")
+        if s["status"] == "diverged":
+            log(f"{f.workdir}: {diverged_message(f.exp.config, s)}")
+        else:
+            log(f"done: {f.exp.config.norm}/seed{f.exp.config.seed} {s['rounds_completed']} rounds, "
+                f"final test accuracy {s['final_test_accuracy']:.4f} ({s['wall_seconds']:.1f} s)")
+    return summaries
+
+
+def _train_loop(program: Program, files: list[RunFiles], state, stop: _StopSignal,
+                quiet: bool) -> None:
+    """Sets `summary` on every RunFiles; raises Interrupted after a stop signal."""
+    config, runs = files[0].exp.config, program.runs
+    eval_set, save_set = set(evaluation_rounds(config)), set(checkpoint_rounds(config))
+    boundaries = sorted(eval_set | save_set)
+    start_round = files[0].start_round
+    loss_sum = program.scalars([f.progress.get("train_loss_sum", 0.0) for f in files])
+    rounds_in_sum = int(files[0].progress.get("rounds_in_sum", 0))
+    features_fn = None
+    if config.analysis_every:
+        from fedln_jax.analysis import make_feature_fn
+        features_fn = make_feature_fn(files[0].exp.model, files[0].exp.spec.pixel_scale)
+    active = list(range(runs))
+    bar = tqdm(total=config.rounds, initial=start_round, unit="round",
+               disable=quiet or not is_writer() or None, leave=False,
+               desc=config.norm + (f"/seed{config.seed}" if runs == 1 else f" x{runs} runs"))
     done, seconds_per_round = start_round, None
-    while done < config.rounds:
+    while done < config.rounds and active:
         target = next(b for b in boundaries if b > done)
         # Until a compiled round has been timed, run single rounds (the first one compiles).
         cap = max(1, int(BLOCK_SECONDS / seconds_per_round)) if seconds_per_round else 1
         n = min(target - done, cap)
         t0 = time.perf_counter()
-        state, loss_sum, bad_round = run_block(state, hparams, data, jnp.int32(n), loss_sum)
-        bad_round = int(bad_round)
+        state, loss_sum, bad_R = program.run_block(state, program.hparams, program.data,
+                                                   jnp.int32(n), loss_sum)
+        bad_R = np.atleast_1d(jax.device_get(bad_R))
         if done > start_round:
             seconds_per_round = (time.perf_counter() - t0) / n
-        if bad_round >= 0:
-            bar.close()
-            finish("diverged", bad_round - 1, diverged_at_round=bad_round)
-            kept = (f"the last good checkpoint is round {last_saved}" if last_saved
-                    else "no checkpoint was saved before it")
-            raise DivergedError(f"training diverged at round {bad_round}: non-finite loss or "
-                                f"parameters (lr={config.lr}); {kept}", bad_round)
+        for r in [r for r in active if bad_R[r] >= 0]:
+            # The run stops here; the others of its program go on (its lanes keep computing
+            # on its frozen state, which nothing reads).
+            files[r].summary = files[r].finish("diverged", int(bad_R[r]) - 1, runs,
+                                               diverged_at_round=int(bad_R[r]))
+            active.remove(r)
+        if not active:
+            break
         done += n
         rounds_in_sum += n
         bar.update(n)
         checkpoint.pause_for_test("block", done)
+        losses_R = np.atleast_1d(np.float32(jax.device_get(loss_sum)))
         if done in eval_set:
-            train_loss = float(np.float32(jax.device_get(loss_sum)) / np.float32(rounds_in_sum))
-            row = evaluation_row(exp, jax.device_get(evaluate(state, exp.x_test, exp.y_test)),
-                                 done, train_loss)
-            if config.analysis_every and (done % config.analysis_every == 0 or done == config.rounds):
-                row.update(training_analysis(exp, features_fn, state))
-            row["elapsed_seconds"] = round(elapsed(), 3)
-            history.append(row)
-            metrics_text += json.dumps(row) + "\n"
-            write_text(root / "metrics.jsonl", metrics_text)
+            results = jax.device_get(program.evaluate(state, *program.tests))
+            for r in active:
+                exp = files[r].exp
+                row = evaluation_row(exp, program.take(results, r), done,
+                                     float(losses_R[r] / np.float32(rounds_in_sum)))
+                if features_fn and (done % config.analysis_every == 0 or done == config.rounds):
+                    row.update(training_analysis(exp, features_fn, program.take(state, r)))
+                files[r].add_row(row)
             checkpoint.pause_for_test("metrics", done)
-            loss_sum = engine.replicate(jnp.float32(0.0), mesh)
+            loss_sum, losses_R = program.scalars([0.0] * runs), np.zeros(runs, np.float32)
             rounds_in_sum = 0
+            row = files[active[0]].history[-1]
             bar.set_postfix(loss=f"{row['train_loss']:.3f}", acc=f"{row['test_accuracy']:.3f}")
         if done in save_set or stop.signum is not None:
-            save(done)
+            for r in active:
+                files[r].save(program.take(state, r), done, float(losses_R[r]), rounds_in_sum)
         if stop.signum is not None and done < config.rounds:
             bar.close()
             name = signal.Signals(stop.signum).name
-            finish("interrupted", done, interrupted_by=name)
+            for r in active:
+                files[r].summary = files[r].finish("interrupted", done, runs, interrupted_by=name)
+            where = (files[0].root / "checkpoints" if runs == 1
+                     else f"the checkpoints/ of its {runs} run workdirs")
             raise Interrupted(f"fedln-jax: stopped by {name} after round {done} of "
-                              f"{config.rounds}; checkpoint saved in {root / 'checkpoints'}; "
+                              f"{config.rounds}; checkpoint saved in {where}; "
                               f"run the same command again to resume", stop.signum, done)
     bar.close()
-    summary = finish("completed", done)
-    if save_seconds:
-        log(f"checkpoints: {len(save_seconds)} saved, {np.mean(save_seconds):.3f} s each")
-    log(f"done: {summary['rounds_completed']} rounds, final test accuracy "
-        f"{summary['final_test_accuracy']:.4f} ({summary['wall_seconds']:.1f} s)")
-    return summary
-
-
-def run_group(configs: list[Config], workdirs: list[str], *, quiet: bool = False) -> list[dict]:
-    """Train several experiments, each into its own workdir; returns their summaries in order.
-
-    Runs that differ only in VALUE_KEYS (and whose arrays have equal shapes) are executed as one
-    vmapped program over a leading runs axis; the others as separate programs. Every input
-    error surfaces before any workdir is written. A run alone in its group goes through `run`
-    (checkpoints, resume, divergence and signal handling); a vectorized group of several runs
-    is trained by `train_runs` without checkpoints, so an interrupted group restarts from
-    round 0 (a sweep skips the runs already completed).
-    """
-    if len(configs) != len(workdirs) or len(set(map(os.path.abspath, workdirs))) != len(workdirs):
-        raise FedlnError("run_group needs one distinct workdir per config")
-    experiments = [build_experiment(c) for c in configs]
-    for config, workdir in zip(configs, workdirs):
-        check_workdir(workdir, config)
-    log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
-    summaries: list[dict | None] = [None] * len(configs)
-    for members in vectorizable_groups(experiments):
-        group = [experiments[i] for i in members]
-        if len(group) == 1:
-            summaries[members[0]] = run(group[0].config, workdirs[members[0]], quiet=quiet)
-            continue
-        outs = _run_one_program(group, [workdirs[i] for i in members], log, quiet)
-        for i, summary in zip(members, outs):
-            summaries[i] = summary
-    return summaries
-
-
-def vectorizable_groups(experiments: list[Experiment]) -> list[list[int]]:
-    """Indices of the experiments, grouped by program key and array shapes (order kept)."""
-    groups: dict[tuple, list[int]] = {}
-    for i, exp in enumerate(experiments):
-        shapes = (exp.data.x.shape, exp.data.idx_C.shape[0], exp.x_test.shape, exp.num_classes)
-        groups.setdefault((program_key(exp.config), shapes), []).append(i)
-    return list(groups.values())
-
-
-def is_writer() -> bool:
-    """In a multi-process run every process computes the same numbers; process 0 writes them."""
-    return jax.process_index() == 0
-
-
-def _run_one_program(group: list[Experiment], workdirs: list[str], log, quiet: bool) -> list[dict]:
-    config = group[0].config
-    if is_writer():
-        for exp, workdir in zip(group, workdirs):
-            os.makedirs(workdir, exist_ok=True)
-            write_json(os.path.join(workdir, "config.json"), exp.config.to_dict())
-            write_json(os.path.join(workdir, "clients.json"), {
-                "class_counts": exp.counts_CK.tolist(),
-                "examples_per_client": exp.counts_CK.sum(1).tolist()})
-            open(os.path.join(workdir, "metrics.jsonl"), "w").close()
-    devices = mesh_devices(config)
-    log(f"fedln-jax: {config.dataset}, {config.num_clients} clients ({config.partition}), "
-        f"model {config.resolved_model}, norm {config.norm}, {len(devices)} "
-        f"{jax.default_backend()} device(s), {jax.process_count()} process(es)"
-        + (f", {len(group)} runs vectorized" if len(group) > 1 else ""))
-    if len(group) == 1:
-        log(format_class_counts(group[0].counts_CK))
-
-    histories: list[list[dict]] = [[] for _ in group]
-    start = time.time()
-    desc = config.norm + (f"/seed{config.seed}" if len(group) == 1 else f" x{len(group)} runs")
-    bar = tqdm(total=config.rounds, unit="round", disable=quiet or not is_writer() or None,
-               desc=desc, leave=False)
-
-    def on_eval(round_: int, rows: list[dict], rounds_run: int) -> None:
-        bar.update(rounds_run)
-        for history, workdir, row in zip(histories, workdirs, rows):
-            row["elapsed_seconds"] = round(time.time() - start, 3)
-            history.append(row)
-            if is_writer():
-                with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
-                    f.write(json.dumps(row) + "\n")
-        bar.set_postfix(loss=f"{rows[0]['train_loss']:.3f}", acc=f"{rows[0]['test_accuracy']:.3f}")
-
-    train_runs(group, engine.client_mesh(devices), on_eval)
-    bar.close()
-    summaries = []
-    for exp, workdir, history in zip(group, workdirs, histories):
-        summary = summarize(history, time.time() - start)
-        summary["runs_vectorized"] = len(group)
-        if is_writer():
-            write_json(os.path.join(workdir, "summary.json"), summary)
-        log(f"done: {exp.config.norm}/seed{exp.config.seed} {summary['rounds_completed']} rounds, "
-            f"final test accuracy {summary['final_test_accuracy']:.4f} "
-            f"({summary['wall_seconds']:.1f} s)")
-        summaries.append(summary)
-    return summaries
-
-
-def train_runs(group: list[Experiment], mesh, on_eval=None) -> engine.ServerState:
-    """The training loop of a group of runs as one program over a leading runs axis (no I/O).
-
-    on_eval(round, rows, rounds_run) is called after every evaluation with one metrics row per
-    run. Returns the final ServerState, stacked over runs (leading axis len(group)).
-    """
-    spec = group_spec(group)
-    data, data_axes = stack_runs([exp.data for exp in group])
-    tests, test_axes = stack_runs([(exp.x_test, exp.y_test) for exp in group])
-    state = stack_trees([initial_state(exp) for exp in group])
-    hparams = stack_trees([hparams_of(exp.config) for exp in group])
-    state, hparams, data, tests = engine.replicate((state, hparams, data, tests), mesh)
-    first = group[0]
-    round_fn = engine.make_round_fn(first.apply_fn, spec, first.algorithm, mesh)
-    run_rounds = jax.jit(jax.vmap(engine.make_multi_round_fn(round_fn),
-                                  in_axes=(0, 0, data_axes, None)), donate_argnums=0)
-    evaluate = jax.jit(jax.vmap(evaluation_fn(first), in_axes=(0,) + tuple(test_axes)))
-    done = 0
-    for target in evaluation_rounds(first.config):
-        state, loss_R = run_rounds(state, hparams, data, jnp.int32(target - done))
-        result_R = jax.device_get(evaluate(state, *tests))
-        loss_R = np.asarray(jax.device_get(loss_R))
-        rows = [evaluation_row(exp, jax.tree.map(lambda a: a[r], result_R), target,
-                               float(loss_R[r])) for r, exp in enumerate(group)]
-        if on_eval is not None:
-            on_eval(target, rows, target - done)
-        done = target
-    return state
-
-
-def evaluation_fn(exp: Experiment):
-    """evaluate(state, x, y) -> {correct_K (or correct_CK), total_K, loss_sum}, pure.
-
-    The global model on the test set; for an algorithm with personalized evaluation (FedBN)
-    whose clients hold local layers, each client's own model (correct_CK).
-    """
-    global_eval = engine.make_eval_fn(exp.apply_fn, exp.num_classes, exp.spec.pixel_scale)
-    per_client = engine.make_personalized_eval_fn(exp.apply_fn, exp.algorithm, exp.num_classes,
-                                                  exp.spec.pixel_scale)
-
-    def evaluate(state, x, y):
-        if exp.algorithm.personalized_eval and jax.tree.leaves(state.client_states):
-            out = per_client(state.params, state.model_state, state.client_states, x, y)
-            return {"correct_K": out["correct_CK"], "total_K": out["total_K"],
-                    "loss_sum": out["loss_sum_C"].mean()}
-        return global_eval(state.params, state.model_state, x, y)
-
-    return evaluate
-
+    for r in active:
+        files[r].summary = files[r].finish("completed", done, runs)
 
 def training_analysis(exp: Experiment, features_fn, state: engine.ServerState) -> dict:
     """The analyses logged into a metrics row when `analysis_every` is set."""
@@ -570,56 +449,6 @@ def training_analysis(exp: Experiment, features_fn, state: engine.ServerState) -
     report = analysis.model_report(exp, features_fn, state.params, state.model_state)
     return {k: report[k] for k in ("feature_norm_per_class", "head_norm_per_class",
                                    "singular_values")}
-
-
-def group_spec(group: list[Experiment]) -> engine.RoundSpec:
-    """One RoundSpec for the group: equal but for max_epochs, which takes the group's maximum
-    (extra shuffles a client never reaches change nothing)."""
-    spec = group[0].spec._replace(max_epochs=max(exp.spec.max_epochs for exp in group))
-    for exp in group:
-        if exp.spec._replace(max_epochs=spec.max_epochs) != spec:
-            raise ValueError(f"runs of one program differ in shapes: {exp.spec} vs {spec}")
-    return spec
-
-
-def stack_runs(trees: list) -> tuple[Any, Any]:
-    """Stack per-run pytrees on a leading runs axis; returns (stacked, vmap in_axes).
-
-    A leaf equal in every run (e.g. the training images when only lr differs) is kept once
-    with in_axes None. 2-D index tables of different widths are zero-padded to the widest
-    (the counts say which entries are real).
-    """
-    leaves_R = [jax.tree.leaves(t) for t in trees]
-    treedef = jax.tree.structure(trees[0])
-    stacked, axes = [], []
-    for column in zip(*leaves_R):
-        host = [np.asarray(a) for a in column]
-        if all(h.shape == host[0].shape and np.array_equal(h, host[0]) for h in host[1:]):
-            stacked.append(column[0])
-            axes.append(None)
-            continue
-        if host[0].ndim == 2 and len({h.shape[0] for h in host}) == 1:
-            width = max(h.shape[1] for h in host)
-            host = [np.pad(h, ((0, 0), (0, width - h.shape[1]))) for h in host]
-        stacked.append(jnp.asarray(np.stack(host)))
-        axes.append(0)
-    return jax.tree.unflatten(treedef, stacked), jax.tree.unflatten(treedef, axes)
-
-
-def stack_trees(trees: list) -> Any:
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
-
-
-def unstack(tree: Any, index: int) -> Any:
-    """Run `index` of a pytree stacked over runs."""
-    return jax.tree.map(lambda a: a[index], tree)
-
-
-def evaluation_row(exp: Experiment, result: dict, round_: int, train_loss: float) -> dict:
-    """A metrics.jsonl row from the evaluation counts of one run."""
-    accuracy = engine.client_accuracy(result["correct_K"], result["total_K"], exp.test_weights_CK)
-    return {"round": round_, "train_loss": train_loss,
-            "test_loss": float(result["loss_sum"] / max(result["total_K"].sum(), 1)), **accuracy}
 
 
 def summarize(history: list[dict], wall_seconds: float, *, status: str = "completed",

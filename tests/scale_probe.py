@@ -1,9 +1,12 @@
-"""Run a tiny config and print its final parameters and metrics as one JSON line.
+"""Run a tiny config through the real command line (`fedln-jax run`, or `sweep` with --sweep),
+then print the device and process counts and the round's collectives as one JSON line.
 
 Not a test: tests/test_scale.py starts it in subprocesses with different device counts
-(XLA_FLAGS must be set before jax is imported, hence a fresh process) and process counts.
+(XLA_FLAGS must be set before jax is imported, hence a fresh process) and process counts, and
+compares the workdirs they leave.
 
-    python tests/scale_probe.py [--coordinator H:P --num-processes N --process-id I] KEY=VALUE ...
+    python tests/scale_probe.py --workdir DIR [--sweep] [--coordinator H:P --num-processes N
+                                --process-id I] KEY=VALUE|KEY=V1,V2 ...
 """
 import argparse
 import json
@@ -18,45 +21,47 @@ TINY = dict(dataset="synthetic", num_clients=5, clients_per_round=3, classes_per
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--coordinator")
-    parser.add_argument("--num-processes", type=int)
-    parser.add_argument("--process-id", type=int)
+    parser.add_argument("--num-processes")
+    parser.add_argument("--process-id")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-
-    from fedln_jax import distributed
-    distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    multi = [f for name in ("coordinator", "num_processes", "process_id")
+             if getattr(args, name) is not None
+             for f in (f"--{name.replace('_', '-')}", getattr(args, name))]
+    items = {**{k: str(v) for k, v in TINY.items()},
+             **dict(o.split("=", 1) for o in args.overrides)}
+    from fedln_jax.cli import main as cli
+    code = cli(["sweep" if args.sweep else "run", "--workdir", args.workdir, "--quiet", *multi,
+                *(f"{k}={v}" for k, v in items.items())])
+    if code:
+        sys.exit(code)
     import jax
-    import numpy as np
-    from fedln_jax import engine
     from fedln_jax.config import Config, parse_overrides
-    from fedln_jax.train import build_experiment, mesh_devices, train_runs
-
-    config = Config(**{**TINY, **parse_overrides(args.overrides)}).validate()
-    exp = build_experiment(config)
-    rows = []
-    state = train_runs([exp], engine.client_mesh(mesh_devices(config)),
-                       lambda round_, rs, n: rows.append(rs[0]))
-    params = [np.asarray(jax.device_get(leaf))[0].ravel().tolist()
-              for leaf in jax.tree.leaves(state.params)]
+    single = {k: v for k, v in items.items() if "," not in v}
+    config = Config(**parse_overrides([f"{k}={v}" for k, v in single.items()])).validate()
+    collectives, chunk_size = round_collectives(config)
     print(json.dumps({"devices": jax.device_count(), "processes": jax.process_count(),
-                      "chunk_size": exp.spec.chunk_size, "params": params,
-                      "collectives": round_collectives(exp, config),
-                      "rows": [{k: r[k] for k in ("round", "train_loss", "test_loss",
-                                                  "test_accuracy")} for r in rows]}))
+                      "process_index": jax.process_index(), "chunk_size": chunk_size,
+                      "collectives": collectives}))
 
 
-def round_collectives(exp, config) -> list:
-    """Cross-device operations XLA put into the compiled round: proof the clients are sharded."""
+def round_collectives(config) -> tuple[list, int]:
+    """Cross-device operations XLA put into the compiled round (proof the clients are
+    sharded), and the round's chunk width."""
     import re
     import jax
     from fedln_jax import engine
-    from fedln_jax.train import hparams_of, initial_state, mesh_devices
+    from fedln_jax.experiment import build_experiment, hparams_of, initial_state, mesh_devices
+    exp = build_experiment(config)
     mesh = engine.client_mesh(mesh_devices(config))
     args = engine.replicate((initial_state(exp), hparams_of(config), exp.data), mesh)
-    text = jax.jit(engine.make_round_fn(exp.apply_fn, exp.spec, exp.server_tx, mesh)).lower(
+    text = jax.jit(engine.make_round_fn(exp.apply_fn, exp.spec, exp.algorithm, mesh)).lower(
         *args).compile().as_text()
-    return sorted(set(re.findall(r"\b(all-reduce|all-gather|reduce-scatter|all-to-all)\b", text)))
+    found = re.findall(r"\b(all-reduce|all-gather|reduce-scatter|all-to-all)\b", text)
+    return sorted(set(found)), exp.spec.chunk_size
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from fedln_jax.algorithms import (ALGORITHM_NAMES, REGISTRY, ClientContext, cali
 from fedln_jax.algorithms.fedbn import local_layers
 from fedln_jax.config import Config
 from fedln_jax.errors import FedlnError
-from fedln_jax.train import build_experiment, hparams_of, initial_state
+from fedln_jax.experiment import build_experiment, hparams_of, initial_state
 
 NORMS = ["none", "bn", "gn", "ln", "fn"]
 

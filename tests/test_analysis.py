@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedln_jax import analysis, engine, train
+from fedln_jax import analysis, engine, experiment, train
 from fedln_jax.cli import main
 from fedln_jax.config import Config
 from fedln_jax.errors import FedlnError
@@ -50,9 +50,9 @@ def test_local_train_is_the_engines_local_training(algorithm):
     """The probe with S = local_steps from state s, averaged over clients with the sample-count
     weights, is exactly the next round of the reference loop (for FedProx too: the probe is the
     run's own local training, proximal term included)."""
-    exp = train.build_experiment(Config(**TINY, algorithm=algorithm).validate())
-    state = train.initial_state(exp)
-    hp = train.hparams_of(exp.config)
+    exp = experiment.build_experiment(Config(**TINY, algorithm=algorithm).validate())
+    state = experiment.initial_state(exp)
+    hp = experiment.hparams_of(exp.config)
     ref, _ = engine.make_reference_round(exp.apply_fn, exp.spec, exp.algorithm)(state, hp, exp.data)
     probes = [analysis.local_train(exp, state, c, exp.spec.local_steps)[0] for c in range(3)]
     mean = engine.weighted_mean(jax.tree.map(lambda *a: jnp.stack(a), *probes),
@@ -68,8 +68,8 @@ def test_analysis_loads_the_latest_checkpoint(tmp_path):
     assert source == "checkpoints/2" and int(state.round) == 2
     assert state.model_state["batch_stats"]
     # the loaded model reproduces the logged final accuracy
-    result = jax.device_get(jax.jit(train.evaluation_fn(exp))(state, exp.x_test, exp.y_test))
-    row = train.evaluation_row(exp, result, 2, 0.0)
+    result = jax.device_get(jax.jit(experiment.evaluation_fn(exp))(state, exp.x_test, exp.y_test))
+    row = experiment.evaluation_row(exp, result, 2, 0.0)
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert row["test_accuracy"] == summary["final_test_accuracy"]
 

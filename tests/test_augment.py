@@ -9,7 +9,7 @@ from fedln_jax import engine
 from fedln_jax.config import Config
 from fedln_jax.data.augment import (augment_round, crop_padding, interpolation_matrix,
                                     random_crop_flip, random_resized_crop, resolve_augmentation)
-from fedln_jax.train import build_experiment, hparams_of, initial_state
+from fedln_jax.experiment import build_experiment, hparams_of, initial_state
 
 
 def ramp(h, w, c=1):

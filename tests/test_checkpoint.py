@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from fedln_jax import checkpoint, engine, train
+from fedln_jax import checkpoint, engine, experiment, program, train
 from fedln_jax.cli import main
 from fedln_jax.config import Config
 from fedln_jax.errors import FedlnError, Interrupted
@@ -50,8 +50,8 @@ def steps(workdir) -> list[int]:
 
 def final_state(workdir, config: Config):
     """The newest checkpoint's ServerState, restored against the config's target."""
-    exp = train.build_experiment(config)
-    target = engine.replicate(train.initial_state(exp), engine.client_mesh())
+    exp = experiment.build_experiment(config)
+    target = engine.replicate(experiment.initial_state(exp), engine.client_mesh())
     restored = checkpoint.restore_latest(checkpoint.open_manager(workdir, 3), target,
                                          lambda meta: None)
     return restored.state
@@ -192,8 +192,8 @@ def test_restore_skips_a_damaged_newest_checkpoint(tmp_path, reference, damage):
     shutil.copytree(reference, workdir)
     damage(os.path.join(workdir, "checkpoints", "8"))
     warnings = []
-    exp = train.build_experiment(tiny())
-    target = engine.replicate(train.initial_state(exp), engine.client_mesh())
+    exp = experiment.build_experiment(tiny())
+    target = engine.replicate(experiment.initial_state(exp), engine.client_mesh())
     restored = checkpoint.restore_latest(checkpoint.open_manager(workdir, 3), target,
                                          lambda meta: None, warn=warnings.append)
     assert restored.round == 6 and int(restored.state.round) == 6
@@ -258,7 +258,7 @@ def test_checkpoint_that_does_not_fit_the_state_is_a_clear_error(tmp_path, refer
     """Same config but a state of another shape (as after a code change): refuse, never cast."""
     workdir = str(tmp_path / "w")
     shutil.copytree(reference, workdir)
-    original = train.initial_state
+    original = experiment.initial_state
 
     def bf16_head(exp):
         state = original(exp)
@@ -266,7 +266,7 @@ def test_checkpoint_that_does_not_fit_the_state_is_a_clear_error(tmp_path, refer
         params = {**state.params, "head": {"kernel": jnp.zeros(head.shape, jnp.bfloat16)}}
         return state._replace(params=params)
 
-    monkeypatch.setattr(train, "initial_state", bf16_head)
+    monkeypatch.setattr(program, "initial_state", bf16_head)
     with pytest.raises(FedlnError, match=r"does not fit .*head.kernel is float32"):
         train.run(tiny(), workdir, quiet=True)
 

@@ -8,7 +8,7 @@ import pytest
 
 from fedln_jax import engine
 from fedln_jax.config import Config
-from fedln_jax.train import build_experiment, hparams_of, initial_state
+from fedln_jax.experiment import build_experiment, hparams_of, initial_state
 
 
 def tiny_config(**kw):

@@ -1,6 +1,8 @@
 """Scale: 1 device == 8 forced host devices, chunked == unchunked on 8 devices, 2 processes ==
-1 process, and the bad inputs of the mesh. The device counts need fresh processes (XLA_FLAGS is
-read when jax starts), so tests/scale_probe.py runs in subprocesses, all started at once."""
+1 process (a run and a vectorized sweep, through the command line), and the bad inputs of the
+mesh. The device counts need fresh processes (XLA_FLAGS is read when jax starts), so
+tests/scale_probe.py runs `fedln-jax run|sweep` in subprocesses; the test compares the
+metrics and the final checkpoints of the workdirs they leave."""
 import json
 import os
 import socket
@@ -11,7 +13,9 @@ import tempfile
 import numpy as np
 import pytest
 
+from fedln_jax import checkpoint, engine, experiment
 from fedln_jax.cli import main
+from fedln_jax.config import Config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROBE = os.path.join(ROOT, "tests", "scale_probe.py")
@@ -25,23 +29,25 @@ def probe_env(devices):
     return env
 
 
-def start(devices, *args):
+def start(devices, workdir, *args):
     # Output goes to files, not pipes: a pipe nobody reads yet can fill and block a process
     # that its peer is waiting for.
     out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
-    proc = subprocess.Popen([sys.executable, PROBE, *args], env=probe_env(devices),
-                            stdout=out, stderr=err, text=True)
-    return proc, out, err
+    proc = subprocess.Popen([sys.executable, PROBE, "--workdir", str(workdir), *args],
+                            env=probe_env(devices), stdout=out, stderr=err, text=True)
+    return proc, out, err, workdir
 
 
 def result(started):
-    proc, out, err = started
+    proc, out, err, workdir = started
     proc.wait(timeout=900)
     out.seek(0)
     err.seek(0)
     stdout, stderr = out.read(), err.read()
     assert proc.returncode == 0, stderr[-3000:]
-    return json.loads(stdout.strip().splitlines()[-1])   # gloo logs a line on stdout first
+    probe = json.loads(stdout.strip().splitlines()[-1])   # gloo logs a line on stdout first
+    probe.update(workdir=str(workdir), stderr=stderr)
+    return probe
 
 
 def free_port():
@@ -51,36 +57,64 @@ def free_port():
 
 
 @pytest.fixture(scope="module")
-def probes():
-    port = free_port()
-    coord = ["--coordinator", f"localhost:{port}", "--num-processes", "2"]
-    # Two waves: the two cooperating processes must not be starved by the others (a starved
-    # peer misses the coordination service's shutdown barrier).
-    waves = [{
-        "two_processes_0": start(1, *coord, "--process-id", "0"),
-        "two_processes_1": start(1, *coord, "--process-id", "1"),
-    }, {
-        "one": lambda: start(1),
-        "eight": lambda: start(8),                           # 3 clients on 8 devices: 5 padded
-        "full_one": lambda: start(1, *FULL),                 # 20 sequential chunks of 1
-    }, {
-        "full_eight": lambda: start(8, *FULL, "client_chunk_size=1"),  # 3 chunks of 8, 4 padded
-        "full_eight_wide": lambda: start(8, *FULL, "client_chunk_size=3"),  # 1 chunk of 24
-    }]
+def probes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("probes")
+
+    def coord():
+        return ["--coordinator", f"localhost:{free_port()}", "--num-processes", "2"]
+
+    # Waves: the two cooperating processes must not be starved by the others (a starved
+    # peer misses the coordination service's shutdown barrier). Both processes of a pair get
+    # the same workdir, as on a shared filesystem; only process 0 writes its JSON files.
+    waves = [
+        lambda c=coord(): {
+            "two_processes_0": start(1, root / "two", *c, "--process-id", "0"),
+            "two_processes_1": start(1, root / "two", *c, "--process-id", "1")},
+        lambda c=coord(): {
+            "sweep_two_0": start(1, root / "sweep_two", "--sweep", *c, "--process-id", "0", "seed=0,1"),
+            "sweep_two_1": start(1, root / "sweep_two", "--sweep", *c, "--process-id", "1", "seed=0,1")},
+        lambda: {
+            "one": start(1, root / "one"),
+            "eight": start(8, root / "eight"),                   # 3 clients on 8 devices: 5 padded
+            "full_one": start(1, root / "full_one", *FULL)},     # 20 sequential chunks of 1
+        lambda: {
+            "full_eight": start(8, root / "full_eight", *FULL, "client_chunk_size=1"),  # 3 chunks of 8
+            "full_eight_wide": start(8, root / "full_eight_wide", *FULL, "client_chunk_size=3")},
+    ]
     out = {}
-    for i, wave in enumerate(waves):
-        if i:
-            wave = {name: factory() for name, factory in wave.items()}
-        out.update({name: result(proc) for name, proc in wave.items()})
+    for wave in waves:
+        out.update({name: result(proc) for name, proc in wave().items()})
     return out
 
 
+def metrics(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def final_params(workdir):
+    """The final checkpoint's parameters, restored here (one process, one device)."""
+    with open(os.path.join(workdir, "config.json")) as f:
+        config = Config(**json.load(f)).validate()
+    exp = experiment.build_experiment(config)
+    target = engine.replicate(experiment.initial_state(exp), engine.client_mesh())
+    restored = checkpoint.restore_latest(checkpoint.open_manager(workdir, 3), target,
+                                         lambda meta: None)
+    assert restored.round == config.rounds
+    return [np.asarray(leaf) for leaf in jax_leaves(restored.state.params)]
+
+
+def jax_leaves(tree):
+    import jax
+    return jax.tree.leaves(tree)
+
+
 def assert_same_run(a, b, tol=1e-5):
-    assert len(a["params"]) == len(b["params"])
-    for x, y in zip(a["params"], b["params"]):
+    for x, y in zip(final_params(a), final_params(b), strict=True):
         np.testing.assert_allclose(x, y, atol=tol, rtol=0)
-    assert [r["round"] for r in a["rows"]] == [r["round"] for r in b["rows"]] == [1, 2, 3]
-    for ra, rb in zip(a["rows"], b["rows"]):
+    rows_a, rows_b = metrics(a), metrics(b)
+    assert [r["round"] for r in rows_a] == [r["round"] for r in rows_b] == [1, 2, 3]
+    for ra, rb in zip(rows_a, rows_b):
         for key in ("train_loss", "test_loss", "test_accuracy"):
             assert abs(ra[key] - rb[key]) < tol, (key, ra, rb)
 
@@ -90,21 +124,35 @@ def test_eight_devices_equal_one_with_cohort_not_divisible(probes):
     assert (one["devices"], eight["devices"]) == (1, 8)
     assert eight["collectives"], "the clients axis was not laid out over the 8 devices"
     assert not one["collectives"]
-    assert_same_run(one, eight)
+    assert_same_run(one["workdir"], eight["workdir"])
 
 
 def test_chunked_equals_unchunked_on_eight_devices(probes):
     assert [probes[k]["chunk_size"] for k in ("full_one", "full_eight", "full_eight_wide")] == [1, 1, 3]
-    assert_same_run(probes["full_one"], probes["full_eight"])
-    assert_same_run(probes["full_one"], probes["full_eight_wide"])
+    assert_same_run(probes["full_one"]["workdir"], probes["full_eight"]["workdir"])
+    assert_same_run(probes["full_one"]["workdir"], probes["full_eight_wide"]["workdir"])
 
 
 def test_two_processes_equal_one_process(probes):
     p0, p1 = probes["two_processes_0"], probes["two_processes_1"]
-    assert (p0["processes"], p0["devices"]) == (2, 2)
+    assert (p0["processes"], p0["devices"], p0["process_index"], p1["process_index"]) == (2, 2, 0, 1)
     assert p0["collectives"]
-    assert_same_run(probes["one"], p0)
-    assert p0 == p1   # every process holds the same replicated result
+    assert_same_run(probes["one"]["workdir"], p0["workdir"])
+    with open(os.path.join(p0["workdir"], "summary.json")) as f:
+        assert json.load(f)["status"] == "completed"
+    leftovers = [n for _, _, names in os.walk(p0["workdir"]) for n in names if n.endswith(".tmp")]
+    assert not leftovers
+
+
+def test_two_process_vectorized_sweep_equals_one_process_run(probes):
+    p0 = probes["sweep_two_0"]
+    assert p0["processes"] == 2
+    runs = os.path.join(p0["workdir"], "runs")
+    assert sorted(os.listdir(runs)) == ["seed=0", "seed=1"]
+    with open(os.path.join(runs, "seed=0", "summary.json")) as f:
+        assert json.load(f)["runs_vectorized"] == 2
+    assert_same_run(probes["one"]["workdir"], os.path.join(runs, "seed=0"))
+    assert os.path.exists(os.path.join(p0["workdir"], "results.csv"))
 
 
 @pytest.mark.parametrize("overrides, fragment", [

@@ -54,7 +54,8 @@ def test_sweep_writes_run_workdirs_and_results(swept):
     with open(swept / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["run"] for r in rows] == [f"seed={s}_dirichlet_beta={b}" for s in (0, 1) for b in (0.3, 5.0)]
-    assert set(rows[0]) == {"run", "dirichlet_beta", "seed", "final_test_accuracy"}
+    assert set(rows[0]) == {"run", "dirichlet_beta", "seed", "final_test_accuracy", "status"}
+    assert {r["status"] for r in rows} == {"completed"}
     for row in rows:
         summary = json.loads((swept / "runs" / row["run"] / "summary.json").read_text())
         assert float(row["final_test_accuracy"]) == summary["final_test_accuracy"]
@@ -118,17 +119,17 @@ def test_bad_grid_one_error_line_exit_2_nothing_written(tmp_path, capsys, grid, 
     assert not workdir.exists()
 
 
-def test_algorithm_hyperparameters_are_vectorized_and_equal_alone():
-    from fedln_jax import engine
-    from fedln_jax.train import build_experiment, train_runs
+def test_algorithm_hyperparameters_are_vectorized_and_equal_alone(tmp_path):
+    from fedln_jax.train import run_group
     base = Config(dataset="synthetic", num_clients=4, classes_per_client=3, local_steps=2,
                   batch_size=8, rounds=2, eval_every=2, algorithm="fedprox", lr=0.1)
     runs = expand(base, parse_grid(["prox_mu=0.0,2.0"]))
     assert [len(g) for g in plan(runs)] == [2]
-    mesh = engine.client_mesh()
-    together, alone = [], []
-    train_runs([build_experiment(c) for _, c in runs], mesh, lambda r, rows, n: together.extend(rows))
-    train_runs([build_experiment(runs[1][1])], mesh, lambda r, rows, n: alone.extend(rows))
-    assert abs(together[1]["train_loss"] - alone[0]["train_loss"]) < 1e-5
-    assert abs(together[1]["test_loss"] - alone[0]["test_loss"]) < 1e-5
-    assert abs(together[0]["train_loss"] - alone[0]["train_loss"]) > 1e-4   # mu matters
+    dirs = [str(tmp_path / name) for name, _ in runs]
+    together = run_group([c for _, c in runs], dirs, quiet=True)
+    alone = run(runs[1][1], str(tmp_path / "alone"), quiet=True)
+    assert [s["runs_vectorized"] for s in together] == [2, 2] and alone["runs_vectorized"] == 1
+    row, alone_row = read_rows(dirs[1])[-1], read_rows(tmp_path / "alone")[-1]
+    assert abs(row["train_loss"] - alone_row["train_loss"]) < 1e-5
+    assert abs(row["test_loss"] - alone_row["test_loss"]) < 1e-5
+    assert abs(read_rows(dirs[0])[-1]["train_loss"] - alone_row["train_loss"]) > 1e-4   # mu matters

@@ -1,0 +1,141 @@
+"""One compiled program that trains R >= 1 runs together (DESIGN 2.6).
+
+Runs whose configs differ only in VALUE_KEYS (and whose arrays have equal shapes) share one
+program: their states, hyperparameters and data are stacked on a leading runs axis and the
+block of rounds is vmapped over it. A program of one run has no runs axis, so a single run is
+exactly the engine's round and its checkpoints hold a plain ServerState. Per-run views
+(`take`) are plain ServerStates either way: each run checkpoints into its own workdir.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from fedln_jax import engine
+from fedln_jax.algorithms import OWNED_HPARAMS
+from fedln_jax.config import Config
+from fedln_jax.experiment import Experiment, evaluation_fn, hparams_of, initial_state
+
+# Config keys that change only values a round reads, never shapes or code: runs differing only in
+# them are stacked on a leading runs axis and share one compiled program.
+# seed/dirichlet_beta change the data and partition: the index tables are padded to a common
+# width, which leaves every run's numbers unchanged (random draws are prefix-stable in length).
+# Algorithm hyperparameters (prox_mu, fedlc_tau, ...) are read from `hparams` as arrays too.
+VALUE_KEYS = ("seed", "lr", "server_lr", "dirichlet_beta") + tuple(OWNED_HPARAMS)
+
+
+def program_key(config: Config) -> str:
+    """Runs with equal program keys can be vectorized together."""
+    fields = {k: v for k, v in config.to_dict().items() if k not in VALUE_KEYS}
+    return json.dumps(fields, sort_keys=True)
+
+
+def vectorizable_groups(experiments: list[Experiment], resume_rounds: list[int]) -> list[list[int]]:
+    """Indices of the experiments grouped by program key, array shapes and the round they
+    resume from (runs of one program advance in lockstep); order kept."""
+    groups: dict[tuple, list[int]] = {}
+    for i, (exp, start) in enumerate(zip(experiments, resume_rounds)):
+        shapes = (exp.data.x.shape, exp.data.idx_C.shape[0], exp.x_test.shape, exp.num_classes)
+        groups.setdefault((program_key(exp.config), shapes, start), []).append(i)
+    return list(groups.values())
+
+
+class Program(NamedTuple):
+    """The jitted functions of a group of runs and their placed inputs.
+
+    run_block(state, hparams, data, n, loss_sum) -> (state, loss_sum, bad_round) and
+    evaluate(state, *tests) -> evaluation counts; with runs > 1 every value but n carries a
+    leading runs axis (bad_round and loss_sum are then [R]).
+    """
+    runs: int
+    run_block: Callable
+    evaluate: Callable
+    fresh: Any          # the round-0 state
+    hparams: Any
+    data: Any
+    tests: tuple
+    mesh: Any
+
+    def take(self, tree: Any, r: int) -> Any:
+        """Run r's part of a value of this program (the value itself when there is one run)."""
+        return tree if self.runs == 1 else jax.tree.map(lambda a: a[r], tree)
+
+    def per_run(self, tree: Any) -> list:
+        return [self.take(tree, r) for r in range(self.runs)]
+
+    def join(self, trees: list) -> Any:
+        """The inverse of per_run: per-run values (e.g. restored states) in this program's layout,
+        replicated over the mesh (also when the arrays span several processes)."""
+        if self.runs == 1:
+            return trees[0]
+        replicated = NamedSharding(self.mesh, P())
+        return jax.jit(lambda *ts: stack_trees(list(ts)), out_shardings=replicated)(*trees)
+
+    def scalars(self, values: list) -> jax.Array:
+        """Per-run float32 scalars (e.g. loss sums) in this program's layout."""
+        array = np.asarray(values, np.float32)
+        return engine.replicate(jnp.asarray(array[0] if self.runs == 1 else array), self.mesh)
+
+
+def build_program(group: list[Experiment], mesh) -> Program:
+    """Stack the group's inputs and compile its block of rounds and its evaluation."""
+    first = group[0]
+    round_fn = engine.make_round_fn(first.apply_fn, group_spec(group), first.algorithm, mesh)
+    run_block, evaluate = engine.make_block_fn(round_fn), evaluation_fn(first)
+    if len(group) == 1:
+        state, hparams, data = initial_state(first), hparams_of(first.config), first.data
+        tests = (first.x_test, first.y_test)
+    else:
+        data, data_axes = stack_runs([exp.data for exp in group])
+        tests, test_axes = stack_runs([(exp.x_test, exp.y_test) for exp in group])
+        state = stack_trees([initial_state(exp) for exp in group])
+        hparams = stack_trees([hparams_of(exp.config) for exp in group])
+        run_block = jax.vmap(run_block, in_axes=(0, 0, data_axes, None, 0))
+        evaluate = jax.vmap(evaluate, in_axes=(0,) + tuple(test_axes))
+    state, hparams, data, tests = engine.replicate((state, hparams, data, tuple(tests)), mesh)
+    return Program(runs=len(group), run_block=jax.jit(run_block, donate_argnums=0),
+                   evaluate=jax.jit(evaluate), fresh=state, hparams=hparams, data=data,
+                   tests=tests, mesh=mesh)
+
+
+def group_spec(group: list[Experiment]) -> engine.RoundSpec:
+    """One RoundSpec for the group: equal but for max_epochs, which takes the group's maximum
+    (extra shuffles a client never reaches change nothing)."""
+    spec = group[0].spec._replace(max_epochs=max(exp.spec.max_epochs for exp in group))
+    for exp in group:
+        if exp.spec._replace(max_epochs=spec.max_epochs) != spec:
+            raise ValueError(f"runs of one program differ in shapes: {exp.spec} vs {spec}")
+    return spec
+
+
+def stack_runs(trees: list) -> tuple[Any, Any]:
+    """Stack per-run pytrees on a leading runs axis; returns (stacked, vmap in_axes).
+
+    A leaf equal in every run (e.g. the training images when only lr differs) is kept once
+    with in_axes None. 2-D index tables of different widths are zero-padded to the widest
+    (the counts say which entries are real).
+    """
+    leaves_R = [jax.tree.leaves(t) for t in trees]
+    treedef = jax.tree.structure(trees[0])
+    stacked, axes = [], []
+    for column in zip(*leaves_R):
+        host = [np.asarray(a) for a in column]
+        if all(h.shape == host[0].shape and np.array_equal(h, host[0]) for h in host[1:]):
+            stacked.append(column[0])
+            axes.append(None)
+            continue
+        if host[0].ndim == 2 and len({h.shape[0] for h in host}) == 1:
+            width = max(h.shape[1] for h in host)
+            host = [np.pad(h, ((0, 0), (0, width - h.shape[1]))) for h in host]
+        stacked.append(jnp.asarray(np.stack(host)))
+        axes.append(0)
+    return jax.tree.unflatten(treedef, stacked), jax.tree.unflatten(treedef, axes)
+
+
+def stack_trees(trees: list) -> Any:
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)

@@ -1,0 +1,46 @@
+"""`fedln-jax demo` (the README's main command), shortened: every (norm, seed) run, the
+seeds of a normalizer trained as one vectorized program, the table, results.json and the plot;
+and the algorithm comparison table built the same way."""
+import json
+import os
+
+from fedln_jax.cli import main
+
+
+def test_demo_runs_the_headline_comparison(tmp_path, capsys):
+    workdir = tmp_path / "demo"
+    assert main(["demo", "--workdir", str(workdir), "--rounds", "2", "--seeds", "2",
+                 "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "final test accuracy after 2 rounds, seeds [0, 1]" in out
+    report = json.loads((workdir / "results.json").read_text())
+    assert set(report["table"]) == {"none", "ln", "fn"}
+    for norm, row in report["table"].items():
+        assert len(row["per_seed"]) == 2 and 0 <= row["final_mean"] <= 1
+        for seed in (0, 1):
+            summary = json.loads((workdir / "runs" / f"{norm}_seed{seed}" / "summary.json").read_text())
+            assert summary["runs_vectorized"] == 2 and summary["status"] == "completed"
+            assert summary["final_test_accuracy"] == row["per_seed"][seed]
+        assert f"{norm:<5}  {row['final_mean']:.3f} +- {row['final_std']:.3f}" in out
+    assert os.path.getsize(workdir / "accuracy.png") > 0
+
+
+def test_demo_bad_arguments_one_error_line(tmp_path, capsys):
+    assert main(["demo", "--workdir", str(tmp_path / "d"), "--rounds", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:")
+    assert not (tmp_path / "d").exists()
+
+
+def test_algorithm_comparison_table_vectorizes_seeds(tmp_path, capsys):
+    from fedln_jax.compare import run_comparison
+    text = run_comparison(str(tmp_path / "cmp"), algorithms=("fedavg", "fedprox"), norms=("ln",),
+                          classes=(1,), seeds=(0, 1), rounds=1, quiet=True)
+    runs = sorted(os.listdir(tmp_path / "cmp" / "runs"))
+    assert runs == ["fedavg_bn_1class_seed0", "fedavg_bn_1class_seed1", "fedavg_ln_1class_seed0",
+                    "fedavg_ln_1class_seed1", "fedprox_ln_1class_seed0", "fedprox_ln_1class_seed1"]
+    summary = json.loads((tmp_path / "cmp" / "runs" / runs[0] / "summary.json").read_text())
+    assert summary["runs_vectorized"] == 2
+    table = json.loads((tmp_path / "cmp" / "results.json").read_text())["table"]
+    assert set(table) == {"fedavg/bn/1", "fedavg/ln/1", "fedprox/ln/1"}
+    assert f"| fedprox | {table['fedprox/ln/1']:.3f} |" in text
