@@ -86,17 +86,8 @@ def plot_spectra(spectra: dict[str, list], path: str, title: str = "") -> None:
 
 
 def plot_local_overfit(result: dict, path: str) -> None:
-    """Per-class recall of the global model and of each local-overfit probe."""
-    plt = _pyplot()
-    probes = result["local_overfit_by_steps"]
-    groups = _recall_groups(probes, "global (acc {:.2f})", "{} step(s) (acc {:.2f})")
-    fig, ax = plt.subplots(figsize=(7, 3.8))
-    _bars(ax, groups, "recall", f"local overfit: {result['norm']}, client "
-          f"{probes[0]['client']} (classes {probes[0]['client_classes']})")
-    ax.set_ylim(0, 1.05)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    """Per-class recall of the global model and of each local-overfit probe (one panel)."""
+    plot_local_overfit_grid({f"local overfit, {result['norm']}": result}, path)
 
 
 def plot_final_vs_x(table: list[dict], path: str, xlabel: str = "", xscale: str = "linear",
