@@ -64,6 +64,10 @@ class RoundSpec(NamedTuple):
     max_epochs: int           # permutations a client may need in one round (from the smallest client)
     pixel_scale: float
     chunk_size: int           # clients vmapped together on one device
+    # Local SGD. Both are values a run reads from hparams ('momentum', 'weight_decay'); the
+    # spec's are the fallback when hparams lacks them. momentum is also structure: > 0 builds
+    # a momentum trace, so a program serving several runs holds their largest momentum (a
+    # trace of decay 0 is plain SGD).
     momentum: float
     weight_decay: float
     augment: str = "none"     # data.augment mode applied to training batches on the device
@@ -155,9 +159,11 @@ def make_client_update(apply_fn: Callable, spec: RoundSpec, algorithm: Algorithm
         client optimizer (default FedAvg: cross-entropy, nothing chained).
 
     Returns:
-      client_update(params, model_state, x_SB, y_SB, lr, ctx=None) -> (params, model_state,
-      mean_loss). x_SB is float32 [S, B, H, W, C]; y_SB int32 [S, B]; ctx the ClientContext
-      (needed by every algorithm but FedAvg).
+      client_update(params, model_state, x_SB, y_SB, lr, ctx=None, momentum=None,
+      weight_decay=None) -> (params, model_state, mean_loss). x_SB is float32 [S, B, H, W, C];
+      y_SB int32 [S, B]; ctx the ClientContext (needed by every algorithm but FedAvg);
+      momentum / weight_decay scalars (default: the spec's), momentum used only when
+      spec.momentum > 0.
     """
     algorithm = as_algorithm(algorithm)
 
@@ -169,9 +175,12 @@ def make_client_update(apply_fn: Callable, spec: RoundSpec, algorithm: Algorithm
             (logits, new_state), features = apply_fn(params, model_state, x_B, True), None
         return algorithm.client_loss(logits, features, y_B, ctx), new_state
 
-    def client_update(params, model_state, x_SB, y_SB, lr, ctx=None):
-        tx = optax.chain(algorithm.client_tx(ctx), optax.add_decayed_weights(spec.weight_decay),
-                         optax.sgd(lr, momentum=spec.momentum or None))
+    def client_update(params, model_state, x_SB, y_SB, lr, ctx=None, momentum=None,
+                      weight_decay=None):
+        momentum = spec.momentum if momentum is None else momentum
+        weight_decay = spec.weight_decay if weight_decay is None else weight_decay
+        tx = optax.chain(algorithm.client_tx(ctx),
+                         local_sgd(lr, momentum, weight_decay, with_trace=spec.momentum > 0))
         opt_state = tx.init(params)
 
         def step(carry, batch):
@@ -188,6 +197,16 @@ def make_client_update(apply_fn: Callable, spec: RoundSpec, algorithm: Algorithm
     return client_update
 
 
+def local_sgd(lr, momentum, weight_decay, with_trace: bool) -> optax.GradientTransformation:
+    """The client optimizer: weight decay, then SGD with a momentum trace when with_trace.
+
+    A trace of decay 0 is exactly plain SGD (t = g + 0 * t), so runs with momentum 0 and > 0
+    can share one program that has the trace.
+    """
+    return optax.chain(optax.add_decayed_weights(weight_decay),
+                       optax.sgd(lr, momentum=momentum if with_trace else None))
+
+
 def make_client_round(apply_fn: Callable, spec: RoundSpec, algorithm: Algorithm) -> Callable:
     """One client's whole round, shared by the vmapped round and the reference loop.
 
@@ -202,8 +221,9 @@ def make_client_round(apply_fn: Callable, spec: RoundSpec, algorithm: Algorithm)
         ctx = ClientContext(start_params=start_params, client_state=client_state, server=server,
                             class_counts_K=class_counts_K, hparams=hparams,
                             local_steps=spec.local_steps)
-        new_params, new_state, loss = client_update(start_params, start_state, x_SB, y_SB,
-                                                    hparams["lr"], ctx)
+        new_params, new_state, loss = client_update(
+            start_params, start_state, x_SB, y_SB, hparams["lr"], ctx,
+            momentum=hparams.get("momentum"), weight_decay=hparams.get("weight_decay"))
         return new_params, new_state, algorithm.update_client_state(ctx, new_params, new_state), loss
 
     return client_round
@@ -308,7 +328,8 @@ def make_round_fn(apply_fn: Callable, spec: RoundSpec,
       sharded over the mesh, so the weighted sum becomes a cross-device reduction. Padded
       slots carry weight 0 and their client state is dropped. The sampled clients' states are
       gathered from state.client_states and scattered back. hparams: {'lr', 'server_lr',
-      *algorithm.hparam_keys} float32 scalars (so runs can be vmapped over them).
+      'momentum', 'weight_decay', *algorithm.hparam_keys} float32 scalars (so runs can be
+      vmapped over them; without 'momentum' / 'weight_decay' the spec's are used).
     """
     algorithm = as_algorithm(algorithm)
     mesh = client_mesh() if mesh is None else mesh

@@ -90,7 +90,9 @@ def mesh_devices(config: Config) -> list:
 
 def hparams_of(config: Config) -> dict[str, jax.Array]:
     """The values a round reads as arrays (so runs differing only in them can be vmapped)."""
-    hparams = {"lr": jnp.float32(config.lr), "server_lr": jnp.float32(config.resolved_server_lr)}
+    hparams = {"lr": jnp.float32(config.lr), "server_lr": jnp.float32(config.resolved_server_lr),
+               "momentum": jnp.float32(config.momentum),
+               "weight_decay": jnp.float32(config.weight_decay)}
     for key in get_algorithm(config.algorithm).hparam_keys:
         hparams[key] = jnp.float32(getattr(config, key))
     return hparams

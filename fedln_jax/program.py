@@ -25,8 +25,10 @@ from fedln_jax.experiment import Experiment, evaluation_fn, hparams_of, initial_
 # them are stacked on a leading runs axis and share one compiled program.
 # seed/dirichlet_beta change the data and partition: the index tables are padded to a common
 # width, which leaves every run's numbers unchanged (random draws are prefix-stable in length).
-# Algorithm hyperparameters (prox_mu, fedlc_tau, ...) are read from `hparams` as arrays too.
-VALUE_KEYS = ("seed", "lr", "server_lr", "dirichlet_beta") + tuple(OWNED_HPARAMS)
+# Algorithm hyperparameters (prox_mu, fedlc_tau, ...) and the local SGD's momentum and
+# weight_decay are read from `hparams` as arrays too (momentum's trace: see group_spec).
+VALUE_KEYS = ("seed", "lr", "server_lr", "dirichlet_beta", "momentum",
+              "weight_decay") + tuple(OWNED_HPARAMS)
 
 
 def program_key(config: Config) -> str:
@@ -104,13 +106,25 @@ def build_program(group: list[Experiment], mesh) -> Program:
 
 
 def group_spec(group: list[Experiment]) -> engine.RoundSpec:
-    """One RoundSpec for the group: equal but for max_epochs, which takes the group's maximum
-    (extra shuffles a client never reaches change nothing)."""
-    spec = group[0].spec._replace(max_epochs=max(exp.spec.max_epochs for exp in group))
-    for exp in group:
-        if exp.spec._replace(max_epochs=spec.max_epochs) != spec:
-            raise ValueError(f"runs of one program differ in shapes: {exp.spec} vs {spec}")
+    """One RoundSpec for the group, whose specs must agree in shapes and code.
+
+    max_epochs and momentum take the group's maximum: extra shuffles a client never reaches
+    change nothing, and a momentum trace serves every run (a run with momentum 0 reads decay 0
+    from its hparams: plain SGD). weight_decay is each run's hparams value; the first run's
+    stays in the spec only as the fallback.
+    """
+    specs = [exp.spec for exp in group]
+    spec = specs[0]._replace(max_epochs=max(s.max_epochs for s in specs),
+                             momentum=max(s.momentum for s in specs))
+    for other in specs:
+        if structure(other) != structure(spec):
+            raise ValueError(f"runs of one program differ in shapes: {other} vs {spec}")
     return spec
+
+
+def structure(spec: engine.RoundSpec) -> engine.RoundSpec:
+    """The spec with the fields group_spec combines blanked (what runs of a program share)."""
+    return spec._replace(max_epochs=0, momentum=0.0, weight_decay=0.0)
 
 
 def stack_runs(trees: list) -> tuple[Any, Any]:

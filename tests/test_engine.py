@@ -194,3 +194,38 @@ def test_bfloat16_round_runs_and_stays_close_to_float32(norm):
 def test_default_chunk_size_per_backend():
     expected = 1 if jax.default_backend() == "cpu" else 25
     assert engine.default_chunk_size(100, 4) == expected
+
+
+def test_local_momentum_and_weight_decay_round_equals_reference_loop():
+    config = tiny_config(norm="ln", momentum=0.9, weight_decay=1e-3, client_chunk_size=2,
+                         local_steps=4, lr=0.1)
+    a, b, ma, mb = run_both(config)
+    assert abs(float(ma["train_loss"]) - float(mb["train_loss"])) < 1e-5
+    plain, *_ = run_both(tiny_config(norm="ln", client_chunk_size=2, local_steps=4, lr=0.1))
+    assert max_diff(a.params, plain.params) > 1e-4       # momentum and decay were applied
+
+
+def one_round(exp, spec, hparams):
+    round_fn = jax.jit(engine.make_round_fn(exp.apply_fn, spec, exp.server_tx))
+    return round_fn(initial_state(exp), hparams, exp.data)[0].params
+
+
+def test_momentum_zero_through_a_trace_is_bit_identical_to_no_trace():
+    config = tiny_config(norm="ln", local_steps=4, lr=0.1)
+    exp = build_experiment(config)
+    hp = hparams_of(config)
+    assert exp.spec.momentum == 0.0 and float(hp["momentum"]) == 0.0
+    no_trace = one_round(exp, exp.spec, hp)
+    traced = one_round(exp, exp.spec._replace(momentum=0.9), hp)    # trace of decay 0
+    assert max_diff(no_trace, traced) == 0.0
+
+
+def test_local_sgd_values_come_from_hparams_else_the_spec():
+    exp = build_experiment(tiny_config(norm="ln", local_steps=4, lr=0.1))
+    hand_built = {"lr": jnp.float32(0.1), "server_lr": jnp.float32(1.0)}
+    spec = exp.spec._replace(momentum=0.5, weight_decay=1e-2)
+    from_spec = one_round(exp, spec, hand_built)
+    from_hparams = one_round(exp, spec._replace(momentum=0.9, weight_decay=0.0), {
+        **hand_built, "momentum": jnp.float32(0.5), "weight_decay": jnp.float32(1e-2)})
+    assert max_diff(from_spec, from_hparams) < 1e-6
+    assert max_diff(from_spec, one_round(exp, exp.spec, hand_built)) > 1e-4

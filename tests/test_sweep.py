@@ -133,3 +133,24 @@ def test_algorithm_hyperparameters_are_vectorized_and_equal_alone(tmp_path):
     assert abs(row["train_loss"] - alone_row["train_loss"]) < 1e-5
     assert abs(row["test_loss"] - alone_row["test_loss"]) < 1e-5
     assert abs(read_rows(dirs[0])[-1]["train_loss"] - alone_row["train_loss"]) > 1e-4   # mu matters
+
+
+@pytest.mark.parametrize("grid", ["momentum=0.0,0.9", "weight_decay=0.0,0.001"])
+def test_local_optimizer_values_are_vectorized_and_equal_alone(tmp_path, grid):
+    # momentum: the program has a momentum trace; the momentum-0 run reads decay 0 (plain SGD)
+    # and must match its run alone, which has no trace.
+    from fedln_jax.train import run_group
+    base = Config(dataset="synthetic", num_clients=4, classes_per_client=3, local_steps=3,
+                  batch_size=8, rounds=2, eval_every=1, lr=0.1)
+    runs = expand(base, parse_grid([grid]))
+    assert [len(g) for g in plan(runs)] == [2]
+    dirs = [str(tmp_path / name) for name, _ in runs]
+    together = run_group([c for _, c in runs], dirs, quiet=True)
+    assert [s["runs_vectorized"] for s in together] == [2, 2]
+    for (name, config), vec_dir in zip(runs, dirs):
+        assert run(config, str(tmp_path / f"alone_{name}"), quiet=True)["runs_vectorized"] == 1
+        for a, b in zip(read_rows(vec_dir), read_rows(tmp_path / f"alone_{name}")):
+            for key in ("train_loss", "test_loss", "test_accuracy"):
+                assert abs(a[key] - b[key]) < 1e-5, (name, key, a, b)
+    last = [read_rows(d)[-1]["train_loss"] for d in dirs]
+    assert abs(last[0] - last[1]) > 1e-6, "the swept value should change the run"
