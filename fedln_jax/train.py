@@ -40,11 +40,17 @@ def checkpoint_rounds(config: Config) -> list[int]:
     return rounds if rounds and rounds[-1] == config.rounds else rounds + [config.rounds]
 
 
+# Keys a resumed run may change: they decide how the rounds are laid out (chunking, devices)
+# or saved, never the numbers (chunked == unchunked and 1 device == 8 are tested), so a run
+# preempted on one machine can resume on another.
+RESUMABLE_CHANGES = ("checkpoint_every", "keep_checkpoints", "client_chunk_size", "num_devices")
+
+
 def compare_configs(previous: dict, config: Config, what: str) -> None:
-    """Allow the same config, or the same with `rounds` raised (extending the run); refuse
-    anything else with a FedlnError naming each differing key."""
+    """Allow the same config, the same with `rounds` raised (extending the run), or with
+    RESUMABLE_CHANGES; refuse anything else with a FedlnError naming each differing key."""
     current = config.to_dict()
-    differing = diff_keys(previous, current)
+    differing = [k for k in diff_keys(previous, current) if k not in RESUMABLE_CHANGES]
     if differing == ["rounds"] and isinstance(previous.get("rounds"), int) \
             and config.rounds > previous["rounds"]:
         return

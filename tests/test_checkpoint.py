@@ -92,6 +92,11 @@ def test_compare_configs_allows_same_or_raised_rounds_only():
         train.compare_configs(old, tiny(rounds=4), "w")
     with pytest.raises(FedlnError, match=r"differs in: lr, norm, rounds;"):
         train.compare_configs(old, tiny(rounds=20, lr=0.5, norm="fn"), "w")
+    # How rounds are laid out or saved may change on resume (e.g. on another machine).
+    train.compare_configs(old, tiny(rounds=20, client_chunk_size=2, num_devices=1,
+                                    checkpoint_every=5, keep_checkpoints=1), "w")
+    with pytest.raises(FedlnError, match=r"differs in: lr;"):
+        train.compare_configs(old, tiny(client_chunk_size=2, lr=0.5), "w")
 
 
 def test_tree_mismatch_names_the_leaf_shape_and_dtype():
@@ -159,6 +164,24 @@ def test_half_then_extended_equals_straight_bit_for_bit(tmp_path, reference, alg
     if algorithm == "scaffold":   # the variates are really in the checkpoint, and non-zero
         variates = jax.tree.leaves(final_state(split, config).client_states)
         assert variates and any(bool(jnp.any(v != 0)) for v in variates)
+
+
+def test_resume_with_another_chunk_width_and_checkpoint_interval(tmp_path, reference):
+    """A run preempted on one machine resumes on another layout: the clients chunked 2 at a
+    time instead of 1, checkpoints every 3 rounds instead of 2. Same numbers as the
+    reference to float32 rounding (the weighted sum is grouped differently)."""
+    workdir = str(tmp_path / "w")
+    train.run(tiny(rounds=4), workdir, quiet=True)
+    resumed = tiny(client_chunk_size=2, checkpoint_every=3)
+    assert train.run(resumed, workdir, quiet=True)["resumed_from_round"] == 4
+    assert steps(workdir) == [4, 6, 8]
+    assert json.loads(open(os.path.join(workdir, "config.json")).read())["client_chunk_size"] == 2
+    for a, b in zip(rows(workdir), rows(reference), strict=True):
+        assert a["round"] == b["round"]
+        assert abs(a["train_loss"] - b["train_loss"]) < 1e-5
+        assert abs(a["test_accuracy"] - b["test_accuracy"]) < 1e-5
+    chex.assert_trees_all_close(final_state(workdir, resumed).params,
+                                final_state(reference, tiny()).params, atol=1e-5)
 
 
 def test_rerunning_a_finished_run_changes_nothing_but_time(tmp_path, reference):
