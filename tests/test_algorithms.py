@@ -345,7 +345,8 @@ def test_server_lr_defaults_per_algorithm():
     assert Config(algorithm="scaffold").resolved_server_lr == 1.0
     assert Config(algorithm="fedyogi", server_lr=0.5).resolved_server_lr == 0.5
     hp = hparams_of(Config(algorithm="fedyogi").validate())
-    assert set(hp) == {"lr", "server_lr", "server_beta1", "server_beta2", "server_tau"}
+    assert set(hp) == {"lr", "server_lr", "momentum", "weight_decay", "server_beta1",
+                       "server_beta2", "server_tau"}
     assert float(hp["server_beta2"]) == pytest.approx(0.99)
 
 
