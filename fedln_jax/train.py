@@ -250,6 +250,21 @@ def is_writer() -> bool:
     return jax.process_index() == 0
 
 
+def agree_across_processes(block_cap: int, stopping: bool) -> tuple[int, bool]:
+    """The next block's length cap and whether to stop, the same in every process.
+
+    Each process times its own rounds and receives its own signals (a preempted TPU slice
+    signals its hosts at slightly different moments), but all must run the same number of
+    rounds per block and save and stop at the same round, or their collectives would wait on
+    each other forever: the smallest cap wins, and one process stopping stops them all.
+    """
+    if jax.process_count() == 1:
+        return block_cap, stopping
+    from jax.experimental import multihost_utils
+    votes = np.asarray(multihost_utils.process_allgather(np.array([block_cap, stopping], np.int32)))
+    return int(votes[:, 0].min()), bool(votes[:, 1].max())
+
+
 def _check_checkpoint_meta(meta: dict, config: Config, workdir: str) -> None:
     from fedln_jax import __version__
     if not isinstance(meta.get("config"), dict) or not isinstance(meta.get("progress"), dict):
@@ -394,10 +409,9 @@ def _train_loop(program: Program, files: list[RunFiles], state, stop: _StopSigna
                disable=quiet or not is_writer() or None, leave=False,
                desc=config.norm + (f"/seed{config.seed}" if runs == 1 else f" x{runs} runs"))
     done, seconds_per_round = start_round, None
+    cap = 1   # until a compiled round has been timed, run single rounds (the first compiles)
     while done < config.rounds and active:
         target = next(b for b in boundaries if b > done)
-        # Until a compiled round has been timed, run single rounds (the first one compiles).
-        cap = max(1, int(BLOCK_SECONDS / seconds_per_round)) if seconds_per_round else 1
         n = min(target - done, cap)
         t0 = time.perf_counter()
         state, loss_sum, bad_R = program.run_block(state, program.hparams, program.data,
@@ -432,19 +446,22 @@ def _train_loop(program: Program, files: list[RunFiles], state, stop: _StopSigna
             rounds_in_sum = 0
             row = files[active[0]].history[-1]
             bar.set_postfix(loss=f"{row['train_loss']:.3f}", acc=f"{row['test_accuracy']:.3f}")
-        if done in save_set or stop.signum is not None:
+        timed_cap = max(1, int(BLOCK_SECONDS / seconds_per_round)) if seconds_per_round else 1
+        cap, stopping = agree_across_processes(timed_cap, stop.signum is not None)
+        if done in save_set or stopping:
             for r in active:
                 files[r].save(program.take(state, r), done, float(losses_R[r]), rounds_in_sum)
-        if stop.signum is not None and done < config.rounds:
+        if stopping and done < config.rounds:
             bar.close()
-            name = signal.Signals(stop.signum).name
+            signum = stop.signum or signal.SIGTERM   # a process the signal did not reach
+            name = signal.Signals(signum).name
             for r in active:
                 files[r].summary = files[r].finish("interrupted", done, runs, interrupted_by=name)
             where = (files[0].root / "checkpoints" if runs == 1
                      else f"the checkpoints/ of its {runs} run workdirs")
             raise Interrupted(f"fedln-jax: stopped by {name} after round {done} of "
                               f"{config.rounds}; checkpoint saved in {where}; "
-                              f"run the same command again to resume", stop.signum, done)
+                              f"run the same command again to resume", signum, done)
     bar.close()
     for r in active:
         files[r].summary = files[r].finish("completed", done, runs)
