@@ -22,8 +22,7 @@ from tqdm.auto import tqdm
 from fedln_jax import checkpoint, engine
 from fedln_jax.config import Config, diff_keys
 from fedln_jax.errors import DivergedError, FedlnError, Interrupted
-from fedln_jax.experiment import (Experiment, build_experiment, evaluation_row, hparams_of,
-                                  initial_state, mesh_devices)
+from fedln_jax.experiment import Experiment, build_experiment, evaluation_row, mesh_devices
 from fedln_jax.program import Program, build_program, vectorizable_groups
 
 

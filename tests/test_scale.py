@@ -174,15 +174,19 @@ def test_a_signal_to_one_process_stops_both_at_the_same_round_then_both_resume(p
                       env={PAUSE_ENV: f"{pause}:{hooks}"} if pause else None))
 
     first = pair(pause="block:1:4")
-    deadline = time.time() + 300
-    while not (hooks / "paused_block_1").exists():
-        assert time.time() < deadline and first[1][0].poll() is None, "process 1 never paused"
-        time.sleep(0.1)
-    first[1][0].send_signal(signal.SIGTERM)
-    for proc, out, err, _ in first:
-        proc.wait(timeout=300)
-        err.seek(0)
-        assert proc.returncode == 128 + signal.SIGTERM, err.read()[-3000:]
+    try:
+        deadline = time.time() + 300
+        while not (hooks / "paused_block_1").exists():
+            assert time.time() < deadline and first[1][0].poll() is None, "process 1 never paused"
+            time.sleep(0.1)
+        first[1][0].send_signal(signal.SIGTERM)
+        for proc, out, err, _ in first:
+            proc.wait(timeout=300)   # a process waiting on its peer forever fails here
+            err.seek(0)
+            assert proc.returncode == 128 + signal.SIGTERM, err.read()[-3000:]
+    finally:
+        for proc, *_ in first:
+            proc.kill()
     with open(os.path.join(workdir, "summary.json")) as f:
         stopped = json.load(f)
     assert stopped["status"] == "interrupted" and stopped["rounds_completed"] == 1
