@@ -76,8 +76,10 @@ def plan(runs: list[tuple[str, Config]]) -> list[list[int]]:
 
 
 def run_sweep(workdir: str, config_file: str | None, items: list[str], *,
-              quiet: bool = False) -> list[dict]:
+              quiet: bool = False, max_runs_per_program: int | None = None) -> list[dict]:
     """Run (or resume) the grid; write results.csv, results.md and sweep.png. Returns rows."""
+    if max_runs_per_program is not None and max_runs_per_program < 1:
+        raise FedlnError(f"--max-runs-per-program must be >= 1, got {max_runs_per_program}")
     grid = parse_grid(items)
     # A key given one value is a plain override of the base, not a swept axis.
     fixed = {k: v[0] for k, v in grid.items() if len(v) == 1}
@@ -101,7 +103,8 @@ def run_sweep(workdir: str, config_file: str | None, items: list[str], *,
         picked = [todo[i] for i in members]
         log(f"sweep: program {g + 1}/{len(groups)}: {len(picked)} run(s) vectorized: "
             + ", ".join(runs[i][0] for i in picked))
-        run_group([runs[i][1] for i in picked], [dirs[i] for i in picked], quiet=quiet)
+        run_group([runs[i][1] for i in picked], [dirs[i] for i in picked], quiet=quiet,
+                  max_runs_per_program=max_runs_per_program)
     if not is_writer():   # the other processes of a multi-process sweep only compute
         return []
     rows = collect(runs, dirs, list(grid))

@@ -209,7 +209,8 @@ def run(config: Config, workdir: str, *, quiet: bool = False) -> dict:
     return summary
 
 
-def run_group(configs: list[Config], workdirs: list[str], *, quiet: bool = False) -> list[dict]:
+def run_group(configs: list[Config], workdirs: list[str], *, quiet: bool = False,
+              max_runs_per_program: int | None = None) -> list[dict]:
     """Train several experiments, each into its own workdir; returns their summaries in order.
 
     Runs that differ only in VALUE_KEYS (with equal array shapes, resuming from the same
@@ -218,7 +219,10 @@ def run_group(configs: list[Config], workdirs: list[str], *, quiet: bool = False
     input error surfaces before any workdir is written. A diverged run ends with status
     `diverged` while the others of its program go on; SIGTERM/SIGINT raise Interrupted after
     every unfinished run of the running program has saved a checkpoint.
+    max_runs_per_program bounds how many runs one program stacks (memory grows with it).
     """
+    if max_runs_per_program is not None and max_runs_per_program < 1:
+        raise FedlnError(f"max runs per program must be >= 1, got {max_runs_per_program}")
     if len(configs) != len(workdirs) or len(set(map(os.path.abspath, workdirs))) != len(workdirs):
         raise FedlnError("run_group needs one distinct workdir per config")
     experiments = [build_experiment(c) for c in configs]   # input errors surface here
@@ -227,7 +231,7 @@ def run_group(configs: list[Config], workdirs: list[str], *, quiet: bool = False
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
     summaries: list[dict | None] = [None] * len(configs)
     starts = [checkpoint.newest_step(w) for w in workdirs]
-    for members in vectorizable_groups(experiments, starts):
+    for members in vectorizable_groups(experiments, starts, max_runs_per_program):
         outs = train_program([experiments[i] for i in members], [workdirs[i] for i in members],
                              log, quiet)
         for i, summary in zip(members, outs):

@@ -133,3 +133,21 @@ def test_algorithm_hyperparameters_are_vectorized_and_equal_alone(tmp_path):
     assert abs(row["train_loss"] - alone_row["train_loss"]) < 1e-5
     assert abs(row["test_loss"] - alone_row["test_loss"]) < 1e-5
     assert abs(read_rows(dirs[0])[-1]["train_loss"] - alone_row["train_loss"]) > 1e-4   # mu matters
+
+
+def test_max_runs_per_program_cuts_a_group(tmp_path):
+    workdir = tmp_path / "sweep"
+    assert main(["sweep", "--workdir", str(workdir), "--quiet", "--max-runs-per-program", "2",
+                 *TINY, "seed=0,1,2"]) == 0
+    vectorized = [json.loads((workdir / "runs" / f"seed={s}" / "summary.json").read_text())
+                  ["runs_vectorized"] for s in (0, 1, 2)]
+    assert vectorized == [2, 2, 1]
+
+
+def test_max_runs_per_program_below_one_is_refused(tmp_path, capsys):
+    workdir = tmp_path / "sweep"
+    assert main(["sweep", "--workdir", str(workdir), "--max-runs-per-program", "0",
+                 *TINY, "seed=0,1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --max-runs-per-program must be >= 1, got 0"]
+    assert not workdir.exists()
