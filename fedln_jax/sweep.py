@@ -120,6 +120,8 @@ def collect(runs, dirs, keys: list[str]) -> list[dict]:
         row = {"run": name, **{k: getattr(config, k) for k in keys if k != "seed"},
                "seed": config.seed, "norm_of_run": config.norm,
                "final_test_accuracy": summary["final_test_accuracy"],
+               "mean_last3_test_accuracy": summary["mean_last3_test_accuracy"],
+               "rounds_completed": summary["rounds_completed"],
                "status": summary["status"]}
         rows.append(row)
     return rows
@@ -129,10 +131,12 @@ def write_results(workdir: str, rows: list[dict], keys: list[str]) -> None:
     swept = [k for k in keys if k != "seed"]
     with open(os.path.join(workdir, "results.csv"), "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["run", *swept, "seed", "final_test_accuracy", "status"])
+        writer.writerow(["run", *swept, "seed", "final_test_accuracy",
+                         "mean_last3_test_accuracy", "rounds_completed", "status"])
         for row in rows:
             writer.writerow([row["run"], *(row[k] for k in swept), row["seed"],
-                             row["final_test_accuracy"], row["status"]])
+                             row["final_test_accuracy"], row["mean_last3_test_accuracy"],
+                             row["rounds_completed"], row["status"]])
     with open(os.path.join(workdir, "results.md"), "w") as f:
         f.write(markdown_table(rows, swept) + "\n")
     plot_sweep(rows, swept, os.path.join(workdir, "sweep.png"))

@@ -54,11 +54,14 @@ def test_sweep_writes_run_workdirs_and_results(swept):
     with open(swept / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["run"] for r in rows] == [f"seed={s}_dirichlet_beta={b}" for s in (0, 1) for b in (0.3, 5.0)]
-    assert set(rows[0]) == {"run", "dirichlet_beta", "seed", "final_test_accuracy", "status"}
+    assert list(rows[0]) == ["run", "dirichlet_beta", "seed", "final_test_accuracy",
+                             "mean_last3_test_accuracy", "rounds_completed", "status"]
     assert {r["status"] for r in rows} == {"completed"}
     for row in rows:
         summary = json.loads((swept / "runs" / row["run"] / "summary.json").read_text())
         assert float(row["final_test_accuracy"]) == summary["final_test_accuracy"]
+        assert float(row["mean_last3_test_accuracy"]) == summary["mean_last3_test_accuracy"]
+        assert int(row["rounds_completed"]) == 2
     table = (swept / "results.md").read_text().splitlines()
     assert table[0].startswith("| dirichlet_beta |") and len(table) == 4   # header, rule, 2 betas
     accs = [float(r["final_test_accuracy"]) for r in rows if r["dirichlet_beta"] == "0.3"]
