@@ -389,7 +389,9 @@ def train_program(group: list[Experiment], workdirs: list[str], log, quiet: bool
         if s["status"] == "diverged":
             log(f"{f.workdir}: {diverged_message(f.exp.config, s)}")
         else:
-            log(f"done: {f.exp.config.norm}/seed{f.exp.config.seed} {s['rounds_completed']} rounds, "
+            name = (f"{f.exp.config.norm}/seed{f.exp.config.seed}" if runs == 1
+                    else os.path.basename(os.path.normpath(f.workdir)))
+            log(f"done: {name} {s['rounds_completed']} rounds, "
                 f"final test accuracy {s['final_test_accuracy']:.4f} ({s['wall_seconds']:.1f} s)")
     return summaries
 
