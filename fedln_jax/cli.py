@@ -26,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep_p.add_argument("--workdir", required=True)
     sweep_p.add_argument("--config", help="Python file defining get_config() (the grid's base)")
     sweep_p.add_argument("--quiet", action="store_true")
+    sweep_p.add_argument("--max-runs-per-program", type=int, metavar="R",
+                         help="stack at most R runs in one vectorized program (memory grows "
+                              "with R); default: all runs that can share one")
     sweep_p.add_argument("grid", nargs="*", metavar="KEY=V1,V2,...")
     for p in (run_p, sweep_p):
         group = p.add_argument_group("multi-host (see fedln_jax/distributed.py)")
@@ -102,7 +105,8 @@ def _dispatch(args) -> int:
                                auto=args.distributed)
     if args.command == "sweep":
         from fedln_jax.sweep import run_sweep
-        rows = run_sweep(args.workdir, args.config, args.grid, quiet=args.quiet)
+        rows = run_sweep(args.workdir, args.config, args.grid, quiet=args.quiet,
+                         max_runs_per_program=args.max_runs_per_program)
         if rows:   # only process 0 of a multi-process sweep collects the results
             diverged = sum(row["status"] == "diverged" for row in rows)
             print(f"{len(rows)} runs" + (f" ({diverged} diverged)" if diverged else "")

@@ -377,7 +377,10 @@ def make_round_fn(apply_fn: Callable, spec: RoundSpec,
         client_states = scatter_client_states(state.client_states, cohort_M, new_cstate_M)
         new_state = server_update(state, mean_params, mean_mstate,
                                   algorithm.server_tx(hparams), hparams["server_lr"])
-        return new_state._replace(client_states=client_states), {"train_loss": mean_loss}
+        # Only the cohort's client states changed: checking them (not all clients') keeps
+        # the divergence check's cost independent of num_clients.
+        return new_state._replace(client_states=client_states), {
+            "train_loss": mean_loss, "client_states_finite": all_finite(new_cstate_M)}
 
     return round_fn
 
@@ -418,7 +421,10 @@ def make_block_fn(round_fn: Callable, stop_at_nonfinite: bool = True) -> Callabl
             loss = metrics["train_loss"]
             bad_round = jnp.int32(-1)
             if stop_at_nonfinite:
-                finite = jnp.isfinite(loss) & all_finite((state.params, state.model_state))
+                # Client states too (the round reports its cohort's): FedBN's local layers or
+                # SCAFFOLD's variates can blow up while the averaged model stays finite.
+                finite = (jnp.isfinite(loss) & all_finite((state.params, state.model_state))
+                          & metrics.get("client_states_finite", True))
                 bad_round = jnp.where(finite, -1, state.round).astype(jnp.int32)
             return i + 1, state, loss_sum + loss, bad_round
 

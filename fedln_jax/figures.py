@@ -114,7 +114,7 @@ def format_table(table: list[dict], figure: dict) -> str:
     cell = {(t["series"], t["x"]): t for t in table}
     head = "| series | " + " | ".join(f"{xlabel}={x}" if x is not None else "accuracy"
                                        for x in xs) + " |"
-    lines = [f"mean over seeds of the last 3 evaluations (final evaluation in brackets)", "",
+    lines = ["mean over seeds of the last 3 evaluations (final evaluation in brackets)", "",
              head, "|" + "---|" * (len(xs) + 1)]
     for s in series:
         vals = [cell.get((s, x)) for x in xs]

@@ -69,29 +69,16 @@ def comparison_configs(config_path: str, norms=NORMS, overrides=()) -> dict[str,
     return {norm: build_config(config_path, [*overrides, f"norm={norm}"]) for norm in norms}
 
 
-def _finished_summary(run_dir: str, config: Config) -> dict | None:
-    """The summary of a run already completed in run_dir with this exact config, else None."""
-    root = _path(run_dir)
-    try:
-        previous = json.loads((root / "config.json").read_text())
-        summary = json.loads((root / "summary.json").read_text())
-    except (OSError, ValueError):
-        return None
-    done = (previous == config.to_dict() and summary.get("status", "completed") == "completed"
-            and summary.get("rounds_completed") == config.rounds)
-    return summary if done else None
-
-
 def run_comparison(config_path: str, workdir: str, *, norms=NORMS, overrides=(),
                    quiet: bool = False) -> dict[str, dict]:
     """Run every normalizer's experiment in workdir/<norm>, finished ones skipped; returns
     norm -> summary.  Interrupted runs resume from their latest checkpoint (train.run)."""
-    from fedln_jax.train import run
+    from fedln_jax.train import finished_summary, run
 
     summaries = {}
     for norm, config in comparison_configs(config_path, norms, overrides).items():
         run_dir = str(_path(workdir) / norm)
-        summary = _finished_summary(run_dir, config)
+        summary = finished_summary(run_dir, config)
         if summary is None:
             summary = run(config, run_dir, quiet=quiet)
         summaries[norm] = summary

@@ -37,14 +37,17 @@ def program_key(config: Config) -> str:
     return json.dumps(fields, sort_keys=True)
 
 
-def vectorizable_groups(experiments: list[Experiment], resume_rounds: list[int]) -> list[list[int]]:
+def vectorizable_groups(experiments: list[Experiment], resume_rounds: list[int],
+                        max_runs: int | None = None) -> list[list[int]]:
     """Indices of the experiments grouped by program key, array shapes and the round they
-    resume from (runs of one program advance in lockstep); order kept."""
+    resume from (runs of one program advance in lockstep); order kept. A group larger than
+    max_runs is cut into consecutive programs of at most max_runs (memory grows with R)."""
     groups: dict[tuple, list[int]] = {}
     for i, (exp, start) in enumerate(zip(experiments, resume_rounds)):
         shapes = (exp.data.x.shape, exp.data.idx_C.shape[0], exp.x_test.shape, exp.num_classes)
         groups.setdefault((program_key(exp.config), shapes, start), []).append(i)
-    return list(groups.values())
+    size = max_runs or max(map(len, groups.values()), default=1)
+    return [g[k:k + size] for g in groups.values() for k in range(0, len(g), size)]
 
 
 class Program(NamedTuple):

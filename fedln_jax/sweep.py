@@ -77,8 +77,10 @@ def plan(runs: list[tuple[str, Config]]) -> list[list[int]]:
 
 
 def run_sweep(workdir: str, config_file: str | None, items: list[str], *,
-              quiet: bool = False) -> list[dict]:
+              quiet: bool = False, max_runs_per_program: int | None = None) -> list[dict]:
     """Run (or resume) the grid; write results.csv, results.md and sweep.png. Returns rows."""
+    if max_runs_per_program is not None and max_runs_per_program < 1:
+        raise FedlnError(f"--max-runs-per-program must be >= 1, got {max_runs_per_program}")
     grid = parse_grid(items)
     # A key given one value is a plain override of the base, not a swept axis.
     fixed = {k: v[0] for k, v in grid.items() if len(v) == 1}
@@ -102,7 +104,8 @@ def run_sweep(workdir: str, config_file: str | None, items: list[str], *,
         picked = [todo[i] for i in members]
         log(f"sweep: program {g + 1}/{len(groups)}: {len(picked)} run(s) vectorized: "
             + ", ".join(runs[i][0] for i in picked))
-        run_group([runs[i][1] for i in picked], [dirs[i] for i in picked], quiet=quiet)
+        run_group([runs[i][1] for i in picked], [dirs[i] for i in picked], quiet=quiet,
+                  max_runs_per_program=max_runs_per_program)
     if not is_writer():   # the other processes of a multi-process sweep only compute
         return []
     rows = collect(runs, dirs, list(grid))
@@ -118,6 +121,8 @@ def collect(runs, dirs, keys: list[str]) -> list[dict]:
         row = {"run": name, **{k: getattr(config, k) for k in keys if k != "seed"},
                "seed": config.seed, "norm_of_run": config.norm,
                "final_test_accuracy": summary["final_test_accuracy"],
+               "mean_last3_test_accuracy": summary["mean_last3_test_accuracy"],
+               "rounds_completed": summary["rounds_completed"],
                "status": summary["status"]}
         rows.append(row)
     return rows
@@ -127,10 +132,12 @@ def write_results(workdir: str, rows: list[dict], keys: list[str]) -> None:
     swept = [k for k in keys if k != "seed"]
     with open(os.path.join(workdir, "results.csv"), "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["run", *swept, "seed", "final_test_accuracy", "status"])
+        writer.writerow(["run", *swept, "seed", "final_test_accuracy",
+                         "mean_last3_test_accuracy", "rounds_completed", "status"])
         for row in rows:
             writer.writerow([row["run"], *(row[k] for k in swept), row["seed"],
-                             row["final_test_accuracy"], row["status"]])
+                             row["final_test_accuracy"], row["mean_last3_test_accuracy"],
+                             row["rounds_completed"], row["status"]])
     with open(os.path.join(workdir, "results.md"), "w") as f:
         f.write(markdown_table(rows, swept) + "\n")
     plot_sweep(rows, swept, os.path.join(workdir, "sweep.png"))

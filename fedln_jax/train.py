@@ -22,8 +22,7 @@ from tqdm.auto import tqdm
 from fedln_jax import checkpoint, engine
 from fedln_jax.config import Config, diff_keys
 from fedln_jax.errors import DivergedError, FedlnError, Interrupted
-from fedln_jax.experiment import (Experiment, build_experiment, evaluation_row, hparams_of,
-                                  initial_state, mesh_devices)
+from fedln_jax.experiment import Experiment, build_experiment, evaluation_row, mesh_devices
 from fedln_jax.program import Program, build_program, vectorizable_groups
 
 
@@ -210,7 +209,8 @@ def run(config: Config, workdir: str, *, quiet: bool = False) -> dict:
     return summary
 
 
-def run_group(configs: list[Config], workdirs: list[str], *, quiet: bool = False) -> list[dict]:
+def run_group(configs: list[Config], workdirs: list[str], *, quiet: bool = False,
+              max_runs_per_program: int | None = None) -> list[dict]:
     """Train several experiments, each into its own workdir; returns their summaries in order.
 
     Runs that differ only in VALUE_KEYS (with equal array shapes, resuming from the same
@@ -219,7 +219,10 @@ def run_group(configs: list[Config], workdirs: list[str], *, quiet: bool = False
     input error surfaces before any workdir is written. A diverged run ends with status
     `diverged` while the others of its program go on; SIGTERM/SIGINT raise Interrupted after
     every unfinished run of the running program has saved a checkpoint.
+    max_runs_per_program bounds how many runs one program stacks (memory grows with it).
     """
+    if max_runs_per_program is not None and max_runs_per_program < 1:
+        raise FedlnError(f"max runs per program must be >= 1, got {max_runs_per_program}")
     if len(configs) != len(workdirs) or len(set(map(os.path.abspath, workdirs))) != len(workdirs):
         raise FedlnError("run_group needs one distinct workdir per config")
     experiments = [build_experiment(c) for c in configs]   # input errors surface here
@@ -228,7 +231,7 @@ def run_group(configs: list[Config], workdirs: list[str], *, quiet: bool = False
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
     summaries: list[dict | None] = [None] * len(configs)
     starts = [checkpoint.newest_step(w) for w in workdirs]
-    for members in vectorizable_groups(experiments, starts):
+    for members in vectorizable_groups(experiments, starts, max_runs_per_program):
         outs = train_program([experiments[i] for i in members], [workdirs[i] for i in members],
                              log, quiet)
         for i, summary in zip(members, outs):
@@ -248,6 +251,21 @@ def is_writer() -> bool:
     """In a multi-process run every process computes the same numbers; process 0 writes the
     JSON files (orbax coordinates the checkpoint writes of all processes itself)."""
     return jax.process_index() == 0
+
+
+def agree_across_processes(block_cap: int, stopping: bool) -> tuple[int, bool]:
+    """The next block's length cap and whether to stop, the same in every process.
+
+    Each process times its own rounds and receives its own signals (a preempted TPU slice
+    signals its hosts at slightly different moments), but all must run the same number of
+    rounds per block and save and stop at the same round, or their collectives would wait on
+    each other forever: the smallest cap wins, and one process stopping stops them all.
+    """
+    if jax.process_count() == 1:
+        return block_cap, stopping
+    from jax.experimental import multihost_utils
+    votes = np.asarray(multihost_utils.process_allgather(np.array([block_cap, stopping], np.int32)))
+    return int(votes[:, 0].min()), bool(votes[:, 1].max())
 
 
 def _check_checkpoint_meta(meta: dict, config: Config, workdir: str) -> None:
@@ -371,7 +389,9 @@ def train_program(group: list[Experiment], workdirs: list[str], log, quiet: bool
         if s["status"] == "diverged":
             log(f"{f.workdir}: {diverged_message(f.exp.config, s)}")
         else:
-            log(f"done: {f.exp.config.norm}/seed{f.exp.config.seed} {s['rounds_completed']} rounds, "
+            name = (f"{f.exp.config.norm}/seed{f.exp.config.seed}" if runs == 1
+                    else os.path.basename(os.path.normpath(f.workdir)))
+            log(f"done: {name} {s['rounds_completed']} rounds, "
                 f"final test accuracy {s['final_test_accuracy']:.4f} ({s['wall_seconds']:.1f} s)")
     return summaries
 
@@ -394,10 +414,9 @@ def _train_loop(program: Program, files: list[RunFiles], state, stop: _StopSigna
                disable=quiet or not is_writer() or None, leave=False,
                desc=config.norm + (f"/seed{config.seed}" if runs == 1 else f" x{runs} runs"))
     done, seconds_per_round = start_round, None
+    cap = 1   # until a compiled round has been timed, run single rounds (the first compiles)
     while done < config.rounds and active:
         target = next(b for b in boundaries if b > done)
-        # Until a compiled round has been timed, run single rounds (the first one compiles).
-        cap = max(1, int(BLOCK_SECONDS / seconds_per_round)) if seconds_per_round else 1
         n = min(target - done, cap)
         t0 = time.perf_counter()
         state, loss_sum, bad_R = program.run_block(state, program.hparams, program.data,
@@ -432,19 +451,22 @@ def _train_loop(program: Program, files: list[RunFiles], state, stop: _StopSigna
             rounds_in_sum = 0
             row = files[active[0]].history[-1]
             bar.set_postfix(loss=f"{row['train_loss']:.3f}", acc=f"{row['test_accuracy']:.3f}")
-        if done in save_set or stop.signum is not None:
+        timed_cap = max(1, int(BLOCK_SECONDS / seconds_per_round)) if seconds_per_round else 1
+        cap, stopping = agree_across_processes(timed_cap, stop.signum is not None)
+        if done in save_set or stopping:
             for r in active:
                 files[r].save(program.take(state, r), done, float(losses_R[r]), rounds_in_sum)
-        if stop.signum is not None and done < config.rounds:
+        if stopping and done < config.rounds:
             bar.close()
-            name = signal.Signals(stop.signum).name
+            signum = stop.signum or signal.SIGTERM   # a process the signal did not reach
+            name = signal.Signals(signum).name
             for r in active:
                 files[r].summary = files[r].finish("interrupted", done, runs, interrupted_by=name)
             where = (files[0].root / "checkpoints" if runs == 1
                      else f"the checkpoints/ of its {runs} run workdirs")
             raise Interrupted(f"fedln-jax: stopped by {name} after round {done} of "
                               f"{config.rounds}; checkpoint saved in {where}; "
-                              f"run the same command again to resume", stop.signum, done)
+                              f"run the same command again to resume", signum, done)
     bar.close()
     for r in active:
         files[r].summary = files[r].finish("completed", done, runs)

@@ -12,7 +12,6 @@ import pytest
 from fedln_jax import analysis, engine, experiment, train
 from fedln_jax.cli import main
 from fedln_jax.config import Config
-from fedln_jax.errors import FedlnError
 
 
 def test_feature_norm_per_class():

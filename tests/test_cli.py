@@ -1,6 +1,5 @@
 """End to end through the command line, and bad input: one `error:` line, exit 2, workdir untouched."""
 import json
-import os
 import shutil
 import subprocess
 import sys

@@ -229,3 +229,36 @@ def test_local_sgd_values_come_from_hparams_else_the_spec():
         **hand_built, "momentum": jnp.float32(0.5), "weight_decay": jnp.float32(1e-2)})
     assert max_diff(from_spec, from_hparams) < 1e-6
     assert max_diff(from_spec, one_round(exp, exp.spec, hand_built)) > 1e-4
+
+
+def test_block_stops_at_the_first_round_with_a_non_finite_client_state():
+    """FedBN's local layers or SCAFFOLD's variates can blow up while the averaged model stays
+    finite: the divergence stop reads the round's report on its cohort's client states too
+    (and the loss, params, model state)."""
+    def fake_round(state, hparams, data):
+        blown = state.round + 1 >= data   # from this round on, a client state is NaN
+        client = jnp.where(blown, jnp.nan, 0.0) * jnp.ones(3)
+        return state._replace(round=state.round + 1, client_states={"c": client}), \
+            {"train_loss": jnp.float32(1.0), "client_states_finite": engine.all_finite(client)}
+
+    state = engine.ServerState(params={"w": jnp.ones(2)}, model_state={}, opt_state=(),
+                               client_states={"c": jnp.zeros(3)}, round=jnp.int32(0),
+                               key=jnp.zeros(2, jnp.uint32))
+    run_block = jax.jit(engine.make_block_fn(fake_round))
+    out, loss_sum, bad = run_block(state, {}, jnp.int32(3), jnp.int32(10), jnp.float32(0))
+    assert int(bad) == 3 and int(out.round) == 3 and float(loss_sum) == 3.0
+    out, loss_sum, bad = run_block(state, {}, jnp.int32(99), jnp.int32(10), jnp.float32(0))
+    assert int(bad) == -1 and int(out.round) == 10
+    stops_not = jax.jit(engine.make_block_fn(fake_round, stop_at_nonfinite=False))
+    assert int(stops_not(state, {}, jnp.int32(3), jnp.int32(10), jnp.float32(0))[0].round) == 10
+
+
+def test_round_reports_whether_its_cohorts_client_states_are_finite():
+    exp = build_experiment(tiny_config(algorithm="scaffold"))
+    round_fn = jax.jit(engine.make_round_fn(exp.apply_fn, exp.spec, exp.algorithm))
+    state = initial_state(exp)
+    _, metrics = round_fn(state, hparams_of(exp.config), exp.data)
+    assert bool(metrics["client_states_finite"])
+    poisoned = jax.tree.map(lambda c: c.at[:].set(jnp.nan), state.client_states)
+    _, metrics = round_fn(state._replace(client_states=poisoned), hparams_of(exp.config), exp.data)
+    assert not bool(metrics["client_states_finite"])

@@ -5,10 +5,12 @@ tests/scale_probe.py runs `fedln-jax run|sweep` in subprocesses; the test compar
 metrics and the final checkpoints of the workdirs they leave."""
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 
 import numpy as np
 import pytest
@@ -29,12 +31,13 @@ def probe_env(devices):
     return env
 
 
-def start(devices, workdir, *args):
+def start(devices, workdir, *args, env=None):
     # Output goes to files, not pipes: a pipe nobody reads yet can fill and block a process
     # that its peer is waiting for.
     out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
     proc = subprocess.Popen([sys.executable, PROBE, "--workdir", str(workdir), *args],
-                            env=probe_env(devices), stdout=out, stderr=err, text=True)
+                            env={**probe_env(devices), **(env or {})}, stdout=out, stderr=err,
+                            text=True)
     return proc, out, err, workdir
 
 
@@ -153,6 +156,46 @@ def test_two_process_vectorized_sweep_equals_one_process_run(probes):
         assert json.load(f)["runs_vectorized"] == 2
     assert_same_run(probes["one"]["workdir"], os.path.join(runs, "seed=0"))
     assert os.path.exists(os.path.join(p0["workdir"], "results.csv"))
+
+
+def test_a_signal_to_one_process_stops_both_at_the_same_round_then_both_resume(probes, tmp_path):
+    """Preemption reaches the hosts of a slice at different moments. Process 1 alone gets
+    SIGTERM (while it is held after round 1, so process 0 is already waiting on it): both
+    agree to save round 1 and exit 143, instead of one saving while the other waits in the
+    next round's collectives forever. Re-running both ends as the one-process run."""
+    from fedln_jax.checkpoint import PAUSE_ENV
+    workdir, hooks = tmp_path / "w", tmp_path / "hooks"
+    hooks.mkdir()
+
+    def pair(pause=None):
+        c = ["--coordinator", f"localhost:{free_port()}", "--num-processes", "2"]
+        return (start(1, workdir, *c, "--process-id", "0"),
+                start(1, workdir, *c, "--process-id", "1",
+                      env={PAUSE_ENV: f"{pause}:{hooks}"} if pause else None))
+
+    first = pair(pause="block:1:4")
+    try:
+        deadline = time.time() + 300
+        while not (hooks / "paused_block_1").exists():
+            assert time.time() < deadline and first[1][0].poll() is None, "process 1 never paused"
+            time.sleep(0.1)
+        first[1][0].send_signal(signal.SIGTERM)
+        for proc, out, err, _ in first:
+            proc.wait(timeout=300)   # a process waiting on its peer forever fails here
+            err.seek(0)
+            assert proc.returncode == 128 + signal.SIGTERM, err.read()[-3000:]
+    finally:
+        for proc, *_ in first:
+            proc.kill()
+    with open(os.path.join(workdir, "summary.json")) as f:
+        stopped = json.load(f)
+    assert stopped["status"] == "interrupted" and stopped["rounds_completed"] == 1
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["1"]
+    second = [result(p) for p in pair()]
+    assert second[0]["processes"] == 2
+    with open(os.path.join(workdir, "summary.json")) as f:
+        assert json.load(f)["resumed_from_round"] == 1
+    assert_same_run(probes["one"]["workdir"], str(workdir))
 
 
 @pytest.mark.parametrize("overrides, fragment", [

@@ -54,11 +54,14 @@ def test_sweep_writes_run_workdirs_and_results(swept):
     with open(swept / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["run"] for r in rows] == [f"seed={s}_dirichlet_beta={b}" for s in (0, 1) for b in (0.3, 5.0)]
-    assert set(rows[0]) == {"run", "dirichlet_beta", "seed", "final_test_accuracy", "status"}
+    assert list(rows[0]) == ["run", "dirichlet_beta", "seed", "final_test_accuracy",
+                             "mean_last3_test_accuracy", "rounds_completed", "status"]
     assert {r["status"] for r in rows} == {"completed"}
     for row in rows:
         summary = json.loads((swept / "runs" / row["run"] / "summary.json").read_text())
         assert float(row["final_test_accuracy"]) == summary["final_test_accuracy"]
+        assert float(row["mean_last3_test_accuracy"]) == summary["mean_last3_test_accuracy"]
+        assert int(row["rounds_completed"]) == 2
     table = (swept / "results.md").read_text().splitlines()
     assert table[0].startswith("| dirichlet_beta |") and len(table) == 4   # header, rule, 2 betas
     accs = [float(r["final_test_accuracy"]) for r in rows if r["dirichlet_beta"] == "0.3"]
@@ -154,3 +157,21 @@ def test_local_optimizer_values_are_vectorized_and_equal_alone(tmp_path, grid):
                 assert abs(a[key] - b[key]) < 1e-5, (name, key, a, b)
     last = [read_rows(d)[-1]["train_loss"] for d in dirs]
     assert abs(last[0] - last[1]) > 1e-6, "the swept value should change the run"
+
+
+def test_max_runs_per_program_cuts_a_group(tmp_path):
+    workdir = tmp_path / "sweep"
+    assert main(["sweep", "--workdir", str(workdir), "--quiet", "--max-runs-per-program", "2",
+                 *TINY, "seed=0,1,2"]) == 0
+    vectorized = [json.loads((workdir / "runs" / f"seed={s}" / "summary.json").read_text())
+                  ["runs_vectorized"] for s in (0, 1, 2)]
+    assert vectorized == [2, 2, 1]
+
+
+def test_max_runs_per_program_below_one_is_refused(tmp_path, capsys):
+    workdir = tmp_path / "sweep"
+    assert main(["sweep", "--workdir", str(workdir), "--max-runs-per-program", "0",
+                 *TINY, "seed=0,1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --max-runs-per-program must be >= 1, got 0"]
+    assert not workdir.exists()
