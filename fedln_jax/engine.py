@@ -65,9 +65,9 @@ class RoundSpec(NamedTuple):
     pixel_scale: float
     chunk_size: int           # clients vmapped together on one device
     # Local SGD. Both are values a run reads from hparams ('momentum', 'weight_decay'); the
-    # spec's are the fallback when hparams lacks them. momentum is also structure: > 0 builds
-    # a momentum trace, so a program serving several runs holds their largest momentum (a
-    # trace of decay 0 is plain SGD).
+    # spec's are the fallback when hparams lacks them. Both are also structure: > 0 builds a
+    # momentum trace / a weight decay step, so a program serving several runs holds their
+    # largest values (a trace of decay 0 and a weight decay of 0 are plain SGD).
     momentum: float
     weight_decay: float
     augment: str = "none"     # data.augment mode applied to training batches on the device
@@ -162,8 +162,8 @@ def make_client_update(apply_fn: Callable, spec: RoundSpec, algorithm: Algorithm
       client_update(params, model_state, x_SB, y_SB, lr, ctx=None, momentum=None,
       weight_decay=None) -> (params, model_state, mean_loss). x_SB is float32 [S, B, H, W, C];
       y_SB int32 [S, B]; ctx the ClientContext (needed by every algorithm but FedAvg);
-      momentum / weight_decay scalars (default: the spec's), momentum used only when
-      spec.momentum > 0.
+      momentum / weight_decay scalars (default: the spec's), used only when the spec's
+      momentum / weight_decay is > 0.
     """
     algorithm = as_algorithm(algorithm)
 
@@ -180,7 +180,8 @@ def make_client_update(apply_fn: Callable, spec: RoundSpec, algorithm: Algorithm
         momentum = spec.momentum if momentum is None else momentum
         weight_decay = spec.weight_decay if weight_decay is None else weight_decay
         tx = optax.chain(algorithm.client_tx(ctx),
-                         local_sgd(lr, momentum, weight_decay, with_trace=spec.momentum > 0))
+                         local_sgd(lr, momentum, weight_decay, with_trace=spec.momentum > 0,
+                                   with_decay=spec.weight_decay > 0))
         opt_state = tx.init(params)
 
         def step(carry, batch):
@@ -197,14 +198,17 @@ def make_client_update(apply_fn: Callable, spec: RoundSpec, algorithm: Algorithm
     return client_update
 
 
-def local_sgd(lr, momentum, weight_decay, with_trace: bool) -> optax.GradientTransformation:
-    """The client optimizer: weight decay, then SGD with a momentum trace when with_trace.
+def local_sgd(lr, momentum, weight_decay, with_trace: bool,
+              with_decay: bool) -> optax.GradientTransformation:
+    """The client optimizer: weight decay (when with_decay), then SGD with a momentum trace
+    (when with_trace).
 
-    A trace of decay 0 is exactly plain SGD (t = g + 0 * t), so runs with momentum 0 and > 0
-    can share one program that has the trace.
+    A trace of decay 0 is exactly plain SGD (t = g + 0 * t), and a decay of 0 adds 0 * p, so
+    runs with values 0 and > 0 can share one program that has the trace and the decay; a
+    program whose runs all have 0 leaves both out (no work per step).
     """
-    return optax.chain(optax.add_decayed_weights(weight_decay),
-                       optax.sgd(lr, momentum=momentum if with_trace else None))
+    decay = optax.add_decayed_weights(weight_decay) if with_decay else optax.identity()
+    return optax.chain(decay, optax.sgd(lr, momentum=momentum if with_trace else None))
 
 
 def make_client_round(apply_fn: Callable, spec: RoundSpec, algorithm: Algorithm) -> Callable:

@@ -111,14 +111,14 @@ def build_program(group: list[Experiment], mesh) -> Program:
 def group_spec(group: list[Experiment]) -> engine.RoundSpec:
     """One RoundSpec for the group, whose specs must agree in shapes and code.
 
-    max_epochs and momentum take the group's maximum: extra shuffles a client never reaches
-    change nothing, and a momentum trace serves every run (a run with momentum 0 reads decay 0
-    from its hparams: plain SGD). weight_decay is each run's hparams value; the first run's
-    stays in the spec only as the fallback.
+    max_epochs, momentum and weight_decay take the group's maximum: extra shuffles a client
+    never reaches change nothing, and a momentum trace or a weight decay, built when any run
+    needs one, serves every run (each reads its own value from its hparams; 0 is plain SGD).
     """
     specs = [exp.spec for exp in group]
     spec = specs[0]._replace(max_epochs=max(s.max_epochs for s in specs),
-                             momentum=max(s.momentum for s in specs))
+                             momentum=max(s.momentum for s in specs),
+                             weight_decay=max(s.weight_decay for s in specs))
     for other in specs:
         if structure(other) != structure(spec):
             raise ValueError(f"runs of one program differ in shapes: {other} vs {spec}")

@@ -210,14 +210,18 @@ def one_round(exp, spec, hparams):
     return round_fn(initial_state(exp), hparams, exp.data)[0].params
 
 
-def test_momentum_zero_through_a_trace_is_bit_identical_to_no_trace():
+def test_zero_momentum_and_decay_through_the_trace_and_decay_steps_are_bit_identical():
+    """A program holding runs with momentum / weight_decay 0 and > 0 builds the trace and the
+    decay step for all; a run with 0 must then be plain SGD, to the bit."""
     config = tiny_config(norm="ln", local_steps=4, lr=0.1)
     exp = build_experiment(config)
     hp = hparams_of(config)
-    assert exp.spec.momentum == 0.0 and float(hp["momentum"]) == 0.0
-    no_trace = one_round(exp, exp.spec, hp)
-    traced = one_round(exp, exp.spec._replace(momentum=0.9), hp)    # trace of decay 0
-    assert max_diff(no_trace, traced) == 0.0
+    assert exp.spec.momentum == exp.spec.weight_decay == 0.0
+    assert float(hp["momentum"]) == float(hp["weight_decay"]) == 0.0
+    plain = one_round(exp, exp.spec, hp)
+    traced = one_round(exp, exp.spec._replace(momentum=0.9), hp)        # trace of decay 0
+    decayed = one_round(exp, exp.spec._replace(weight_decay=0.1), hp)   # decay step of 0
+    assert max_diff(plain, traced) == 0.0 and max_diff(plain, decayed) == 0.0
 
 
 def test_local_sgd_values_come_from_hparams_else_the_spec():
@@ -225,7 +229,8 @@ def test_local_sgd_values_come_from_hparams_else_the_spec():
     hand_built = {"lr": jnp.float32(0.1), "server_lr": jnp.float32(1.0)}
     spec = exp.spec._replace(momentum=0.5, weight_decay=1e-2)
     from_spec = one_round(exp, spec, hand_built)
-    from_hparams = one_round(exp, spec._replace(momentum=0.9, weight_decay=0.0), {
+    # The spec's values > 0 only ask for the trace and the decay step; hparams' values win.
+    from_hparams = one_round(exp, spec._replace(momentum=0.9, weight_decay=1.0), {
         **hand_built, "momentum": jnp.float32(0.5), "weight_decay": jnp.float32(1e-2)})
     assert max_diff(from_spec, from_hparams) < 1e-6
     assert max_diff(from_spec, one_round(exp, exp.spec, hand_built)) > 1e-4
