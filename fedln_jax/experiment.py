@@ -2,6 +2,7 @@
 the pure functions a training loop calls on it (initial state, hyperparameters, evaluation)."""
 from __future__ import annotations
 
+import hashlib
 from typing import Any, NamedTuple
 
 import jax
@@ -72,6 +73,25 @@ def build_experiment(config: Config) -> Experiment:
         num_classes=dataset.num_classes, counts_CK=counts_CK,
         test_weights_CK=client_test_weights(counts_CK),
         algorithm=get_algorithm(config.algorithm))
+
+
+def build_experiments(configs: list[Config]) -> list[Experiment]:
+    """build_experiment for each config, where experiments with equal images or labels share
+    one device array: a sweep over lr (or over seeds of a dataset with an official split)
+    would otherwise hold one copy of the dataset per run on the device while it trains."""
+    seen: dict[tuple, jax.Array] = {}
+
+    def shared(array):
+        host = np.asarray(array)
+        key = (host.shape, host.dtype.str, hashlib.blake2b(host.tobytes(), digest_size=16).digest())
+        return seen.setdefault(key, array)
+
+    built = []
+    for config in configs:
+        exp = build_experiment(config)
+        data = exp.data._replace(x=shared(exp.data.x), y=shared(exp.data.y))
+        built.append(exp._replace(data=data, x_test=shared(exp.x_test), y_test=shared(exp.y_test)))
+    return built
 
 
 def mesh_devices(config: Config) -> list:

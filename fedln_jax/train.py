@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from fedln_jax import checkpoint, engine
 from fedln_jax.config import Config, diff_keys
 from fedln_jax.errors import DivergedError, FedlnError, Interrupted
-from fedln_jax.experiment import Experiment, build_experiment, evaluation_row, mesh_devices
+from fedln_jax.experiment import Experiment, build_experiments, evaluation_row, mesh_devices
 from fedln_jax.program import Program, build_program, vectorizable_groups
 
 
@@ -225,7 +225,7 @@ def run_group(configs: list[Config], workdirs: list[str], *, quiet: bool = False
         raise FedlnError(f"max runs per program must be >= 1, got {max_runs_per_program}")
     if len(configs) != len(workdirs) or len(set(map(os.path.abspath, workdirs))) != len(workdirs):
         raise FedlnError("run_group needs one distinct workdir per config")
-    experiments = [build_experiment(c) for c in configs]   # input errors surface here
+    experiments = build_experiments(configs)   # input errors surface here
     for config, workdir in zip(configs, workdirs):
         check_workdir(workdir, config)
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))

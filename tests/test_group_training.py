@@ -160,3 +160,15 @@ def test_analyze_reads_a_run_of_a_vectorized_sweep(reference, capsys):
     run_dir = os.path.join(reference, "runs", "seed=0")
     assert main(["analyze", "--workdir", run_dir, "--no-figures", "--steps", "1"]) == 0
     assert "global accuracy" in capsys.readouterr().out
+
+
+def test_runs_with_equal_data_share_one_device_array():
+    """An lr sweep holds the dataset once on the device, not once per run; runs whose data
+    differ (synthetic data depends on the seed) keep their own."""
+    from fedln_jax.experiment import build_experiments
+    lr_sweep = build_experiments([Config(**TINY).validate(), Config(**{**TINY, "lr": 0.1}).validate()])
+    assert lr_sweep[1].data.x is lr_sweep[0].data.x and lr_sweep[1].x_test is lr_sweep[0].x_test
+    assert lr_sweep[1].data.y is lr_sweep[0].data.y and lr_sweep[1].y_test is lr_sweep[0].y_test
+    seeds = build_experiments([Config(**TINY).validate(), Config(**{**TINY, "seed": 1}).validate()])
+    assert seeds[1].data.x is not seeds[0].data.x
+    assert not (seeds[1].data.x == seeds[0].data.x).all()
