@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep_p.add_argument("--workdir", required=True)
     sweep_p.add_argument("--config", help="Python file defining get_config() (the grid's base)")
     sweep_p.add_argument("--quiet", action="store_true")
+    sweep_p.add_argument("--dry-run", action="store_true",
+                         help="check that every run can be built, print the programs, write nothing")
     sweep_p.add_argument("--max-runs-per-program", type=int, metavar="R",
                          help="stack at most R runs in one vectorized program (memory grows "
                               "with R); default: all runs that can share one")
@@ -106,9 +108,11 @@ def _dispatch(args) -> int:
     if args.command == "sweep":
         from fedln_jax.sweep import run_sweep
         rows = run_sweep(args.workdir, args.config, args.grid, quiet=args.quiet,
-                         max_runs_per_program=args.max_runs_per_program)
+                         max_runs_per_program=args.max_runs_per_program, dry_run=args.dry_run)
         if rows:   # only process 0 of a multi-process sweep collects the results
             diverged = sum(row["status"] == "diverged" for row in rows)
+            with open(os.path.join(args.workdir, "results.md")) as f:
+                print(f.read().rstrip())
             print(f"{len(rows)} runs" + (f" ({diverged} diverged)" if diverged else "")
                   + f"; wrote results.csv, results.md, sweep.png in {args.workdir}")
         return 0

@@ -77,8 +77,13 @@ def plan(runs: list[tuple[str, Config]]) -> list[list[int]]:
 
 
 def run_sweep(workdir: str, config_file: str | None, items: list[str], *,
-              quiet: bool = False, max_runs_per_program: int | None = None) -> list[dict]:
-    """Run (or resume) the grid; write results.csv, results.md and sweep.png. Returns rows."""
+              quiet: bool = False, max_runs_per_program: int | None = None,
+              dry_run: bool = False) -> list[dict]:
+    """Run (or resume) the grid; write results.csv, results.md and sweep.png. Returns rows.
+
+    dry_run: build every run's experiment (data, partition, model: what can fail), print the
+    programs the sweep would run, and stop without writing anything.
+    """
     if max_runs_per_program is not None and max_runs_per_program < 1:
         raise FedlnError(f"--max-runs-per-program must be >= 1, got {max_runs_per_program}")
     grid = parse_grid(items)
@@ -95,6 +100,9 @@ def run_sweep(workdir: str, config_file: str | None, items: list[str], *,
     groups = plan([runs[i] for i in todo])
     log(f"sweep: {len(runs)} runs, {len(runs) - len(todo)} already complete, "
         f"{len(todo)} to run as {len(groups)} program(s)")
+    if dry_run:
+        print(describe_plan(runs, todo, groups, max_runs_per_program))
+        return []
     if is_writer():
         os.makedirs(workdir, exist_ok=True)
         write_json(os.path.join(workdir, "sweep.json"), {
@@ -111,6 +119,22 @@ def run_sweep(workdir: str, config_file: str | None, items: list[str], *,
     rows = collect(runs, dirs, list(grid))
     write_results(workdir, rows, list(grid))
     return rows
+
+
+def describe_plan(runs, todo: list[int], groups: list[list[int]],
+                  max_runs: int | None) -> str:
+    """The programs of a sweep, one line each, after checking that every run can be built."""
+    from fedln_jax.experiment import build_experiment
+    for i in todo:
+        build_experiment(runs[i][1])   # impossible partitions, missing data, bad norm specs
+    lines = []
+    for g, members in enumerate(groups):
+        names = [runs[todo[i]][0] for i in members]
+        size = max_runs or len(names)
+        for k in range(0, len(names), size):
+            part = names[k:k + size]
+            lines.append(f"program {len(lines) + 1}: {len(part)} run(s): {', '.join(part)}")
+    return "\n".join(lines + [f"dry run: every run builds; {len(todo)} to run, nothing written"])
 
 
 def collect(runs, dirs, keys: list[str]) -> list[dict]:

@@ -175,3 +175,30 @@ def test_max_runs_per_program_below_one_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: --max-runs-per-program must be >= 1, got 0"]
     assert not workdir.exists()
+
+
+def test_dry_run_checks_every_run_prints_the_programs_and_writes_nothing(tmp_path, capsys):
+    workdir = tmp_path / "sweep"
+    assert main(["sweep", "--workdir", str(workdir), "--dry-run", "--max-runs-per-program", "3",
+                 *TINY, "norm=ln,fn", "seed=0,1,2,3"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        "program 1: 3 run(s): norm=ln_seed=0, norm=ln_seed=1, norm=ln_seed=2",
+        "program 2: 1 run(s): norm=ln_seed=3",
+        "program 3: 3 run(s): norm=fn_seed=0, norm=fn_seed=1, norm=fn_seed=2",
+        "program 4: 1 run(s): norm=fn_seed=3",
+        "dry run: every run builds; 8 to run, nothing written"]
+    assert not workdir.exists()
+    # A run that cannot be built (more clients than examples) fails the dry run: one line, 2.
+    assert main(["sweep", "--workdir", str(workdir), "--dry-run", *TINY,
+                 "num_clients=4,100000", "partition=iid"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:"), err
+    assert not workdir.exists()
+
+
+def test_sweep_prints_its_results_table(swept, capsys):
+    assert main(["sweep", "--workdir", str(swept), "--quiet", *TINY, *GRID]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("| dirichlet_beta | final test accuracy (mean +- std) | seeds |")
+    assert out.rstrip().endswith(f"4 runs; wrote results.csv, results.md, sweep.png in {swept}")
