@@ -337,7 +337,7 @@ def make_round_fn(apply_fn: Callable, spec: RoundSpec,
     """
     algorithm = as_algorithm(algorithm)
     mesh = client_mesh() if mesh is None else mesh
-    width = spec.chunk_size * mesh.size
+    width = spec.chunk_size * mesh.shape["clients"]   # a program's mesh may also have 'runs'
     num_chunks = math.ceil(spec.cohort_size / width)
     padded = num_chunks * width
     client_round = make_client_round(apply_fn, spec, algorithm)

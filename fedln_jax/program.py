@@ -9,12 +9,13 @@ exactly the engine's round and its checkpoints hold a plain ServerState. Per-run
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from fedln_jax import engine
 from fedln_jax.algorithms import OWNED_HPARAMS
@@ -50,12 +51,33 @@ def vectorizable_groups(experiments: list[Experiment], resume_rounds: list[int],
     return [g[k:k + size] for g in groups.values() for k in range(0, len(g), size)]
 
 
+def device_layout(runs: int, num_devices: int) -> tuple[int, int]:
+    """(devices along the runs axis, devices along the clients axis) of a program's mesh.
+
+    Runs are independent, so laying them over devices needs no communication and no padding,
+    while clients of one run are summed across devices every round and a cohort that does not
+    divide by the device count is padded (10 clients on 8 devices run as 16 lanes). A program
+    of R runs therefore puts gcd(R, devices) devices along the runs axis and the rest along the
+    clients axis: 8 seeds on 8 devices are one run per device. Multi-process programs keep the
+    clients layout (each process then holds every run)."""
+    if runs == 1 or jax.process_count() > 1:
+        return 1, num_devices
+    along_runs = math.gcd(runs, num_devices)
+    return along_runs, num_devices // along_runs
+
+
+def program_mesh(devices: list, runs: int) -> Mesh:
+    along_runs, along_clients = device_layout(runs, len(devices))
+    return Mesh(np.array(devices).reshape(along_runs, along_clients), ("runs", "clients"))
+
+
 class Program(NamedTuple):
     """The jitted functions of a group of runs and their placed inputs.
 
     run_block(state, hparams, data, n, loss_sum) -> (state, loss_sum, bad_round) and
     evaluate(state, *tests) -> evaluation counts; with runs > 1 every value but n carries a
-    leading runs axis (bad_round and loss_sum are then [R]).
+    leading runs axis (bad_round and loss_sum are then [R]), laid out over the mesh's 'runs'
+    axis.
     """
     runs: int
     run_block: Callable
@@ -64,7 +86,7 @@ class Program(NamedTuple):
     hparams: Any
     data: Any
     tests: tuple
-    mesh: Any
+    mesh: Any           # axes ('runs', 'clients')
 
     def take(self, tree: Any, r: int) -> Any:
         """Run r's part of a value of this program (the value itself when there is one run)."""
@@ -74,41 +96,61 @@ class Program(NamedTuple):
         return [self.take(tree, r) for r in range(self.runs)]
 
     def join(self, trees: list) -> Any:
-        """The inverse of per_run: per-run values (e.g. restored states) in this program's layout,
-        replicated over the mesh (also when the arrays span several processes)."""
+        """The inverse of per_run: per-run values (e.g. restored states) in this program's layout
+        (also when the arrays span several processes)."""
         if self.runs == 1:
             return trees[0]
-        replicated = NamedSharding(self.mesh, P())
-        return jax.jit(lambda *ts: stack_trees(list(ts)), out_shardings=replicated)(*trees)
+        stacked = NamedSharding(self.mesh, P("runs"))
+        return jax.jit(lambda *ts: stack_trees(list(ts)), out_shardings=stacked)(*trees)
 
     def scalars(self, values: list) -> jax.Array:
         """Per-run float32 scalars (e.g. loss sums) in this program's layout."""
         array = np.asarray(values, np.float32)
-        return engine.replicate(jnp.asarray(array[0] if self.runs == 1 else array), self.mesh)
+        if self.runs == 1:
+            return engine.replicate(jnp.asarray(array[0]), self.mesh)
+        return place_runs(jnp.asarray(array), 0, self.mesh)
 
 
-def build_program(group: list[Experiment], mesh) -> Program:
-    """Stack the group's inputs and compile its block of rounds and its evaluation."""
-    first = group[0]
-    round_fn = engine.make_round_fn(first.apply_fn, group_spec(group), first.algorithm, mesh)
+def place_runs(tree: Any, axes: Any, mesh: Mesh) -> Any:
+    """Put the leaves stacked over runs (axis 0) along the mesh's 'runs' axis and the leaves
+    shared by every run (axis None) on every device."""
+    if jax.process_count() > 1:   # one device along 'runs' (device_layout): all replicated
+        return engine.replicate(tree, mesh)
+    def shardings(axis, subtree):   # axes is a prefix of tree (0 for a whole stacked tree)
+        sharding = NamedSharding(mesh, P() if axis is None else P("runs"))
+        return jax.tree.map(lambda _: sharding, subtree)
+
+    return jax.device_put(tree, jax.tree.map(shardings, axes, tree, is_leaf=lambda a: a is None))
+
+
+def build_program(group: list[Experiment], devices: list) -> Program:
+    """Stack the group's inputs, lay them over the devices and compile the group's block of
+    rounds and its evaluation."""
+    first, mesh = group[0], program_mesh(devices, len(group))
+    spec = group_spec(group, clients_devices=mesh.shape["clients"])
+    round_fn = engine.make_round_fn(first.apply_fn, spec, first.algorithm, mesh)
     run_block, evaluate = engine.make_block_fn(round_fn), evaluation_fn(first)
     if len(group) == 1:
         state, hparams, data = initial_state(first), hparams_of(first.config), first.data
         tests = (first.x_test, first.y_test)
+        state, hparams, data, tests = engine.replicate((state, hparams, data, tests), mesh)
     else:
         data, data_axes = stack_runs([exp.data for exp in group])
         tests, test_axes = stack_runs([(exp.x_test, exp.y_test) for exp in group])
         state = stack_trees([initial_state(exp) for exp in group])
         hparams = stack_trees([hparams_of(exp.config) for exp in group])
-        run_block = jax.vmap(run_block, in_axes=(0, 0, data_axes, None, 0))
-        evaluate = jax.vmap(evaluate, in_axes=(0,) + tuple(test_axes))
-    state, hparams, data, tests = engine.replicate((state, hparams, data, tuple(tests)), mesh)
+        # spmd_axis_name: the clients axis inside each run keeps its 'clients' sharding, and
+        # the runs axis is laid along 'runs'.
+        run_block = jax.vmap(run_block, in_axes=(0, 0, data_axes, None, 0), spmd_axis_name="runs")
+        evaluate = jax.vmap(evaluate, in_axes=(0,) + tuple(test_axes), spmd_axis_name="runs")
+        state, hparams = place_runs((state, hparams), 0, mesh)
+        data, tests = place_runs(data, data_axes, mesh), place_runs(tests, test_axes, mesh)
     return Program(runs=len(group), run_block=jax.jit(run_block, donate_argnums=0),
                    evaluate=jax.jit(evaluate), fresh=state, hparams=hparams, data=data,
-                   tests=tests, mesh=mesh)
+                   tests=tuple(tests), mesh=mesh)
 
 
-def group_spec(group: list[Experiment]) -> engine.RoundSpec:
+def group_spec(group: list[Experiment], clients_devices: int | None = None) -> engine.RoundSpec:
     """One RoundSpec for the group, whose specs must agree in shapes and code.
 
     max_epochs, momentum and weight_decay take the group's maximum: extra shuffles a client
@@ -122,6 +164,11 @@ def group_spec(group: list[Experiment]) -> engine.RoundSpec:
     for other in specs:
         if structure(other) != structure(spec):
             raise ValueError(f"runs of one program differ in shapes: {other} vs {spec}")
+    config = group[0].config
+    if clients_devices is not None and config.client_chunk_size is None:
+        # The default chunk width depends on how many devices hold one run's clients.
+        spec = spec._replace(chunk_size=engine.default_chunk_size(config.cohort_size,
+                                                                  clients_devices))
     return spec
 
 

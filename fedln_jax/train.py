@@ -297,6 +297,7 @@ class RunFiles:
         self.session_start = session_start
         self.history = [row for row in read_metrics(workdir) if row["round"] <= self.start_round]
         self.status = "running"
+        self.device_layout: list[int] | None = None   # devices along (runs, clients)
         if is_writer():
             self.root.mkdir(parents=True, exist_ok=True)
             write_json(self.root / "config.json", exp.config.to_dict())
@@ -333,6 +334,7 @@ class RunFiles:
         summary = summarize(self.history, self.elapsed(), status=status,
                             rounds_completed=rounds_completed, resumed_from_round=self.start_round,
                             save_seconds=self.save_seconds, runs_vectorized=runs_vectorized,
+                            device_layout=self.device_layout,
                             last_checkpoint_round=self.last_saved, **extra)
         if is_writer():
             write_json(self.root / "summary.json", summary)
@@ -362,7 +364,7 @@ def train_program(group: list[Experiment], workdirs: list[str], log, quiet: bool
     stopping at the rounds the config asks (and at SIGTERM/SIGINT); returns their summaries."""
     config, runs = group[0].config, len(group)
     devices = mesh_devices(config)
-    program = build_program(group, engine.client_mesh(devices))
+    program = build_program(group, devices)
     with _StopSignal() as stop, contextlib.ExitStack() as stack:
         managed = [stack.enter_context(_Manager(w, exp.config.keep_checkpoints))
                    for exp, w in zip(group, workdirs)]
@@ -370,11 +372,15 @@ def train_program(group: list[Experiment], workdirs: list[str], log, quiet: bool
         start = time.time()
         files = [RunFiles(exp, w, m.get(), r, start)
                  for exp, w, m, r in zip(group, workdirs, managed, restored)]
+        for f in files:
+            f.device_layout = list(program.mesh.devices.shape)
         start_round = files[0].start_round
         log(f"fedln-jax: {config.dataset}, {config.num_clients} clients ({config.partition}), "
             f"model {config.resolved_model}, norm {config.norm}, {len(devices)} "
             f"{jax.default_backend()} device(s), {jax.process_count()} process(es)"
-            + (f", {runs} runs vectorized" if runs > 1 else ""))
+            + (f", {runs} runs vectorized" if runs > 1 else "")
+            + (" (devices: {} along runs x {} along clients)".format(*program.mesh.devices.shape)
+               if runs > 1 and len(devices) > 1 else ""))
         if start_round:
             log(f"resuming from the checkpoint at round {start_round} of {config.rounds}")
         elif runs == 1:

@@ -81,6 +81,8 @@ def probes(tmp_path_factory):
         lambda: {
             "full_eight": start(8, root / "full_eight", *FULL, "client_chunk_size=1"),  # 3 chunks of 8
             "full_eight_wide": start(8, root / "full_eight_wide", *FULL, "client_chunk_size=3")},
+        lambda: {   # 4 runs on 8 devices: 4 along runs x 2 along clients
+            "sweep_eight": start(8, root / "sweep_eight", "--sweep", "seed=0,1,2,3")},
     ]
     out = {}
     for wave in waves:
@@ -147,6 +149,22 @@ def test_two_process_vectorized_sweep_equals_one_process_run(probes):
     assert os.path.exists(os.path.join(p0["workdir"], "results.csv"))
     leftovers = [n for _, _, names in os.walk(p0["workdir"]) for n in names if n.endswith(".tmp")]
     assert not leftovers   # process 0 alone wrote each JSON file, atomically
+
+
+def test_device_layout_puts_the_gcd_of_runs_and_devices_along_runs():
+    from fedln_jax.program import device_layout
+    assert [device_layout(r, 8) for r in (1, 2, 3, 4, 8, 16)] == [
+        (1, 8), (2, 4), (1, 8), (4, 2), (8, 1), (8, 1)]
+    assert device_layout(6, 4) == (2, 2) and device_layout(5, 1) == (1, 1)
+
+
+def test_sweep_on_eight_devices_lays_runs_and_clients_over_them(probes):
+    runs = os.path.join(probes["sweep_eight"]["workdir"], "runs")
+    for seed in range(4):
+        with open(os.path.join(runs, f"seed={seed}", "summary.json")) as f:
+            summary = json.load(f)
+        assert summary["device_layout"] == [4, 2] and summary["runs_vectorized"] == 4
+    assert_same_run(probes["one"]["workdir"], os.path.join(runs, "seed=0"))
 
 
 def test_a_signal_to_one_process_stops_both_at_the_same_round_then_both_resume(probes, tmp_path):
