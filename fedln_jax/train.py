@@ -175,27 +175,6 @@ class _StopSignal:
         return False
 
 
-class _Manager:
-    """Opens the CheckpointManager on first use (so a refused run creates nothing) and closes
-    it on the way out."""
-
-    def __init__(self, workdir: str, keep: int):
-        self.workdir, self.keep, self.manager = workdir, keep, None
-
-    def get(self):
-        if self.manager is None:
-            self.manager = checkpoint.open_manager(self.workdir, self.keep)
-        return self.manager
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self.manager is not None:
-            self.manager.close()
-        return False
-
-
 def run(config: Config, workdir: str, *, quiet: bool = False) -> dict:
     """Train one experiment and write config.json, clients.json, metrics.jsonl, summary.json
     and checkpoints/; resume from the newest valid checkpoint if the workdir has one.
@@ -286,8 +265,11 @@ class RunFiles:
     checkpoint's JSON, so a resumed run reports the same train_loss as an uninterrupted one.
     """
 
-    def __init__(self, exp: Experiment, workdir: str, manager, restored, session_start: float):
+    def __init__(self, exp: Experiment, workdir: str, manager, restored, session_start: float,
+                 program_info: dict):
         self.exp, self.workdir, self.manager = exp, workdir, manager
+        self.program_info = program_info   # runs_vectorized, device_layout: in every summary
+        self.summary: dict | None = None   # set by finish
         self.root = epath.Path(workdir)
         self.start_round = restored.round if restored else 0
         self.progress = restored.meta["progress"] if restored else {}
@@ -296,8 +278,6 @@ class RunFiles:
         self.elapsed_before = float(self.progress.get("elapsed_seconds", 0.0))
         self.session_start = session_start
         self.history = [row for row in read_metrics(workdir) if row["round"] <= self.start_round]
-        self.status = "running"
-        self.device_layout: list[int] | None = None   # devices along (runs, clients)
         if is_writer():
             self.root.mkdir(parents=True, exist_ok=True)
             write_json(self.root / "config.json", exp.config.to_dict())
@@ -329,30 +309,28 @@ class RunFiles:
             self.save_seconds.append(seconds)
         self.last_saved = round_
 
-    def finish(self, status: str, rounds_completed: int, runs_vectorized: int, **extra) -> dict:
-        self.status = status
-        summary = summarize(self.history, self.elapsed(), status=status,
-                            rounds_completed=rounds_completed, resumed_from_round=self.start_round,
-                            save_seconds=self.save_seconds, runs_vectorized=runs_vectorized,
-                            device_layout=self.device_layout,
-                            last_checkpoint_round=self.last_saved, **extra)
+    def finish(self, status: str, rounds_completed: int, **extra) -> None:
+        self.summary = summarize(self.history, self.elapsed(), status=status,
+                                 rounds_completed=rounds_completed,
+                                 resumed_from_round=self.start_round,
+                                 save_seconds=self.save_seconds,
+                                 last_checkpoint_round=self.last_saved,
+                                 **self.program_info, **extra)
         if is_writer():
-            write_json(self.root / "summary.json", summary)
-        return summary
+            write_json(self.root / "summary.json", self.summary)
 
 
-def restore_runs(managed: list[_Manager], program: Program, configs: list[Config],
+def restore_runs(managers: list, program: Program, configs: list[Config],
                  workdirs: list[str]) -> list:
-    """Each run's newest readable checkpoint, all at one round (runs of a program advance in
-    lockstep): if one run must fall back (a damaged newest step), the others follow it."""
-    if not any(checkpoint.checkpoint_dir(w).exists() for w in workdirs):
-        return [None] * len(workdirs)
+    """Each run's newest readable checkpoint (None for a new run), all at one round (runs of a
+    program advance in lockstep): if one run must fall back (a damaged newest step), the
+    others follow it."""
     bound = None
     while True:
         restored = [checkpoint.restore_latest(
-            m.get(), program.take(program.fresh, r),
+            m, program.take(program.fresh, r),
             lambda meta, c=c, w=w: _check_checkpoint_meta(meta, c, w), max_step=bound)
-            for r, (m, c, w) in enumerate(zip(managed, configs, workdirs))]
+            for r, (m, c, w) in enumerate(zip(managers, configs, workdirs))]
         rounds = [x.round if x else 0 for x in restored]
         if len(set(rounds)) == 1:
             return restored
@@ -366,14 +344,15 @@ def train_program(group: list[Experiment], workdirs: list[str], log, quiet: bool
     devices = mesh_devices(config)
     program = build_program(group, devices)
     with _StopSignal() as stop, contextlib.ExitStack() as stack:
-        managed = [stack.enter_context(_Manager(w, exp.config.keep_checkpoints))
-                   for exp, w in zip(group, workdirs)]
-        restored = restore_runs(managed, program, [exp.config for exp in group], workdirs)
+        managers = [checkpoint.open_manager(w, exp.config.keep_checkpoints)
+                    for exp, w in zip(group, workdirs)]
+        for manager in managers:
+            stack.callback(manager.close)
+        restored = restore_runs(managers, program, [exp.config for exp in group], workdirs)
         start = time.time()
-        files = [RunFiles(exp, w, m.get(), r, start)
-                 for exp, w, m, r in zip(group, workdirs, managed, restored)]
-        for f in files:
-            f.device_layout = list(program.mesh.devices.shape)
+        info = {"runs_vectorized": runs, "device_layout": list(program.mesh.devices.shape)}
+        files = [RunFiles(exp, w, m, r, start, info)
+                 for exp, w, m, r in zip(group, workdirs, managers, restored)]
         start_round = files[0].start_round
         log(f"fedln-jax: {config.dataset}, {config.num_clients} clients ({config.partition}), "
             f"model {config.resolved_model}, norm {config.norm}, {len(devices)} "
@@ -433,8 +412,7 @@ def _train_loop(program: Program, files: list[RunFiles], state, stop: _StopSigna
         for r in [r for r in active if bad_R[r] >= 0]:
             # The run stops here; the others of its program go on (its lanes keep computing
             # on its frozen state, which nothing reads).
-            files[r].summary = files[r].finish("diverged", int(bad_R[r]) - 1, runs,
-                                               diverged_at_round=int(bad_R[r]))
+            files[r].finish("diverged", int(bad_R[r]) - 1, diverged_at_round=int(bad_R[r]))
             active.remove(r)
         if not active:
             break
@@ -467,7 +445,7 @@ def _train_loop(program: Program, files: list[RunFiles], state, stop: _StopSigna
             signum = stop.signum or signal.SIGTERM   # a process the signal did not reach
             name = signal.Signals(signum).name
             for r in active:
-                files[r].summary = files[r].finish("interrupted", done, runs, interrupted_by=name)
+                files[r].finish("interrupted", done, interrupted_by=name)
             where = (files[0].root / "checkpoints" if runs == 1
                      else f"the checkpoints/ of its {runs} run workdirs")
             raise Interrupted(f"fedln-jax: stopped by {name} after round {done} of "
@@ -475,7 +453,8 @@ def _train_loop(program: Program, files: list[RunFiles], state, stop: _StopSigna
                               f"run the same command again to resume", signum, done)
     bar.close()
     for r in active:
-        files[r].summary = files[r].finish("completed", done, runs)
+        files[r].finish("completed", done)
+
 
 def training_analysis(exp: Experiment, features_fn, state: engine.ServerState) -> dict:
     """The analyses logged into a metrics row when `analysis_every` is set."""
