@@ -57,13 +57,12 @@ def build_experiment(config: Config) -> Experiment:
                         gn_groups=config.gn_groups, tau=config.tau, conv_impl=config.conv_impl,
                         dtype=config.dtype)
     num_devices = len(mesh_devices(config))
-    chunk = config.client_chunk_size or engine.default_chunk_size(config.cohort_size, num_devices)
     spec = engine.RoundSpec(
         num_clients=config.num_clients, cohort_size=config.cohort_size,
         local_steps=config.local_steps, batch_size=config.batch_size,
         max_epochs=engine.epochs_needed(int(counts_CK.sum(1).min()), config.local_steps,
                                         config.batch_size),
-        pixel_scale=dataset.pixel_scale, chunk_size=chunk,
+        pixel_scale=dataset.pixel_scale, chunk_size=chunk_size(config, num_devices),
         momentum=config.momentum, weight_decay=config.weight_decay,
         augment=config.resolved_augment)
     return Experiment(
@@ -92,6 +91,13 @@ def build_experiments(configs: list[Config]) -> list[Experiment]:
         data = exp.data._replace(x=shared(exp.data.x), y=shared(exp.data.y))
         built.append(exp._replace(data=data, x_test=shared(exp.x_test), y_test=shared(exp.y_test)))
     return built
+
+
+def chunk_size(config: Config, clients_devices: int) -> int:
+    """Clients vmapped together per device: the config's, or the backend default for a cohort
+    laid over clients_devices devices."""
+    return config.client_chunk_size or engine.default_chunk_size(config.cohort_size,
+                                                                 clients_devices)
 
 
 def mesh_devices(config: Config) -> list:

@@ -20,7 +20,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from fedln_jax import engine
 from fedln_jax.algorithms import OWNED_HPARAMS
 from fedln_jax.config import Config
-from fedln_jax.experiment import Experiment, evaluation_fn, hparams_of, initial_state
+from fedln_jax.experiment import (Experiment, chunk_size, evaluation_fn, hparams_of,
+                                  initial_state)
 
 # Config keys that change only values a round reads, never shapes or code: runs differing only in
 # them are stacked on a leading runs axis and share one compiled program.
@@ -47,8 +48,13 @@ def vectorizable_groups(experiments: list[Experiment], resume_rounds: list[int],
     for i, (exp, start) in enumerate(zip(experiments, resume_rounds)):
         shapes = (exp.data.x.shape, exp.data.idx_C.shape[0], exp.x_test.shape, exp.num_classes)
         groups.setdefault((program_key(exp.config), shapes, start), []).append(i)
-    size = max_runs or max(map(len, groups.values()), default=1)
-    return [g[k:k + size] for g in groups.values() for k in range(0, len(g), size)]
+    return [part for group in groups.values() for part in cut(group, max_runs)]
+
+
+def cut(group: list, max_runs: int | None) -> list[list]:
+    """Consecutive parts of at most max_runs runs (all of them when None)."""
+    size = max_runs or max(len(group), 1)
+    return [group[k:k + size] for k in range(0, len(group), size)]
 
 
 def device_layout(runs: int, num_devices: int) -> tuple[int, int]:
@@ -92,11 +98,8 @@ class Program(NamedTuple):
         """Run r's part of a value of this program (the value itself when there is one run)."""
         return tree if self.runs == 1 else jax.tree.map(lambda a: a[r], tree)
 
-    def per_run(self, tree: Any) -> list:
-        return [self.take(tree, r) for r in range(self.runs)]
-
     def join(self, trees: list) -> Any:
-        """The inverse of per_run: per-run values (e.g. restored states) in this program's layout
+        """The inverse of take: per-run values (e.g. restored states) in this program's layout
         (also when the arrays span several processes)."""
         if self.runs == 1:
             return trees[0]
@@ -150,12 +153,13 @@ def build_program(group: list[Experiment], devices: list) -> Program:
                    tests=tuple(tests), mesh=mesh)
 
 
-def group_spec(group: list[Experiment], clients_devices: int | None = None) -> engine.RoundSpec:
+def group_spec(group: list[Experiment], clients_devices: int) -> engine.RoundSpec:
     """One RoundSpec for the group, whose specs must agree in shapes and code.
 
     max_epochs, momentum and weight_decay take the group's maximum: extra shuffles a client
     never reaches change nothing, and a momentum trace or a weight decay, built when any run
     needs one, serves every run (each reads its own value from its hparams; 0 is plain SGD).
+    The chunk width follows the devices that hold one run's clients (clients_devices).
     """
     specs = [exp.spec for exp in group]
     spec = specs[0]._replace(max_epochs=max(s.max_epochs for s in specs),
@@ -164,12 +168,7 @@ def group_spec(group: list[Experiment], clients_devices: int | None = None) -> e
     for other in specs:
         if structure(other) != structure(spec):
             raise ValueError(f"runs of one program differ in shapes: {other} vs {spec}")
-    config = group[0].config
-    if clients_devices is not None and config.client_chunk_size is None:
-        # The default chunk width depends on how many devices hold one run's clients.
-        spec = spec._replace(chunk_size=engine.default_chunk_size(config.cohort_size,
-                                                                  clients_devices))
-    return spec
+    return spec._replace(chunk_size=chunk_size(group[0].config, clients_devices))
 
 
 def structure(spec: engine.RoundSpec) -> engine.RoundSpec:
@@ -188,17 +187,25 @@ def stack_runs(trees: list) -> tuple[Any, Any]:
     treedef = jax.tree.structure(trees[0])
     stacked, axes = [], []
     for column in zip(*leaves_R):
-        host = [np.asarray(a) for a in column]
-        if all(h.shape == host[0].shape and np.array_equal(h, host[0]) for h in host[1:]):
+        # build_experiments already made equal images and labels one array: no byte compare
+        # (nor device-to-host copy) of a dataset per run.
+        if all(a is column[0] for a in column[1:]) or _all_equal(column):
             stacked.append(column[0])
             axes.append(None)
             continue
+        host = [np.asarray(a) for a in column]
         if host[0].ndim == 2 and len({h.shape[0] for h in host}) == 1:
             width = max(h.shape[1] for h in host)
             host = [np.pad(h, ((0, 0), (0, width - h.shape[1]))) for h in host]
         stacked.append(jnp.asarray(np.stack(host)))
         axes.append(0)
     return jax.tree.unflatten(treedef, stacked), jax.tree.unflatten(treedef, axes)
+
+
+def _all_equal(arrays) -> bool:
+    first = np.asarray(arrays[0])
+    return all(np.shape(a) == first.shape and np.array_equal(np.asarray(a), first)
+               for a in arrays[1:])
 
 
 def stack_trees(trees: list) -> Any:

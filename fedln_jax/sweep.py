@@ -21,7 +21,7 @@ import numpy as np
 
 from fedln_jax.config import Config, build_config, parse_value
 from fedln_jax.errors import FedlnError
-from fedln_jax.program import program_key
+from fedln_jax.program import cut, program_key
 from fedln_jax.train import finished_summary, is_writer, run_group, write_json
 
 
@@ -127,13 +127,10 @@ def describe_plan(runs, todo: list[int], groups: list[list[int]],
     from fedln_jax.experiment import build_experiment
     for i in todo:
         build_experiment(runs[i][1])   # impossible partitions, missing data, bad norm specs
-    lines = []
-    for g, members in enumerate(groups):
-        names = [runs[todo[i]][0] for i in members]
-        size = max_runs or len(names)
-        for k in range(0, len(names), size):
-            part = names[k:k + size]
-            lines.append(f"program {len(lines) + 1}: {len(part)} run(s): {', '.join(part)}")
+    parts = [part for members in groups
+             for part in cut([runs[todo[i]][0] for i in members], max_runs)]
+    lines = [f"program {k}: {len(part)} run(s): {', '.join(part)}"
+             for k, part in enumerate(parts, 1)]
     return "\n".join(lines + [f"dry run: every run builds; {len(todo)} to run, nothing written"])
 
 
