@@ -244,8 +244,8 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def load_config_file(path: str) -> Config:
-    """Load a Python config file defining get_config() -> Config | dict of overrides."""
+def load_config_module(path: str):
+    """Execute a Python config file and return it as a module (errors as one FedlnError)."""
     if not os.path.isfile(path):
         raise FedlnError(f"config file {path!r} does not exist")
     spec = importlib.util.spec_from_file_location("_fedln_user_config", path)
@@ -254,6 +254,16 @@ def load_config_file(path: str) -> Config:
         spec.loader.exec_module(module)
     except Exception as exc:  # a user file: report, do not trace back
         raise FedlnError(f"config file {path!r} failed to load: {exc}") from None
+    return module
+
+
+def load_config_file(path: str) -> Config:
+    """Load a Python config file defining get_config() -> Config | dict of overrides."""
+    return config_of_module(load_config_module(path), path)
+
+
+def config_of_module(module, path: str) -> Config:
+    """The Config of a loaded config file's get_config()."""
     if not hasattr(module, "get_config"):
         raise FedlnError(f"config file {path!r} defines no get_config()")
     loaded = module.get_config()

@@ -16,7 +16,6 @@ DIR/singular_values.png, DIR/local_overfit.md and DIR/norms.md compare the serie
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
@@ -24,16 +23,14 @@ import time
 
 import numpy as np
 
-from fedln_jax.config import load_config_file, parse_overrides
+from fedln_jax.config import config_of_module, load_config_module, parse_overrides
 from fedln_jax.errors import DivergedError, FedlnError
 
 
 def load_figure(path: str):
     """(base Config, runs, FIGURE dict) of a figure config file."""
-    base = load_config_file(path)
-    spec = importlib.util.spec_from_file_location("_fedln_figure", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_config_module(path)   # executed once, for its config and its runs
+    base = config_of_module(module, path)
     if not hasattr(module, "get_runs"):
         raise FedlnError(f"{path} defines no get_runs(); it is a single-run config: use "
                          f"`fedln-jax run --config {path}`")

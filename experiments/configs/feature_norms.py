@@ -5,17 +5,11 @@ Run:  fedln-jax figure --config experiments/configs/feature_norms.py --workdir r
 (the same runs as local_overfit.py: with the same workdir they are reused, not retrained).
 Outputs: norms.md (table) and runs/<name>_seed0/analysis/norms.png (bars, one per normalizer).
 """
-from fedln_jax import Config
+import os
 
-FIGURE = {"kind": "final", "seeds": (0,), "title": "digits, 10 clients x 1 class, 40 rounds",
-          "analyze": {"client": 0, "steps": (1, 2, 5)}}
+from fedln_jax.config import load_config_module
 
-
-def get_config() -> Config:
-    return Config(dataset="digits", partition="n_class", classes_per_client=1, num_clients=10,
-                  local_steps=10, batch_size=32, lr=0.01, rounds=40, eval_every=5)
-
-
-def get_runs() -> list[dict]:
-    return [{"name": n, "series": n, "x": None, "overrides": {"norm": n}}
-            for n in ("none", "ln", "fn")]
+# The same runs and figure as local_overfit.py, by construction (so one workdir serves all).
+_SAME = load_config_module(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                        "local_overfit.py"))
+FIGURE, get_config, get_runs = _SAME.FIGURE, _SAME.get_config, _SAME.get_runs
