@@ -1,5 +1,5 @@
 """The algorithm comparison: algorithms x normalizers x label skew on the digits, as a Markdown
-table (README section "Algorithms"; run via experiments/configs/algorithms_digits.py)."""
+table (docs/algorithms.md; run via experiments/configs/algorithms_digits.py)."""
 from __future__ import annotations
 
 import os
@@ -21,7 +21,7 @@ BN_ALGORITHMS = ("fedavg", "fedbn")
 
 def compare_config(algorithm: str, norm: str, classes_per_client: int, seed: int,
                    rounds: int) -> Config:
-    """SPEC section 4 protocol on digits (10 clients, 10 local steps of batch 32, lr 0.01) with
+    """The paper's protocol (docs/method.md#protocol) on digits (10 clients, 10 local steps of batch 32, lr 0.01) with
     each algorithm's default hyperparameters."""
     return Config(dataset="digits", partition="n_class", classes_per_client=classes_per_client,
                   num_clients=10, local_steps=10, batch_size=32, lr=0.01, rounds=rounds,

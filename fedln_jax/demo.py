@@ -18,7 +18,7 @@ DEMO_SEEDS = (0, 1, 2)
 
 
 def demo_config(norm: str, seed: int, rounds: int = 60) -> Config:
-    """SPEC section 4 protocol on digits: 10 clients x 1 class, 10 local steps of batch 32, lr 0.01."""
+    """The paper's protocol (docs/method.md#protocol) on digits: 10 clients x 1 class, 10 local steps of batch 32, lr 0.01."""
     return Config(dataset="digits", partition="n_class", classes_per_client=1, num_clients=10,
                   local_steps=10, batch_size=32, lr=0.01, rounds=rounds, eval_every=5,
                   norm=norm, seed=seed)
