@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench_p = sub.add_parser("bench", help="time rounds on synthetic data; prints one JSON object")
     bench_p.add_argument("--model", default="cnn", choices=("cnn", "small_cnn", "mlp"),
                          help="cnn = paper CNN on 32x32x3, small_cnn = digits CNN on 8x8x1")
+    bench_p.add_argument("--conv-features", default="", metavar="W1/W2",
+                         help="conv widths of cnn/small_cnn (the config key conv_features)")
+    bench_p.add_argument("--dense-features", default="", metavar="W1/W2",
+                         help="hidden dense widths (the config key dense_features)")
     bench_p.add_argument("--clients", type=int, default=10)
     bench_p.add_argument("--local-steps", type=int, default=5)
     bench_p.add_argument("--batch-size", type=int, default=32)
@@ -136,7 +140,8 @@ def _dispatch(args) -> int:
         result = run_bench(model=args.model, clients=args.clients, local_steps=args.local_steps,
                            batch_size=args.batch_size, rounds=args.rounds, engine_name=args.engine,
                            chunk_size=args.chunk_size, norm=args.norm, dtype=args.dtype,
-                           rounds_per_call=args.rounds_per_call)
+                           rounds_per_call=args.rounds_per_call,
+                           conv_features=args.conv_features, dense_features=args.dense_features)
         print(json.dumps(result))
         return 0
     if args.command == "analyze":

@@ -20,7 +20,7 @@ from etils import epath
 from tqdm.auto import tqdm
 
 from fedln_jax import checkpoint, engine
-from fedln_jax.config import Config, diff_keys
+from fedln_jax.config import Config, diff_keys, with_defaults
 from fedln_jax.errors import DivergedError, FedlnError, Interrupted
 from fedln_jax.experiment import Experiment, build_experiments, evaluation_row, mesh_devices
 from fedln_jax.program import Program, build_program, vectorizable_groups
@@ -49,6 +49,7 @@ def compare_configs(previous: dict, config: Config, what: str) -> None:
     """Allow the same config, the same with `rounds` raised (extending the run), or with
     RESUMABLE_CHANGES; refuse anything else with a FedlnError naming each differing key."""
     current = config.to_dict()
+    previous = with_defaults(previous)  # a config.json from before a key was added
     differing = [k for k in diff_keys(previous, current) if k not in RESUMABLE_CHANGES]
     if differing == ["rounds"] and isinstance(previous.get("rounds"), int) \
             and config.rounds > previous["rounds"]:
@@ -123,7 +124,7 @@ def finished_summary(workdir: str, config: Config, statuses=("completed",)) -> d
         summary = json.loads((epath.Path(workdir) / "summary.json").read_text())
     except (OSError, ValueError):
         return None
-    if previous != config.to_dict() or summary.get("status") not in statuses:
+    if with_defaults(previous) != config.to_dict() or summary.get("status") not in statuses:
         return None
     if summary["status"] == "completed" and summary.get("rounds_completed") != config.rounds:
         return None
