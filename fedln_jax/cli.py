@@ -76,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     fig_p.add_argument("--quiet", action="store_true")
     fig_p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                        help="applied to every run (e.g. rounds=20)")
+    for p in (run_p, sweep_p, demo_p, an_p, fig_p):
+        p.add_argument("--cache-dir", metavar="DIR",
+                       help="persistent compilation cache (env FEDLN_JAX_CACHE_DIR; default "
+                            "$XDG_CACHE_HOME/fedln_jax/jax or ~/.cache/fedln_jax/jax); 'off' "
+                            "compiles every program afresh")
     return parser
 
 
@@ -105,6 +110,9 @@ def main(argv=None) -> int:
 
 
 def _dispatch(args) -> int:
+    if hasattr(args, "cache_dir"):   # bench measures compilation: it never reads the cache
+        from fedln_jax import compile_cache
+        compile_cache.enable(args.cache_dir)
     if args.command in ("run", "sweep"):
         from fedln_jax import distributed
         distributed.initialize(args.coordinator, args.num_processes, args.process_id,
