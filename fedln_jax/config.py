@@ -83,6 +83,7 @@ class Config:
     num_devices: Optional[int] = None   # devices the clients axis is laid out over; None = all
     conv_impl: str = "auto"
     dtype: str = "float32"              # compute dtype (bfloat16 for GPU/TPU); params stay float32
+    tensorboard: bool = False           # also write TensorBoard events to <workdir>/tensorboard
 
     @property
     def resolved_model(self) -> str:
@@ -154,6 +155,9 @@ class Config:
         if self.classes_per_client < 1:
             raise FedlnError(f"classes_per_client must be >= 1, got {self.classes_per_client}")
         model_widths(self.resolved_model, self.conv_features, self.dense_features)
+        if self.tensorboard:
+            from fedln_jax.tensorboard_events import check_installed
+            check_installed()
         return self
 
     def _check_algorithm_hparams(self) -> None:

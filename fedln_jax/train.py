@@ -42,7 +42,8 @@ def checkpoint_rounds(config: Config) -> list[int]:
 # Keys a resumed run may change: they decide how the rounds are laid out (chunking, devices)
 # or saved, never the numbers (chunked == unchunked and 1 device == 8 are tested), so a run
 # preempted on one machine can resume on another.
-RESUMABLE_CHANGES = ("checkpoint_every", "keep_checkpoints", "client_chunk_size", "num_devices")
+RESUMABLE_CHANGES = ("checkpoint_every", "keep_checkpoints", "client_chunk_size", "num_devices",
+                     "tensorboard")
 
 
 def compare_configs(previous: dict, config: Config, what: str) -> None:
@@ -279,6 +280,10 @@ class RunFiles:
         self.elapsed_before = float(self.progress.get("elapsed_seconds", 0.0))
         self.session_start = session_start
         self.history = [row for row in read_metrics(workdir) if row["round"] <= self.start_round]
+        self.board = None   # TensorBoard events (config key tensorboard)
+        if is_writer() and exp.config.tensorboard:
+            from fedln_jax.tensorboard_events import RunBoard
+            self.board = RunBoard(workdir, self.start_round)
         if is_writer():
             self.root.mkdir(parents=True, exist_ok=True)
             write_json(self.root / "config.json", exp.config.to_dict())
@@ -294,6 +299,8 @@ class RunFiles:
         row["elapsed_seconds"] = round(self.elapsed(), 3)
         self.history.append(row)
         self._write_metrics()
+        if self.board is not None:
+            self.board.add_row(row)
 
     def _write_metrics(self) -> None:
         if is_writer():
@@ -319,6 +326,8 @@ class RunFiles:
                                  **self.program_info, **extra)
         if is_writer():
             write_json(self.root / "summary.json", self.summary)
+        if self.board is not None:
+            self.board.close()
 
 
 def restore_runs(managers: list, program: Program, configs: list[Config],

@@ -15,7 +15,8 @@ TINY = ["dataset=synthetic", "num_clients=4", "classes_per_client=3", "local_ste
 def test_run_end_to_end_writes_every_workdir_file(tmp_path):
     workdir = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "fedln_jax.cli", "run", "--workdir", str(workdir),
-                           "--quiet", "norm=fn", "conv_features=8/12", *TINY],
+                           "--quiet", "norm=fn", "conv_features=8/12", "tensorboard=true",
+                           *TINY],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     config = json.loads((workdir / "config.json").read_text())
@@ -29,6 +30,12 @@ def test_run_end_to_end_writes_every_workdir_file(tmp_path):
     assert summary["final_test_accuracy"] == rows[-1]["test_accuracy"]
     clients = json.loads((workdir / "clients.json").read_text())
     assert len(clients["class_counts"]) == 4 and sum(clients["examples_per_client"]) == 400
+    from test_tensorboard import read_events, scalars   # the events hold the metrics rows
+    events = scalars(read_events(workdir / "tensorboard"))
+    for r in rows:
+        assert events[("test/accuracy", r["round"])] == pytest.approx(r["test_accuracy"])
+        assert events[("train/loss", r["round"])] == pytest.approx(r["train_loss"])
+        assert events[("recall/class_0", r["round"])] == pytest.approx(r["per_class_recall"][0])
 
 
 BAD = [
