@@ -1,10 +1,11 @@
-"""Console script `fedln-jax`: run | demo | sweep | bench | analyze | figure. Bad input: one `error:` line on stderr, exit 2."""
+"""Console script `fedln-jax`: run | demo | sweep | bench | analyze | figure | config. Bad input: one `error:` line on stderr, exit 2."""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
 
+from fedln_jax.config_help import keys_help
 from fedln_jax.errors import DivergedError, FedlnError, Interrupted
 
 
@@ -17,12 +18,14 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fedln-jax", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    run_p = sub.add_parser("run", help="run one experiment")
+    keys = dict(epilog=keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    run_p = sub.add_parser("run", help="run one experiment", **keys)
     run_p.add_argument("--workdir", required=True)
     run_p.add_argument("--config", help="Python file defining get_config()")
     run_p.add_argument("--quiet", action="store_true", help="no progress bar or logs")
     run_p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    sweep_p = sub.add_parser("sweep", help="run a grid; runs differing only in values are vectorized")
+    sweep_p = sub.add_parser("sweep", help="run a grid; runs differing only in values are vectorized",
+                             **keys)
     sweep_p.add_argument("--workdir", required=True)
     sweep_p.add_argument("--config", help="Python file defining get_config() (the grid's base)")
     sweep_p.add_argument("--quiet", action="store_true")
@@ -76,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     fig_p.add_argument("--quiet", action="store_true")
     fig_p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                        help="applied to every run (e.g. rounds=20)")
+    config_p = sub.add_parser("config", help="print the resolved config as JSON (nothing runs)",
+                              **keys)
+    config_p.add_argument("--config", help="Python file defining get_config()")
+    config_p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     for p in (run_p, sweep_p, demo_p, an_p, fig_p):
         p.add_argument("--cache-dir", metavar="DIR",
                        help="persistent compilation cache (env FEDLN_JAX_CACHE_DIR; default "
@@ -127,6 +134,10 @@ def _dispatch(args) -> int:
                 print(f.read().rstrip())
             print(f"{len(rows)} runs" + (f" ({diverged} diverged)" if diverged else "")
                   + f"; wrote results.csv, results.md, sweep.png in {args.workdir}")
+        return 0
+    if args.command == "config":
+        from fedln_jax.config import build_config, dumps
+        print(dumps(build_config(args.config, args.overrides)))
         return 0
     if args.command == "run":
         from fedln_jax.config import build_config
