@@ -10,20 +10,22 @@ from typing import Any
 from etils import epath
 
 from fedln_jax import checkpoint
-from fedln_jax.config import Config, diff_keys
+from fedln_jax.config import Config, diff_keys, with_defaults
 from fedln_jax.errors import FedlnError
 from fedln_jax.version import __version__
 
 # Keys a resumed run may change: they decide how the rounds are laid out (chunking, devices)
 # or saved, never the numbers (chunked == unchunked and 1 device == 8 are tested), so a run
 # preempted on one machine can resume on another.
-RESUMABLE_CHANGES = ("checkpoint_every", "keep_checkpoints", "client_chunk_size", "num_devices")
+RESUMABLE_CHANGES = ("checkpoint_every", "keep_checkpoints", "client_chunk_size", "num_devices",
+                     "tensorboard")
 
 
 def compare_configs(previous: dict, config: Config, what: str) -> None:
     """Allow the same config, the same with `rounds` raised (extending the run), or with
     RESUMABLE_CHANGES; refuse anything else with a FedlnError naming each differing key."""
     current = config.to_dict()
+    previous = with_defaults(previous)  # a config.json from before a key was added
     differing = [k for k in diff_keys(previous, current) if k not in RESUMABLE_CHANGES]
     if differing == ["rounds"] and isinstance(previous.get("rounds"), int) \
             and config.rounds > previous["rounds"]:
@@ -98,7 +100,7 @@ def finished_summary(workdir: str, config: Config, statuses=("completed",)) -> d
         summary = json.loads((epath.Path(workdir) / "summary.json").read_text())
     except (OSError, ValueError):
         return None
-    if previous != config.to_dict() or summary.get("status") not in statuses:
+    if with_defaults(previous) != config.to_dict() or summary.get("status") not in statuses:
         return None
     if summary["status"] == "completed" and summary.get("rounds_completed") != config.rounds:
         return None
