@@ -15,6 +15,7 @@ import tempfile
 
 from fedln_jax.config import Config, build_config
 from fedln_jax.errors import FedlnError
+from fedln_jax.results import runs_table
 
 NORMS = ("none", "bn", "gn", "ln", "fn")
 PAPER_CONFIG = os.path.join("experiments", "configs", "paper_cifar10_one_class_cnn.py")
@@ -111,12 +112,8 @@ def plot_comparison(workdir: str, norms=NORMS, title: str = "") -> str:
     return str(target)
 
 
-def results_table(summaries: dict[str, dict]) -> str:
-    lines = ["norm   final   best    rounds"]
-    for norm, s in summaries.items():
-        lines.append(f"{norm:<5}  {s['final_test_accuracy']:.4f}  {s['best_test_accuracy']:.4f}  "
-                     f"{s['rounds_completed']}")
-    return "\n".join(lines)
+# The notebook's last cell prints this: one row per normalizer (final, best, rounds done).
+results_table = runs_table
 
 
 def show_image(path: str) -> None:
