@@ -1,4 +1,4 @@
-"""The paper's analyses (SPEC section 7) on a trained global model.
+"""The paper's analyses (docs/method.md#analyses) on a trained global model.
 
 Pure functions on arrays (`feature_norm_per_class`, `head_norm_per_class`, `singular_values`,
 `per_class_recall`), the model-level helpers that produce those arrays (`test_features`,
@@ -55,7 +55,7 @@ def per_class_recall(logits_NK: np.ndarray, y_N: np.ndarray, num_classes: int) -
 
 
 def global_accuracy(recall_K: Sequence, test_weights_CK: np.ndarray) -> float:
-    """The run's `test_accuracy` (SPEC section 4): each client's class weights times the
+    """The run's `test_accuracy` (docs/method.md#protocol): each client's class weights times the
     per-class recall, unweighted mean over clients."""
     recall = np.array([0.0 if r is None else r for r in recall_K])
     return float((test_weights_CK @ recall).mean())
@@ -140,7 +140,7 @@ def local_train(exp, state: engine.ServerState, client: int, steps: int):
 
 def local_overfit(exp, state, client: int, steps: int, features_fn=None,
                   before: dict | None = None) -> dict:
-    """SPEC section 7.2: global model -> S local steps on one client; what the local model does
+    """The paper's analysis 2 (docs/method.md#analyses): global model -> S local steps on one client; what the local model does
     to the whole test set. Keys: client, steps, client_classes, global_acc_before,
     global_acc_after, per_class_recall_before/after, feature_norm_per_class_after,
     head_norm_per_class_after, local_loss."""

@@ -37,7 +37,7 @@ NUM_CLASSES = 10
 
 
 def resnet18_forward_macs(num_classes: int = 10, size: int = 32) -> int:
-    """MACs of the CIFAR-style ResNet-18 of SPEC section 2 (3x3 stem, stride 1, no max-pool,
+    """MACs of the CIFAR-style ResNet-18 of the paper (docs/method.md#models) (3x3 stem, stride 1, no max-pool,
     BasicBlocks [2,2,2,2] of widths 64..512, 1x1 projection shortcuts, linear head), for
     predictions before that model is built; normalizers and the residual adds are not counted."""
     macs = size * size * 64 * 9 * 3                          # stem

@@ -71,7 +71,7 @@ def checkpoint_dir(workdir: str) -> epath.Path:
 
 def open_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
     """A synchronous manager (saves of this run's small states take tens of milliseconds,
-    measured in the README) that keeps the newest `keep` steps and clears leftover temporary
+    measured in docs/checkpoints.md) that keeps the newest `keep` steps and clears leftover temporary
     directories of interrupted saves."""
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True, enable_async_checkpointing=False,

@@ -28,7 +28,7 @@ FOLDER_DATASETS = ("tinyimagenet", "pacs")
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Everything that defines a run. Field names are the public config keys (DESIGN section 6)."""
+    """Everything that defines a run. Field names are the public config keys (docs/config.md)."""
     # data
     dataset: str = "digits"
     data_dir: str = ""
@@ -66,7 +66,7 @@ class Config:
     server_lr: Optional[float] = None   # None = the algorithm's default: 1.0, 0.01 for fedadam/fedyogi
     prox_mu: float = 1.0                # fedprox: loss + mu/2 ||w - w_global||^2 (paper: 1)
     server_momentum: float = 0.9        # fedavgm
-    server_beta1: float = 0.9           # fedadam, fedyogi (SPEC section 6)
+    server_beta1: float = 0.9           # fedadam, fedyogi (docs/method.md#baselines)
     server_beta2: float = 0.99          # fedadam, fedyogi
     server_tau: float = 1e-3            # fedadam, fedyogi: added to sqrt(v)
     fedlc_tau: float = 1.0              # fedlc: margin tau * n_k^(-1/4)
@@ -170,7 +170,7 @@ class Config:
         return dataclasses.replace(self, **changes)
 
 
-# SPEC section 4, the reference protocol of the paper's tables: full participation, 10 local SGD
+# docs/method.md#protocol, the reference protocol of the paper's tables: full participation, 10 local SGD
 # steps of batch 32, lr 0.01, no momentum or weight decay, FedAvg of the whole model state
 # weighted by client size, up to 10,000 rounds, evaluation every 100.
 PAPER_PROTOCOL = dict(model="cnn", norm="none", local_steps=10, batch_size=32, lr=0.01,

@@ -1,6 +1,6 @@
 """`fedln-jax demo`: the headline comparison, none vs ln vs fn under one-class label skew on the
-digits (the paper's protocol, section 4: 10 clients x 1 class, 10 local steps of batch 32,
-lr 0.01).
+digits (the paper's protocol, docs/method.md#protocol: 10 clients x 1 class, 10 local steps
+of batch 32, lr 0.01).
 
 This module is a figure config (get_config, get_runs, FIGURE; see fedln_jax/figures.py), kept
 inside the package so that the demo needs no repository checkout;

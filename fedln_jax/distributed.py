@@ -1,7 +1,7 @@
 """Multi-host start-up: `jax.distributed.initialize` when the command line or environment asks.
 
 Every process runs the same command with the same config; JAX then sees the devices of all
-processes as one mesh (DESIGN 2.5), each process feeds its own addressable devices
+processes as one mesh (docs/scale.md), each process feeds its own addressable devices
 (`engine.replicate`), and only process 0 writes the workdir. Settings, flag first, then
 environment variable:
 

@@ -1,4 +1,4 @@
-"""One compiled program that trains R >= 1 runs together (DESIGN 2.6).
+"""One compiled program that trains R >= 1 runs together (docs/scale.md).
 
 Runs whose configs differ only in VALUE_KEYS (and whose arrays have equal shapes) share one
 program: their states, hyperparameters and data are stacked on a leading runs axis and the

@@ -1,7 +1,7 @@
 """run(config, workdir) and run_group(configs, workdirs): the one training loop. It trains the
 runs of a program (program.py: one run, or several vectorized) in fused blocks of rounds,
 evaluates, checkpoints every run into its own workdir, resumes, stops a diverged run, saves on
-SIGTERM/SIGINT, and writes the workdir files of DESIGN section 6."""
+SIGTERM/SIGINT, and writes the workdir files of docs/config.md."""
 from __future__ import annotations
 
 import contextlib

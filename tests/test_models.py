@@ -1,4 +1,4 @@
-"""Fast conv/pool formulations, the three models under every preset, SPEC section-8 propositions."""
+"""Fast conv/pool formulations, the three models under every preset, the paper's propositions (docs/method.md#propositions)."""
 
 import math
 
@@ -287,7 +287,7 @@ def test_learnable_normalizers_get_gradients(layers, param_leaf):
         assert np.all(np.isfinite(gj)) and np.any(gj != 0), (j, gj)
 
 
-# ---- SPEC section 8 ----
+# ---- the paper's propositions (docs/method.md#propositions) ----
 
 @pytest.mark.parametrize("name,position", [("cnn", "after"), ("small_cnn", "after"),
                                            ("small_cnn", "before")])
@@ -372,7 +372,7 @@ def _one_class_gd_trajectory(norm, steps=60, lr=0.05):
 
 
 def test_divergent_norms_on_one_class_data():
-    """SPEC section 8: on one-class data vanilla GD grows the class's feature norm and ||w_c||
+    """Proposition (docs/method.md#propositions): on one-class data vanilla GD grows the class's feature norm and ||w_c||
     step after step; under FN ||phi|| stays sqrt(d) and only the head grows, and every logit
     gap stays below 2 sqrt(d) max_k ||w_k||."""
     d = feature_dim("mlp")

@@ -1,4 +1,4 @@
-"""Every experiments/configs/paper_*.py: loads, validates with each normalizer, holds the SPEC
+"""Every experiments/configs/paper_*.py: loads, validates with each normalizer, holds the
 section 4 protocol, and its docstring's run commands parse."""
 import glob
 import importlib.util

@@ -32,7 +32,7 @@ def test_resnet18_parameter_count_and_layout():
     bn_affine = 2 * (64 + 4 * 64 + sum(5 * c for c in (128, 256, 512)))
     assert n == convs + head + bn_affine
     params = v["params"]
-    assert params["head"]["bias"].shape == (10,)  # the only bias: SPEC section 2
+    assert params["head"]["bias"].shape == (10,)  # the only bias: docs/method.md#models
     assert params["stem"]["kernel"].shape == (3, 3, 3, 64)
     assert params["stage1_block0"]["proj"]["kernel"].shape == (1, 1, 64, 128)
     assert "proj" not in params["stage0_block0"] and "proj" not in params["stage1_block1"]

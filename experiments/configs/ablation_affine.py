@@ -1,4 +1,4 @@
-"""SPEC section 7.7: LN / GN without (default) and with a learnable per-channel affine
+"""The paper's analysis 7 (docs/method.md#analyses): LN / GN without (default) and with a learnable per-channel affine
 (scale and bias). Digits one-class, 40 rounds, lr 0.01, seed 0.
 
 Run:  fedln-jax figure --config experiments/configs/ablation_affine.py --workdir runs/abl_affine

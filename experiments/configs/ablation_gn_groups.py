@@ -1,4 +1,4 @@
-"""SPEC section 7.7: number of GroupNorm groups (1 = LN) on the small CNN (widths 16/32/128/64,
+"""The paper's analysis 7 (docs/method.md#analyses): number of GroupNorm groups (1 = LN) on the small CNN (widths 16/32/128/64,
 so G in {1, 2, 4, 8, 16}). Digits one-class, 40 rounds, lr 0.01, seed 0.
 
 Run:  fedln-jax figure --config experiments/configs/ablation_gn_groups.py --workdir runs/abl_gn

@@ -1,4 +1,4 @@
-"""SPEC section 7.7: which layers are normalized. LN (or scaled L2) at a single position of the
+"""The paper's analysis 7 (docs/method.md#analyses): which layers are normalized. LN (or scaled L2) at a single position of the
 small CNN (conv1, conv2, dense1, the feature), at the feature only, and everywhere.
 Digits one-class, 40 rounds, lr 0.01, seed 0.
 

@@ -1,4 +1,4 @@
-"""SPEC section 7.7: which part of LN matters, mean-shift or scaling? Per-layer primitives on
+"""The paper's analysis 7 (docs/method.md#analyses): which part of LN matters, mean-shift or scaling? Per-layer primitives on
 the small CNN's 4 positions (3 hidden + the penultimate feature):
   mean x4 (mean-shift only), l2 x3 + l2s (scaling only; = fn by the reduced-FN proposition),
   fn (l2s at the feature only), scale<c> at the feature (a fixed constant, not a normalization),

@@ -1,4 +1,4 @@
-"""SPEC section 7.7: norm after (default, as the paper) vs before the activation, for ln, gn, bn
+"""The paper's analysis 7 (docs/method.md#analyses): norm after (default, as the paper) vs before the activation, for ln, gn, bn
 and fn. Digits one-class, 40 rounds, lr 0.01, seed 0.
 
 Run:  fedln-jax figure --config experiments/configs/ablation_position.py --workdir runs/abl_position

@@ -1,4 +1,4 @@
-"""SPEC section 7.1: test accuracy vs round, one-class split, for none / bn / gn / ln / fn.
+"""The paper's analysis 1 (docs/method.md#analyses): test accuracy vs round, one-class split, for none / bn / gn / ln / fn.
 
 Digits, 10 clients x 1 class, 10 local steps of batch 32, lr 0.01, 60 rounds, seeds 0 and 1.
 Run:  fedln-jax figure --config experiments/configs/accuracy_vs_round.py --workdir runs/acc_vs_round

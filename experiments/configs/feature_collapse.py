@@ -1,4 +1,4 @@
-"""SPEC section 7.4: feature collapse. Singular values of the centred test-feature matrix
+"""The paper's analysis 4 (docs/method.md#analyses): feature collapse. Singular values of the centred test-feature matrix
 (N x d), divided by the largest, for FedAvg with none vs FedLN vs FedFN on digits one-class.
 
 Run:  fedln-jax figure --config experiments/configs/feature_collapse.py --workdir runs/local_overfit

@@ -1,4 +1,4 @@
-"""SPEC section 7.3: per-class feature norms ||phi(x)|| and head-row norms ||w_c|| of the global
+"""The paper's analysis 3 (docs/method.md#analyses): per-class feature norms ||phi(x)|| and head-row norms ||w_c|| of the global
 model and of the local model after 5 steps on client 0 (none / ln / fn), digits one-class.
 
 Run:  fedln-jax figure --config experiments/configs/feature_norms.py --workdir runs/local_overfit

@@ -1,4 +1,4 @@
-"""SPEC section 7.6: accuracy vs label skew: one class, two classes, Dirichlet beta 0.1 / 0.5 /
+"""The paper's analysis 6 (docs/method.md#analyses): accuracy vs label skew: one class, two classes, Dirichlet beta 0.1 / 0.5 /
 1.0, IID, for none / ln / fn (the gap should shrink as skew weakens).
 
 Digits, 10 clients, 10 local steps of batch 32, lr 0.01, 40 rounds, seed 0.

@@ -1,4 +1,4 @@
-"""SPEC section 7.2-7.4: local overfitting, feature norms, feature collapse (none / ln / fn).
+"""The paper, section 5 (docs/method.md#analyses, items 2-4): local overfitting, feature norms, feature collapse (none / ln / fn).
 
 Digits, 10 clients x 1 class, 40 rounds, lr 0.01. Each global model is then probed: 1, 2 and 5
 local SGD steps of client 0 (the engine's own local training), and the whole test set is scored.

@@ -1,4 +1,4 @@
-"""SPEC section 7.5: final accuracy vs client learning rate for none / ln / fn.
+"""The paper's analysis 5 (docs/method.md#analyses): final accuracy vs client learning rate for none / ln / fn.
 
 Digits, 10 clients x 1 class, 10 local steps of batch 32, 40 rounds, lr in
 {0.003, 0.01, 0.03, 0.1}, seeds 0 and 1 (24 runs, a few minutes on a 2-core CPU).

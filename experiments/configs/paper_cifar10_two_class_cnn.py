@@ -27,7 +27,7 @@ from fedln_jax.config import paper_protocol
 
 
 def get_config():
-    # SPEC section 4's protocol (fedln_jax.config.PAPER_PROTOCOL) plus this table row's setting.
+    # The paper's protocol (docs/method.md#protocol, fedln_jax.config.PAPER_PROTOCOL) plus this table row's setting.
     return paper_protocol(
         dataset="cifar10",
         partition="n_class",

@@ -12,7 +12,7 @@ import optax
 
 from fedln_jax.algorithms.base import Algorithm, make_algorithm
 
-V0 = 1e-6   # initial second moment (SPEC section 6)
+V0 = 1e-6   # initial second moment (docs/method.md#baselines)
 
 
 class ServerMomentsState(NamedTuple):

@@ -1,5 +1,5 @@
 """FedYogi (Reddi et al. 2021): Yogi on the server's pseudo-gradient with the paper's settings
-(SPEC section 6): eta = server_lr 1e-2, beta1 0.9, beta2 0.99, tau 1e-3, v0 1e-6, no bias
+(docs/method.md#baselines): eta = server_lr 1e-2, beta1 0.9, beta2 0.99, tau 1e-3, v0 1e-6, no bias
 correction. The shared rule is in fedadam.py."""
 from fedln_jax.algorithms.base import Algorithm, make_algorithm
 from fedln_jax.algorithms.fedadam import SERVER_MOMENT_KEYS, server_moments_tx

@@ -1,4 +1,4 @@
-"""Bias-free CNN (the paper's), its 8x8 counterpart, and an MLP (SPEC section 2).
+"""Bias-free CNN (the paper's), its 8x8 counterpart, and an MLP (docs/method.md#models).
 
 No biases anywhere, head included: the nets are then positively scale-equivariant, which
 the FN/LN propositions rely on. Each hidden layer is `linear -> ReLU -> [norm]` (or

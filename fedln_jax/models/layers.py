@@ -1,7 +1,7 @@
 """Bias-free conv and 2x2 max-pool with a fast formulation for XLA:CPU.
 
 On XLA:CPU the gradients of `lax.conv_general_dilated` and of reduce-window max-pool are the
-slow parts of a vmapped/scanned federated round (FACTS.md "Speed on XLA:CPU"): a vmap over
+slow parts of a vmapped/scanned federated round (BENCHMARKS.md): a vmap over
 clients turns each conv into a grouped conv, and conv gradients inside a loop compile to a
 naive loop. Expressing the conv as im2col + one matmul and the pool as reshape + max keeps
 everything on the matmul path. Both formulations share ONE parameter layout (`kernel`

@@ -1,4 +1,4 @@
-"""Normalizer primitives, selectable by name at every normalized position (SPEC section 3).
+"""Normalizer primitives, selectable by name at every normalized position (docs/method.md#normalizers).
 
 A position is either a conv map [..., H, W, C] ("spatial": per-example statistics over
 H, W, C) or a dense feature [..., D] (statistics over D). Primitives:

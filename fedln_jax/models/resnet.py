@@ -1,4 +1,4 @@
-"""ResNet-18, CIFAR style (SPEC section 2), with the same swappable normalizers.
+"""ResNet-18, CIFAR style (docs/method.md#models), with the same swappable normalizers.
 
 3x3 stem conv (stride 1, padding 1), no max-pool; BasicBlocks [2, 2, 2, 2] with widths
 64/128/256/512 (the first block of stages 2-4 has stride 2 and a 1x1 projection shortcut);
