@@ -85,18 +85,19 @@ def plan_runs(figure: Figure, extra: dict, seeds, workdir: str) -> list[PlannedR
             for r in figure.runs for seed in seeds]
 
 
-def train_runs(planned: list[PlannedRun], keep_diverged: bool) -> list[dict]:
-    """The summaries of every planned run: finished runs reused, the others trained."""
+def train_runs(configs: list[Config], workdirs: list[str], *, keep_diverged: bool = False,
+               quiet: bool = True) -> list[dict]:
+    """The summaries of these runs: a run that finished with the same config is reused, the
+    others are trained (or resumed from their checkpoints). A diverged run raises
+    DivergedError unless keep_diverged (then it counts as finished, as it would diverge again)."""
     statuses = ("completed", "diverged") if keep_diverged else ("completed",)
-    summaries = [train.finished_summary(p.workdir, p.config, statuses) for p in planned]
+    summaries = [train.finished_summary(w, c, statuses) for c, w in zip(configs, workdirs)]
     todo = [i for i, s in enumerate(summaries) if s is None]
     # Runs differing only in values (the seeds, an lr axis) train as one vectorized program.
-    trained = train.run_group([planned[i].config for i in todo], [planned[i].workdir for i in todo],
-                              quiet=True)
+    trained = train.run_group([configs[i] for i in todo], [workdirs[i] for i in todo], quiet=quiet)
     for i, summary in zip(todo, trained):
         if summary["status"] == "diverged" and not keep_diverged:
-            raise DivergedError(f"{planned[i].workdir}: "
-                                + train.diverged_message(planned[i].config, summary),
+            raise DivergedError(f"{workdirs[i]}: " + train.diverged_message(configs[i], summary),
                                 summary["diverged_at_round"])
         summaries[i] = summary
     return summaries
@@ -116,7 +117,8 @@ def run_figure(figure: Figure | str, workdir: str, overrides=(), *, seeds=None,
     planned = plan_runs(figure, extra, seeds, workdir)
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
     start = time.time()
-    summaries = train_runs(planned, keep_diverged=options.get("diverged") == "report")
+    summaries = train_runs([p.config for p in planned], [p.workdir for p in planned],
+                           keep_diverged=options.get("diverged") == "report")
     rows = [run_row(p, summary, log) for p, summary in zip(planned, summaries)]
     cells = [{"series": series, "x": x, **stats} for (series, x), stats in
              results.aggregate(((r["series"], r["x"]), s) for r, s in zip(rows, summaries))]
