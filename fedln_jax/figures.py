@@ -187,38 +187,24 @@ def draw(rows, cells, options: dict, path: str) -> None:
 
 
 def analyze_all(rows, options: dict, workdir: str, figure: dict) -> dict:
-    """Analyze every run (seed 0 of each series) and compare the series."""
+    """Analyze every completed run of the first seed (one per series) and compare the series."""
     client, steps = options.get("client", 0), options.get("steps", (5,))
     seed0 = min(r["seed"] for r in rows)
-    results = {r["series"]: analyze_run(r["workdir"], client, steps)
-               for r in rows if r["seed"] == seed0}
-    plots.plot_spectra({s: a["singular_values"] for s, a in results.items()},
+    analyses = {r["series"]: analyze_run(r["workdir"], client, steps)
+                for r in rows if r["seed"] == seed0 and r["status"] != "diverged"}
+    plots.plot_spectra({s: a["singular_values"] for s, a in analyses.items()},
                        os.path.join(workdir, "singular_values.png"),
                        title=figure.get("title", ""))
-    plots.plot_local_overfit_grid(results, os.path.join(workdir, "local_overfit.png"))
-    fmt = lambda xs: " ".join("-" if x is None else f"{x:.2f}" for x in xs)
-    lines = ["| series | steps | global acc before | global acc after | per-class recall after |",
-             "|---|---|---|---|---|"]
-    for s, a in results.items():
-        for p in a["local_overfit_by_steps"]:
-            lines.append(f"| {s} | {p['steps']} | {p['global_acc_before']:.3f} | "
-                         f"{p['global_acc_after']:.3f} | {fmt(p['per_class_recall_after'])} |")
-    norms = ["| series | model | feature norm per class | head norm per class |", "|---|---|---|---|"]
-    for s, a in results.items():
-        p = a["local_overfit"]
-        norms.append(f"| {s} | global | {fmt(a['feature_norm_per_class'])} | "
-                     f"{fmt(a['head_norm_per_class'])} |")
-        norms.append(f"| {s} | after {p['steps']} local steps | "
-                     f"{fmt(p['feature_norm_per_class_after'])} | {fmt(p['head_norm_per_class_after'])} |")
-    for name, text in (("local_overfit.md", lines), ("norms.md", norms)):
+    plots.plot_local_overfit_grid(analyses, os.path.join(workdir, "local_overfit.png"))
+    for name, text in (("local_overfit.md", results.local_overfit_table(analyses)),
+                       ("norms.md", results.norms_table(analyses))):
         with open(os.path.join(workdir, name), "w") as f:
-            f.write("\n".join(text) + "\n")
-    print("\n".join(lines))
-    print("\n".join(norms))
+            f.write(text + "\n")
+        print(text)
     spectra_at = lambda s, k: s[k] if k < len(s) else None
     return {s: {"global_acc": a["global_acc"], "local_overfit_by_steps": a["local_overfit_by_steps"],
                 "singular_values": a["singular_values"],
                 "sv_index_below_0.1": next((i for i, v in enumerate(a["singular_values"]) if v < 0.1),
                                            None),
                 "sv_at_10": spectra_at(a["singular_values"], 10)}
-            for s, a in results.items()}
+            for s, a in analyses.items()}

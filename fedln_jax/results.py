@@ -7,7 +7,9 @@ setting, several seeds); a diverged seed is counted in its cell, never averaged.
 
 The tables: `grid_table` (figures: one row per series, one column per x), `seeds_table`
 (the demo: one row per normalizer, every seed), `sweep_table` (a sweep: one row per swept
-setting) and `runs_table` (the notebook: one row per run). docs/results.md shows them.
+setting), `runs_table` (the notebook: one row per run), and a figure's analysis tables
+(`local_overfit_table`, `norms_table`: one series' `analysis.analyze_run` result per row
+group). docs/results.md shows them.
 """
 from __future__ import annotations
 
@@ -104,4 +106,34 @@ def runs_table(summaries: dict[str, dict]) -> str:
     for name, s in summaries.items():
         lines.append(f"{name:<5}  {s['final_test_accuracy']:.4f}  {s['best_test_accuracy']:.4f}  "
                      f"{s['rounds_completed']}")
+    return "\n".join(lines)
+
+
+def _values(xs) -> str:
+    return " ".join("-" if x is None else f"{x:.2f}" for x in xs)
+
+
+def local_overfit_table(analyses: dict[str, dict]) -> str:
+    """Markdown: per series and probe length, global accuracy before and after the local
+    steps and the per-class recall after (`analysis.analyze_run` results by series)."""
+    lines = ["| series | steps | global acc before | global acc after | per-class recall after |",
+             "|---|---|---|---|---|"]
+    for s, a in analyses.items():
+        for p in a["local_overfit_by_steps"]:
+            lines.append(f"| {s} | {p['steps']} | {p['global_acc_before']:.3f} | "
+                         f"{p['global_acc_after']:.3f} | {_values(p['per_class_recall_after'])} |")
+    return "\n".join(lines)
+
+
+def norms_table(analyses: dict[str, dict]) -> str:
+    """Markdown: per series the per-class feature and head-row norms of the global model and
+    after the local-overfit probe."""
+    lines = ["| series | model | feature norm per class | head norm per class |", "|---|---|---|---|"]
+    for s, a in analyses.items():
+        p = a["local_overfit"]
+        lines.append(f"| {s} | global | {_values(a['feature_norm_per_class'])} | "
+                     f"{_values(a['head_norm_per_class'])} |")
+        lines.append(f"| {s} | after {p['steps']} local steps | "
+                     f"{_values(p['feature_norm_per_class_after'])} | "
+                     f"{_values(p['head_norm_per_class_after'])} |")
     return "\n".join(lines)

@@ -4,8 +4,9 @@ Runs that differ only in VALUE_KEYS (seed, lr, server_lr, dirichlet_beta, moment
 weight_decay, algorithm hyperparameters) are stacked on a leading runs axis and executed as
 one compiled program (train.run_group); the other keys (norm, model, algorithm, num_clients,
 dataset, ...) make separate programs. Each run gets a normal workdir under DIR/runs/<name>/;
-DIR/results.csv, DIR/results.md and DIR/sweep.png summarize them. A rerun skips the runs
-whose summary.json says completed.
+DIR/results.csv, DIR/results.md (results.sweep_table: mean +- std over seeds, diverged
+seeds counted) and DIR/sweep.png summarize them. A rerun skips the runs whose summary.json
+says completed (or diverged).
 """
 from __future__ import annotations
 

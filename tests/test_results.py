@@ -86,3 +86,16 @@ def test_demo_and_algorithm_comparison_are_figure_configs():
     assert text.splitlines()[0] == ("Test accuracy on digits, 10 clients, n classes per client, "
                                     "30 rounds (mean of the last 3 evaluations; seeds [0]).")
     assert np.isclose(float(text.splitlines()[-1].split("|")[2]), 0.5)
+
+
+def test_analysis_tables_of_a_figure():
+    probe = {"steps": 5, "global_acc_before": 0.8, "global_acc_after": 0.4,
+             "per_class_recall_after": [1.0, None], "feature_norm_per_class_after": [8.0, 8.0],
+             "head_norm_per_class_after": [1.5, 0.25]}
+    analyses = {"fn": {"local_overfit_by_steps": [probe], "local_overfit": probe,
+                       "feature_norm_per_class": [8.0, 8.0], "head_norm_per_class": [1.0, 0.5]}}
+    assert results.local_overfit_table(analyses).splitlines()[2] == (
+        "| fn | 5 | 0.800 | 0.400 | 1.00 - |")
+    assert results.norms_table(analyses).splitlines()[2:] == [
+        "| fn | global | 8.00 8.00 | 1.00 0.50 |",
+        "| fn | after 5 local steps | 8.00 8.00 | 1.50 0.25 |"]
