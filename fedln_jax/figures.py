@@ -36,6 +36,7 @@ from fedln_jax import plots, results, train
 from fedln_jax.analysis import analyze_run
 from fedln_jax.config import Config, config_of_module, load_config_module, parse_overrides
 from fedln_jax.errors import DivergedError, FedlnError
+from fedln_jax.workdir import finished_summary, read_metrics, write_json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +92,7 @@ def train_runs(configs: list[Config], workdirs: list[str], *, keep_diverged: boo
     others are trained (or resumed from their checkpoints). A diverged run raises
     DivergedError unless keep_diverged (then it counts as finished, as it would diverge again)."""
     statuses = ("completed", "diverged") if keep_diverged else ("completed",)
-    summaries = [train.finished_summary(w, c, statuses) for c, w in zip(configs, workdirs)]
+    summaries = [finished_summary(w, c, statuses) for c, w in zip(configs, workdirs)]
     todo = [i for i, s in enumerate(summaries) if s is None]
     # Runs differing only in values (the seeds, an lr axis) train as one vectorized program.
     trained = train.run_group([configs[i] for i in todo], [workdirs[i] for i in todo], quiet=quiet)
@@ -132,7 +133,7 @@ def run_figure(figure: Figure | str, workdir: str, overrides=(), *, seeds=None,
     if "analyze" in options:
         result["analysis"] = analyze_all(rows, options["analyze"], workdir, options)
     os.makedirs(workdir, exist_ok=True)
-    train.write_json(os.path.join(workdir, "results.json"), result)
+    write_json(os.path.join(workdir, "results.json"), result)
     table_file = "table.txt" if layout == "seeds" else "table.md"
     with open(os.path.join(workdir, table_file), "w") as f:
         f.write(text + "\n")
@@ -179,7 +180,7 @@ def draw(rows, cells, options: dict, path: str) -> None:
         curves = {}
         for r in rows:
             if r["status"] != "diverged":
-                curves.setdefault(r["series"], []).append(train.read_metrics(r["workdir"]))
+                curves.setdefault(r["series"], []).append(read_metrics(r["workdir"]))
         plots.plot_accuracy_curves(curves, path, title=title)
         return
     plots.plot_final_vs_x([c for c in cells if c["n"]], path, xlabel=options.get("xlabel", ""),

@@ -5,19 +5,21 @@ with tiny settings.  A comparison is one run per normalizer in `<workdir>/<norm>
 like a figure's runs (`figures.train_runs`): a finished run is reused; the others are ordinary
 runs (one program per normalizer), which lay the clients out over every device (the TPU
 cores) and, on a workdir holding checkpoints, resume from the latest one, so re-running the
-cells after a runtime restart continues where the runs stopped.  Workdirs may be local, on a mounted Google
-Drive (/content/drive/...), or gs:// buckets.
+cells after a runtime restart continues where the runs stopped.  Workdirs may be local, on a
+mounted Google Drive (/content/drive/...), or gs:// buckets.
 """
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 
 from fedln_jax.config import Config, build_config
 from fedln_jax.errors import FedlnError
 from fedln_jax.figures import train_runs
+from fedln_jax.placement import client_mesh
+from fedln_jax.plots import plot_accuracy_curves
 from fedln_jax.results import runs_table
+from fedln_jax.workdir import read_metrics
 
 NORMS = ("none", "bn", "gn", "ln", "fn")
 PAPER_CONFIG = os.path.join("experiments", "configs", "paper_cifar10_one_class_cnn.py")
@@ -33,9 +35,7 @@ def device_summary() -> dict:
     """Backend, devices, and how the clients axis is laid out over them."""
     import jax
 
-    from fedln_jax import engine
-
-    mesh = engine.client_mesh()
+    mesh = client_mesh()
     return {"backend": jax.default_backend(), "device_count": jax.device_count(),
             "process_count": jax.process_count(),
             "devices": [str(d) for d in jax.devices()],
@@ -91,15 +91,12 @@ def load_curves(workdir: str, norms=NORMS) -> dict[str, list[dict]]:
     """norm -> the metrics.jsonl rows of workdir/<norm>."""
     curves = {}
     for norm in norms:
-        text = (_path(workdir) / norm / "metrics.jsonl").read_text()
-        curves[norm] = [json.loads(line) for line in text.splitlines() if line.strip()]
+        curves[norm] = read_metrics(str(_path(workdir) / norm))
     return curves
 
 
 def plot_comparison(workdir: str, norms=NORMS, title: str = "") -> str:
     """Test accuracy vs round, one line per normalizer; saved as workdir/accuracy.png."""
-    from fedln_jax.plots import plot_accuracy_curves
-
     curves = {norm: [rows] for norm, rows in load_curves(workdir, norms).items()}
     target = _path(workdir) / "accuracy.png"
     with tempfile.TemporaryDirectory() as tmp:   # matplotlib writes locally; copy to gs:// too
