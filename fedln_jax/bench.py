@@ -26,10 +26,14 @@ import optax
 
 from fedln_jax import engine
 from fedln_jax.errors import FedlnError
-from fedln_jax.models import build_model, forward_macs, train_flops_per_example  # noqa: F401
+from fedln_jax.models import (build_model, forward_macs, resolve_conv_impl,  # noqa: F401
+                              train_flops_per_example)
 
 INPUT_SHAPES = {"cnn": (32, 32, 3), "small_cnn": (8, 8, 1), "mlp": (8, 8, 1)}
 ENGINES = ("vectorized", "loop")
+# How many clients one device vmaps per chunk: the backend's default, one (the CPU default),
+# or the whole per-device cohort (the GPU/TPU default).
+CHUNK_POLICIES = ("auto", "narrow", "cohort")
 NUM_CLASSES = 10
 
 
@@ -135,12 +139,15 @@ def make_loop_round(apply_fn: Callable, spec: engine.RoundSpec,
 def run_bench(model: str = "cnn", clients: int = 10, local_steps: int = 5, batch_size: int = 32,
               rounds: int = 3, engine_name: str = "vectorized", chunk_size: int = 0,
               norm: str = "none", dtype: str = "float32", rounds_per_call: int = 1,
-              matmul_size: int = 2048) -> dict:
+              matmul_size: int = 2048, conv_impl: str = "auto", chunk_policy: str = "auto") -> dict:
     """Time `rounds` calls after a warm-up one; return the result record (see module doc).
 
     rounds_per_call > 1 (vectorized engine only) fuses that many rounds into one jitted call
     (`engine.make_multi_round_fn`, as `train.run` does between evaluations); the reported
     round time is the call time divided by it.
+    conv_impl: any of `models.CONV_IMPLS` ("auto" = the backend's default).
+    chunk_policy: when chunk_size is 0, "auto" (the backend's default), "narrow" (1 client per
+    device) or "cohort" (the whole per-device cohort in one vmap). An explicit chunk_size wins.
     """
     if engine_name not in ENGINES:
         raise FedlnError(f"unknown engine {engine_name!r}; expected one of {', '.join(ENGINES)}")
@@ -153,12 +160,15 @@ def run_bench(model: str = "cnn", clients: int = 10, local_steps: int = 5, batch
         raise FedlnError("--rounds-per-call applies to the vectorized engine only")
     if chunk_size < 0:
         raise FedlnError(f"--chunk-size must be >= 0, got {chunk_size}")
+    if chunk_policy not in CHUNK_POLICIES:
+        raise FedlnError(f"unknown chunk policy {chunk_policy!r}; expected one of "
+                         f"{', '.join(CHUNK_POLICIES)}")
     input_shape = INPUT_SHAPES.get(model)
     if input_shape is None:
         raise FedlnError(f"unknown model {model!r}; expected one of {', '.join(INPUT_SHAPES)}")
-    net = build_model(model, norm, NUM_CLASSES, dtype=dtype)
+    net = build_model(model, norm, NUM_CLASSES, dtype=dtype, conv_impl=conv_impl)
     mesh = engine.client_mesh()
-    chunk = chunk_size or engine.default_chunk_size(clients, mesh.size)
+    chunk = chunk_size or chunk_for_policy(chunk_policy, clients, mesh.size)
     examples = 4 * batch_size           # a few full batches per client: reshuffles are exercised
     spec = engine.RoundSpec(
         num_clients=clients, cohort_size=clients, local_steps=local_steps, batch_size=batch_size,
@@ -211,7 +221,9 @@ def run_bench(model: str = "cnn", clients: int = 10, local_steps: int = 5, batch
         "rounds_per_call": rounds_per_call,
         "chunk_size": chunk if engine_name == "vectorized" else None,
         "norm": norm, "dtype": dtype, "backend": jax.default_backend(),
-        "devices": jax.device_count(),
+        "device_kind": jax.devices()[0].device_kind, "devices": jax.device_count(),
+        "conv_impl": resolve_conv_impl(conv_impl)[0] if model != "mlp" else None,
+        "chunk_policy": chunk_policy if not chunk_size else "explicit",
         "client_steps_per_second": steps / median,
         "examples_per_second": steps * batch_size / median,
         "gflops_per_second": gflops,
@@ -229,6 +241,14 @@ def run_bench(model: str = "cnn", clients: int = 10, local_steps: int = 5, batch
         "jax_version": jax.__version__,
         "jaxlib_version": _jaxlib_version(),
     }
+
+
+def chunk_for_policy(policy: str, clients: int, num_devices: int) -> int:
+    if policy == "narrow":
+        return 1
+    if policy == "cohort":
+        return max(1, math.ceil(clients / num_devices))
+    return engine.default_chunk_size(clients, num_devices)
 
 
 def _loss_as_metrics(result):
