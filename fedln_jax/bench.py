@@ -83,6 +83,13 @@ def peak_rss_mb() -> float:
     return rss / (1024 * 1024 if platform.system() == "Darwin" else 1024)
 
 
+def device_peak_mb() -> float | None:
+    """Peak bytes in use on the first device (GPU/TPU report it; XLA:CPU does not: None)."""
+    stats = jax.devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return None if peak is None else peak / 2 ** 20
+
+
 def synthetic_data(num_clients: int, examples_per_client: int, input_shape, seed: int = 0):
     """Random uint8 images and labels; client c owns a contiguous block of examples."""
     rng = np.random.default_rng(seed)
@@ -235,6 +242,7 @@ def run_bench(model: str = "cnn", clients: int = 10, local_steps: int = 5, batch
                             else max(first_round - median, 0.0)),
         "first_round_seconds": first_round,
         "peak_rss_mb": peak_rss_mb(),
+        "device_peak_mb": device_peak_mb(),
         "matmul_peak_gflops": peak,
         "fraction_of_matmul_peak": gflops / peak,
         "train_loss": loss,

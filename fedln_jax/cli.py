@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_p.add_argument("--engine", default="vectorized", choices=("vectorized", "loop"))
     bench_p.add_argument("--chunk-size", type=int, default=0,
                          help="clients vmapped together per device; 0 = backend default")
-    bench_p.add_argument("--chunk-policy", default="auto", choices=("auto", "narrow", "cohort"),
+    bench_p.add_argument("--chunk-policy", default="auto",
                          help="with --chunk-size 0: auto = backend default, narrow = 1 client "
                               "per device (CPU default), cohort = all per device (GPU/TPU default)")
     bench_p.add_argument("--conv-impl", default="auto",
