@@ -50,7 +50,10 @@ def measure(num_clients: int, algorithm_name: str, rounds: int) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from fedln_jax import engine
+    from fedln_jax.client import make_apply_fn
+    from fedln_jax.placement import client_mesh
+    from fedln_jax.round import make_multi_round_fn, make_round_fn
+    from fedln_jax.state import RoundSpec, init_state, make_data
     from fedln_jax.algorithms import get_algorithm
     from fedln_jax.models import build_model
 
@@ -62,7 +65,7 @@ def measure(num_clients: int, algorithm_name: str, rounds: int) -> dict:
     y = rng.integers(0, 10, n, dtype=np.int32)
     blocks = list(np.arange(n, dtype=np.int32).reshape(num_clients, EXAMPLES_PER_CLIENT))
     start = time.perf_counter()
-    data = engine.make_data(x, y, blocks, num_classes=10)
+    data = make_data(x, y, blocks, num_classes=10)
     del x, y, blocks                                    # the engine's copy is the one kept
     data_seconds = time.perf_counter() - start
     rss_data = current_rss_mib()
@@ -70,15 +73,15 @@ def measure(num_clients: int, algorithm_name: str, rounds: int) -> dict:
     algorithm = get_algorithm(algorithm_name)
     net = build_model("small_cnn", "none", 10)
     hparams = {"lr": jnp.float32(0.05), "server_lr": jnp.float32(1.0)}
-    state = engine.init_state(net, jnp.zeros((1, 8, 8, 1)), 0, algorithm, hparams=hparams,
+    state = init_state(net, jnp.zeros((1, 8, 8, 1)), 0, algorithm, hparams=hparams,
                               num_clients=num_clients)
     rss_state = current_rss_mib()
-    spec = engine.RoundSpec(num_clients=num_clients, cohort_size=COHORT, local_steps=2,
+    spec = RoundSpec(num_clients=num_clients, cohort_size=COHORT, local_steps=2,
                             batch_size=8, max_epochs=2, pixel_scale=1 / 255, chunk_size=1,
                             momentum=0.0, weight_decay=0.0)
-    mesh = engine.client_mesh()
-    run_rounds = jax.jit(engine.make_multi_round_fn(
-        engine.make_round_fn(engine.make_apply_fn(net), spec, algorithm, mesh)), donate_argnums=0)
+    mesh = client_mesh()
+    run_rounds = jax.jit(make_multi_round_fn(
+        make_round_fn(make_apply_fn(net), spec, algorithm, mesh)), donate_argnums=0)
     start = time.perf_counter()
     state, loss = run_rounds(state, hparams, data, jnp.int32(1))
     loss.block_until_ready()

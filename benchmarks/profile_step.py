@@ -30,11 +30,11 @@ def jax_profile(steps: int, conv_impl: str, top: int) -> None:
     import jax
     import jax.numpy as jnp
     import optax
-    from fedln_jax import engine
+    from fedln_jax.client import make_apply_fn
     from fedln_jax.models import build_model
 
     net = build_model("cnn", "none", 10, conv_impl=conv_impl)
-    apply_fn = engine.make_apply_fn(net)
+    apply_fn = make_apply_fn(net)
     params = net.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
     x = jax.random.uniform(jax.random.key(1), (BATCH, 32, 32, 3))
     y = jax.random.randint(jax.random.key(2), (BATCH,), 0, 10)
