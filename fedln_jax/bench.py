@@ -26,7 +26,8 @@ import numpy as np
 from fedln_jax.algorithms import get_algorithm
 from fedln_jax.client import epochs_needed, make_apply_fn
 from fedln_jax.errors import FedlnError
-from fedln_jax.models import build_model, forward_macs, train_flops_per_example  # noqa: F401
+from fedln_jax.models import (build_model, forward_macs, resolve_conv_impl,  # noqa: F401
+                              train_flops_per_example)
 from fedln_jax.placement import client_mesh, default_chunk_size, replicate
 from fedln_jax.reference import make_loop_round
 from fedln_jax.round import make_multi_round_fn, make_round_fn
@@ -34,6 +35,9 @@ from fedln_jax.state import RoundSpec, init_state, make_data
 
 INPUT_SHAPES = {"cnn": (32, 32, 3), "small_cnn": (8, 8, 1), "mlp": (8, 8, 1)}
 ENGINES = ("vectorized", "loop")
+# How many clients one device vmaps per chunk: the backend's default, one (the CPU default),
+# or the whole per-device cohort (the GPU/TPU default).
+CHUNK_POLICIES = ("auto", "narrow", "cohort")
 NUM_CLASSES = 10
 
 
@@ -83,6 +87,13 @@ def peak_rss_mb() -> float:
     return rss / (1024 * 1024 if platform.system() == "Darwin" else 1024)
 
 
+def device_peak_mb() -> float | None:
+    """Peak bytes in use on the first device (GPU/TPU report it; XLA:CPU does not: None)."""
+    stats = jax.devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return None if peak is None else peak / 2 ** 20
+
+
 def synthetic_data(num_clients: int, examples_per_client: int, input_shape, seed: int = 0):
     """Random uint8 images and labels; client c owns a contiguous block of examples."""
     rng = np.random.default_rng(seed)
@@ -96,7 +107,8 @@ def synthetic_data(num_clients: int, examples_per_client: int, input_shape, seed
 def run_bench(model: str = "cnn", clients: int = 10, local_steps: int = 5, batch_size: int = 32,
               rounds: int = 3, engine_name: str = "vectorized", chunk_size: int = 0,
               norm: str = "none", dtype: str = "float32", rounds_per_call: int = 1,
-              matmul_size: int = 2048, conv_features: str = "", dense_features: str = "") -> dict:
+              matmul_size: int = 2048, conv_features: str = "", dense_features: str = "",
+              conv_impl: str = "auto", chunk_policy: str = "auto") -> dict:
     """Time `rounds` calls after a warm-up one; return the result record (see module doc).
 
     conv_features / dense_features set the widths as the config keys of the same names do.
@@ -104,6 +116,9 @@ def run_bench(model: str = "cnn", clients: int = 10, local_steps: int = 5, batch
     rounds_per_call > 1 (vectorized engine only) fuses that many rounds into one jitted call
     (`round.make_multi_round_fn`, as `train.run` does between evaluations); the reported
     round time is the call time divided by it.
+    conv_impl: any of `models.CONV_IMPLS` ("auto" = the backend's default).
+    chunk_policy: when chunk_size is 0, "auto" (the backend's default), "narrow" (1 client per
+    device) or "cohort" (the whole per-device cohort in one vmap). An explicit chunk_size wins.
     """
     if engine_name not in ENGINES:
         raise FedlnError(f"unknown engine {engine_name!r}; expected one of {', '.join(ENGINES)}")
@@ -116,13 +131,16 @@ def run_bench(model: str = "cnn", clients: int = 10, local_steps: int = 5, batch
         raise FedlnError("--rounds-per-call applies to the vectorized engine only")
     if chunk_size < 0:
         raise FedlnError(f"--chunk-size must be >= 0, got {chunk_size}")
+    if chunk_policy not in CHUNK_POLICIES:
+        raise FedlnError(f"unknown chunk policy {chunk_policy!r}; expected one of "
+                         f"{', '.join(CHUNK_POLICIES)}")
     input_shape = INPUT_SHAPES.get(model)
     if input_shape is None:
         raise FedlnError(f"unknown model {model!r}; expected one of {', '.join(INPUT_SHAPES)}")
-    net = build_model(model, norm, NUM_CLASSES, dtype=dtype, conv_features=conv_features,
-                      dense_features=dense_features)
+    net = build_model(model, norm, NUM_CLASSES, dtype=dtype, conv_impl=conv_impl,
+                      conv_features=conv_features, dense_features=dense_features)
     mesh = client_mesh()
-    chunk = chunk_size or default_chunk_size(clients, mesh.size)
+    chunk = chunk_size or chunk_for_policy(chunk_policy, clients, mesh.size)
     examples = 4 * batch_size           # a few full batches per client: reshuffles are exercised
     spec = RoundSpec(
         num_clients=clients, cohort_size=clients, local_steps=local_steps, batch_size=batch_size,
@@ -178,7 +196,9 @@ def run_bench(model: str = "cnn", clients: int = 10, local_steps: int = 5, batch
         "rounds_per_call": rounds_per_call,
         "chunk_size": chunk if engine_name == "vectorized" else None,
         "norm": norm, "dtype": dtype, "backend": jax.default_backend(),
-        "devices": jax.device_count(),
+        "device_kind": jax.devices()[0].device_kind, "devices": jax.device_count(),
+        "conv_impl": resolve_conv_impl(conv_impl)[0] if model != "mlp" else None,
+        "chunk_policy": chunk_policy if not chunk_size else "explicit",
         "client_steps_per_second": steps / median,
         "examples_per_second": steps * batch_size / median,
         "gflops_per_second": gflops,
@@ -190,12 +210,21 @@ def run_bench(model: str = "cnn", clients: int = 10, local_steps: int = 5, batch
                             else max(first_round - median, 0.0)),
         "first_round_seconds": first_round,
         "peak_rss_mb": peak_rss_mb(),
+        "device_peak_mb": device_peak_mb(),
         "matmul_peak_gflops": peak,
         "fraction_of_matmul_peak": gflops / peak,
         "train_loss": loss,
         "jax_version": jax.__version__,
         "jaxlib_version": _jaxlib_version(),
     }
+
+
+def chunk_for_policy(policy: str, clients: int, num_devices: int) -> int:
+    if policy == "narrow":
+        return 1
+    if policy == "cohort":
+        return max(1, math.ceil(clients / num_devices))
+    return default_chunk_size(clients, num_devices)
 
 
 def _loss_as_metrics(result):

@@ -62,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench_p.add_argument("--engine", default="vectorized", choices=("vectorized", "loop"))
     bench_p.add_argument("--chunk-size", type=int, default=0,
                          help="clients vmapped together per device; 0 = backend default")
+    bench_p.add_argument("--chunk-policy", default="auto",
+                         help="with --chunk-size 0: auto = backend default, narrow = 1 client "
+                              "per device (CPU default), cohort = all per device (GPU/TPU default)")
+    bench_p.add_argument("--conv-impl", default="auto",
+                         help="conv formulation: auto (backend default), patches, lax, ... "
+                              "(models.CONV_IMPLS; see docs/models.md)")
     bench_p.add_argument("--norm", default="none", choices=("none", "bn", "gn", "ln", "fn"))
     bench_p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     bench_p.add_argument("--rounds-per-call", type=int, default=1,
@@ -160,7 +166,8 @@ def _dispatch(args) -> int:
         result = run_bench(model=args.model, clients=args.clients, local_steps=args.local_steps,
                            batch_size=args.batch_size, rounds=args.rounds, engine_name=args.engine,
                            chunk_size=args.chunk_size, norm=args.norm, dtype=args.dtype,
-                           rounds_per_call=args.rounds_per_call,
+                           rounds_per_call=args.rounds_per_call, conv_impl=args.conv_impl,
+                           chunk_policy=args.chunk_policy,
                            conv_features=args.conv_features, dense_features=args.dense_features)
         print(json.dumps(result))
         return 0
