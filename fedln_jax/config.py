@@ -13,6 +13,7 @@ from fedln_jax.algorithms import ALGORITHM_NAMES, OWNED_HPARAMS, REGISTRY
 from fedln_jax.data.augment import AUGMENT_SETTINGS, resolve_augmentation
 from fedln_jax.errors import FedlnError
 from fedln_jax.models import model_widths
+from fedln_jax.tensorboard_events import check_installed
 
 DATASETS = ("digits", "synthetic", "cifar10", "cifar100", "tinyimagenet", "pacs")
 PARTITIONS = ("iid", "n_class", "dirichlet")
@@ -156,7 +157,6 @@ class Config:
             raise FedlnError(f"classes_per_client must be >= 1, got {self.classes_per_client}")
         model_widths(self.resolved_model, self.conv_features, self.dense_features)
         if self.tensorboard:
-            from fedln_jax.tensorboard_events import check_installed
             check_installed()
         return self
 
