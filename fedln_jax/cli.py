@@ -5,7 +5,6 @@ import argparse
 import os
 import sys
 
-from fedln_jax.config_help import keys_help
 from fedln_jax.errors import DivergedError, FedlnError, Interrupted
 
 
@@ -18,6 +17,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fedln-jax", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    from fedln_jax.config_help import keys_help
+    # run/sweep/config --help end with every config key (generated from Config)
     keys = dict(epilog=keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     run_p = sub.add_parser("run", help="run one experiment", **keys)
     run_p.add_argument("--workdir", required=True)

@@ -1,4 +1,5 @@
-"""The headline setting: digits, 10 clients x 1 class, 10 local steps of batch 32, lr 0.01.
+"""The headline setting: digits, 10 clients x 1 class, 10 local steps of batch 32, lr 0.01,
+the digits CNN at conv widths 32/64 (why: docs/models.md#width).
 
 Run one:   fedln-jax run --workdir runs/demo_fn --config experiments/configs/demo.py norm=fn
 Run all:   fedln-jax figure --config experiments/configs/demo.py --workdir runs/demo

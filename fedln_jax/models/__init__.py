@@ -61,7 +61,8 @@ def resolve_resnet_widths(name, conv_features, dense_features) -> None:
 
 def model_widths(name: str, conv_features="", dense_features="") -> tuple[int, ...]:
     """Width at each normalized position of model `name` with the width keys applied
-    (FedlnError on a bad width list): what Config.validate checks the norm spec against."""
+    (FedlnError on a bad width list); Config.validate calls it so a bad list is refused
+    before anything runs."""
     _check_name(name)
     if name in RESNET_WIDTHS:
         resolve_resnet_widths(name, conv_features, dense_features)
