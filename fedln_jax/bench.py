@@ -96,8 +96,10 @@ def synthetic_data(num_clients: int, examples_per_client: int, input_shape, seed
 def run_bench(model: str = "cnn", clients: int = 10, local_steps: int = 5, batch_size: int = 32,
               rounds: int = 3, engine_name: str = "vectorized", chunk_size: int = 0,
               norm: str = "none", dtype: str = "float32", rounds_per_call: int = 1,
-              matmul_size: int = 2048) -> dict:
+              matmul_size: int = 2048, conv_features: str = "", dense_features: str = "") -> dict:
     """Time `rounds` calls after a warm-up one; return the result record (see module doc).
+
+    conv_features / dense_features set the widths as the config keys of the same names do.
 
     rounds_per_call > 1 (vectorized engine only) fuses that many rounds into one jitted call
     (`round.make_multi_round_fn`, as `train.run` does between evaluations); the reported
@@ -117,7 +119,8 @@ def run_bench(model: str = "cnn", clients: int = 10, local_steps: int = 5, batch
     input_shape = INPUT_SHAPES.get(model)
     if input_shape is None:
         raise FedlnError(f"unknown model {model!r}; expected one of {', '.join(INPUT_SHAPES)}")
-    net = build_model(model, norm, NUM_CLASSES, dtype=dtype)
+    net = build_model(model, norm, NUM_CLASSES, dtype=dtype, conv_features=conv_features,
+                      dense_features=dense_features)
     mesh = client_mesh()
     chunk = chunk_size or default_chunk_size(clients, mesh.size)
     examples = 4 * batch_size           # a few full batches per client: reshuffles are exercised
@@ -164,11 +167,13 @@ def run_bench(model: str = "cnn", clients: int = 10, local_steps: int = 5, batch
         raise FedlnError(f"the benchmark round produced a non-finite loss ({loss})")
     median = statistics.median(times)
     steps = clients * local_steps
-    flops = steps * batch_size * train_flops_per_example(model, input_shape, NUM_CLASSES)
+    flops = steps * batch_size * train_flops_per_example(model, input_shape, NUM_CLASSES,
+                                                            conv_features, dense_features)
     peak = matmul_peak_gflops(matmul_size)
     gflops = flops / median / 1e9
     return {
-        "model": model, "engine": engine_name, "clients": clients, "local_steps": local_steps,
+        "model": model, "conv_features": conv_features, "dense_features": dense_features,
+        "engine": engine_name, "clients": clients, "local_steps": local_steps,
         "batch_size": batch_size, "rounds_timed": rounds * rounds_per_call,
         "rounds_per_call": rounds_per_call,
         "chunk_size": chunk if engine_name == "vectorized" else None,

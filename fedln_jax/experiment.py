@@ -52,7 +52,8 @@ def build_experiment(config: Config) -> Experiment:
     model = build_model(config.resolved_model, config.norm, dataset.num_classes,
                         norm_layers=config.norm_layers, norm_position=config.norm_position,
                         gn_groups=config.gn_groups, tau=config.tau, conv_impl=config.conv_impl,
-                        dtype=config.dtype)
+                        dtype=config.dtype, conv_features=config.conv_features,
+                        dense_features=config.dense_features)
     num_devices = len(mesh_devices(config))
     spec = RoundSpec(
         num_clients=config.num_clients, cohort_size=config.cohort_size,

@@ -31,6 +31,8 @@ from fedln_jax.state import RoundSpec
 # width, which leaves every run's numbers unchanged (random draws are prefix-stable in length).
 # Algorithm hyperparameters (prox_mu, fedlc_tau, ...) and the local SGD's momentum and
 # weight_decay are read from `hparams` as arrays too (momentum's trace: see program_spec).
+# Every other key is structure and splits programs: e.g. conv_features/dense_features change the
+# parameter shapes, so runs of different widths never share one.
 VALUE_KEYS = ("seed", "lr", "server_lr", "dirichlet_beta", "momentum",
               "weight_decay") + tuple(OWNED_HPARAMS)
 

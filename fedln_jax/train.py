@@ -26,6 +26,7 @@ from fedln_jax.evaluation import evaluation_row
 from fedln_jax.experiment import Experiment, build_experiments, mesh_devices
 from fedln_jax.program import Program, build_program, plan_programs
 from fedln_jax.state import ServerState
+from fedln_jax.tensorboard_events import RunBoard
 from fedln_jax.version import __version__
 from fedln_jax.workdir import (check_checkpoint_meta, check_workdir, read_metrics, write_json,
                                write_text)
@@ -181,6 +182,9 @@ class RunFiles:
         self.elapsed_before = float(self.progress.get("elapsed_seconds", 0.0))
         self.session_start = session_start
         self.history = [row for row in read_metrics(workdir) if row["round"] <= self.start_round]
+        self.board = None   # TensorBoard events (config key tensorboard)
+        if is_writer() and exp.config.tensorboard:
+            self.board = RunBoard(workdir, self.start_round)
         if is_writer():
             self.root.mkdir(parents=True, exist_ok=True)
             write_json(self.root / "config.json", exp.config.to_dict())
@@ -196,6 +200,8 @@ class RunFiles:
         row["elapsed_seconds"] = round(self.elapsed(), 3)
         self.history.append(row)
         self._write_metrics()
+        if self.board is not None:
+            self.board.add_row(row)
 
     def _write_metrics(self) -> None:
         if is_writer():
@@ -220,6 +226,8 @@ class RunFiles:
                                  **self.program_info, **extra)
         if is_writer():
             write_json(self.root / "summary.json", self.summary)
+        if self.board is not None:
+            self.board.close()
 
 
 def restore_runs(managers: list, program: Program, configs: list[Config],

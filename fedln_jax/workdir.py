@@ -10,7 +10,7 @@ from typing import Any
 from etils import epath
 
 from fedln_jax import checkpoint
-from fedln_jax.config import Config, diff_keys
+from fedln_jax.config import Config, diff_keys, with_defaults
 from fedln_jax.errors import FedlnError
 from fedln_jax.version import __version__
 
@@ -18,13 +18,15 @@ from fedln_jax.version import __version__
 # or saved, so a run preempted on one machine can resume on another. A layout change alters
 # the numbers only by float32 rounding (tested to 1e-5); the bits stay equal only on the same
 # layout (docs/scale.md, "What is bit-identical").
-RESUMABLE_CHANGES = ("checkpoint_every", "keep_checkpoints", "client_chunk_size", "num_devices")
+RESUMABLE_CHANGES = ("checkpoint_every", "keep_checkpoints", "client_chunk_size", "num_devices",
+                     "tensorboard")
 
 
 def compare_configs(previous: dict, config: Config, what: str) -> None:
     """Allow the same config, the same with `rounds` raised (extending the run), or with
     RESUMABLE_CHANGES; refuse anything else with a FedlnError naming each differing key."""
     current = config.to_dict()
+    previous = with_defaults(previous)  # a config.json from before a key was added
     differing = [k for k in diff_keys(previous, current) if k not in RESUMABLE_CHANGES]
     if differing == ["rounds"] and isinstance(previous.get("rounds"), int) \
             and config.rounds > previous["rounds"]:
@@ -99,7 +101,7 @@ def finished_summary(workdir: str, config: Config, statuses=("completed",)) -> d
         summary = json.loads((epath.Path(workdir) / "summary.json").read_text())
     except (OSError, ValueError):
         return None
-    if previous != config.to_dict() or summary.get("status") not in statuses:
+    if with_defaults(previous) != config.to_dict() or summary.get("status") not in statuses:
         return None
     if summary["status"] == "completed" and summary.get("rounds_completed") != config.rounds:
         return None

@@ -2,6 +2,10 @@ import os
 
 # Tests run on the CPU; keep XLA from grabbing every core's worth of threads per test process.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The command line turns on a persistent compilation cache in the user's cache directory: tests
+# (and the subprocesses they start) must not write there. test_compile_cache.py turns it on in
+# a temporary directory.
+os.environ["FEDLN_JAX_CACHE_DIR"] = "off"
 
 
 import pytest

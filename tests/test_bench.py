@@ -45,16 +45,18 @@ def _check_record(record, engine):
     for key in KEYS[:6]:
         assert isinstance(record[key], float) and math.isfinite(record[key]) and record[key] >= 0, key
     assert record["round_seconds_median"] > 0 and record["matmul_peak_gflops"] > 0
-    flops = 3 * 2 * 4 * train_flops_per_example("small_cnn", (8, 8, 1), 10)
+    flops = 3 * 2 * 4 * train_flops_per_example("small_cnn", (8, 8, 1), 10,
+                                                record["conv_features"], record["dense_features"])
     assert math.isclose(record["gflops_per_second"] * record["round_seconds_median"], flops / 1e9)
     assert math.isclose(record["client_steps_per_second"] * record["round_seconds_median"], 3 * 2)
 
 
 def test_bench_cli_prints_one_json_object_last():
-    proc = subprocess.run([sys.executable, "-m", "fedln_jax.cli", "bench", *TINY],
-                          capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "fedln_jax.cli", "bench", *TINY,
+                           "--conv-features", "8/12"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     record = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert record["conv_features"] == "8/12"   # the FLOPs checked below are of these widths
     _check_record(record, "vectorized")
 
 
