@@ -15,8 +15,9 @@ from fedln_jax.errors import FedlnError
 from fedln_jax.version import __version__
 
 # Keys a resumed run may change: they decide how the rounds are laid out (chunking, devices)
-# or saved, never the numbers (chunked == unchunked and 1 device == 8 are tested), so a run
-# preempted on one machine can resume on another.
+# or saved, so a run preempted on one machine can resume on another. A layout change alters
+# the numbers only by float32 rounding (tested to 1e-5); the bits stay equal only on the same
+# layout (docs/scale.md, "What is bit-identical").
 RESUMABLE_CHANGES = ("checkpoint_every", "keep_checkpoints", "client_chunk_size", "num_devices",
                      "tensorboard")
 
