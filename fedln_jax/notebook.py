@@ -15,8 +15,9 @@ import tempfile
 
 from fedln_jax.config import Config, build_config
 from fedln_jax.errors import FedlnError
+from fedln_jax.models import NORM_PRESETS
 
-NORMS = ("none", "bn", "gn", "ln", "fn")
+NORMS = tuple(NORM_PRESETS)   # a comparison runs every normalizer preset unless told otherwise
 PAPER_CONFIG = os.path.join("experiments", "configs", "paper_cifar10_one_class_cnn.py")
 DRIVE_ROOT = "/content/drive"
 

@@ -20,7 +20,7 @@ from etils import epath
 from tqdm.auto import tqdm
 
 from fedln_jax import checkpoint, engine
-from fedln_jax.config import Config, diff_keys
+from fedln_jax.config import Config, diff_keys, resumable_keys
 from fedln_jax.errors import DivergedError, FedlnError, Interrupted
 from fedln_jax.experiment import Experiment, build_experiments, evaluation_row, mesh_devices
 from fedln_jax.program import Program, build_program, vectorizable_groups
@@ -39,10 +39,11 @@ def checkpoint_rounds(config: Config) -> list[int]:
     return rounds if rounds and rounds[-1] == config.rounds else rounds + [config.rounds]
 
 
-# Keys a resumed run may change: they decide how the rounds are laid out (chunking, devices)
-# or saved, never the numbers (chunked == unchunked and 1 device == 8 are tested), so a run
-# preempted on one machine can resume on another.
-RESUMABLE_CHANGES = ("checkpoint_every", "keep_checkpoints", "client_chunk_size", "num_devices")
+# Keys a resumed run may change (declared on the Config fields, `resumable=True`): they decide
+# how the rounds are laid out (chunking, devices) or saved, never the numbers (chunked ==
+# unchunked and 1 device == 8 are tested), so a run preempted on one machine can resume on
+# another.
+RESUMABLE_CHANGES = resumable_keys()
 
 
 def compare_configs(previous: dict, config: Config, what: str) -> None:
