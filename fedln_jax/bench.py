@@ -8,7 +8,7 @@ PyTorch/JAX figures. The machine's own ceiling is measured in the same process: 
 time of a large float32 matmul.
 
 Data are synthetic uint8 images of the model's input shape, built directly with
-`engine.make_data` (no dataset needed), so every number depends only on shapes.
+`round.make_data` (no dataset needed), so every number depends only on shapes.
 """
 from __future__ import annotations
 
@@ -22,11 +22,15 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from fedln_jax import engine
+from fedln_jax.algorithms import get_algorithm
+from fedln_jax.client import epochs_needed, make_apply_fn
 from fedln_jax.errors import FedlnError
 from fedln_jax.models import build_model, forward_macs, train_flops_per_example  # noqa: F401
+from fedln_jax.placement import client_mesh, default_chunk_size, replicate
+from fedln_jax.reference import make_loop_round
+from fedln_jax.round import make_multi_round_fn, make_round_fn
+from fedln_jax.state import RoundSpec, init_state, make_data
 
 INPUT_SHAPES = {"cnn": (32, 32, 3), "small_cnn": (8, 8, 1), "mlp": (8, 8, 1)}
 ENGINES = ("vectorized", "loop")
@@ -86,50 +90,7 @@ def synthetic_data(num_clients: int, examples_per_client: int, input_shape, seed
     x = rng.integers(0, 256, (n,) + tuple(input_shape), dtype=np.uint8)
     y = rng.integers(0, NUM_CLASSES, n, dtype=np.int32)
     blocks = np.arange(n, dtype=np.int32).reshape(num_clients, examples_per_client)
-    return engine.make_data(x, y, list(blocks))
-
-
-# ----------------------------------------------------------------------------- the two engines
-
-
-def make_loop_round(apply_fn: Callable, spec: engine.RoundSpec,
-                    server_tx: optax.GradientTransformation) -> Callable:
-    """A fair per-client loop, as a PyTorch user would write it: one jitted call per client.
-
-    Each call gathers the client's batches, runs its local steps and adds its weighted result
-    into a running sum (donated, so no copy); one more jitted call applies the server step.
-    Same semantics as `engine.make_round_fn` with FedAvg (full participation or sampled cohort).
-    """
-    client_update = engine.make_client_update(apply_fn, spec)
-
-    @jax.jit
-    def cohort_of(state, data):
-        rkey = engine.round_key(state)
-        cohort = engine.sample_cohort(rkey, spec)
-        return cohort, engine.client_keys(rkey, cohort), data.counts_C[cohort].astype(jnp.float32)
-
-    def train_one(state, lr, data, acc, key, client, weight):
-        x_SB, y_SB = engine.gather_client_batches(data, spec, key, client)
-        params, mstate, loss = client_update(state.params, state.model_state, x_SB, y_SB, lr)
-        return jax.tree.map(lambda a, t: a + weight * t, acc, (params, mstate, loss))
-
-    train_one = jax.jit(train_one, donate_argnums=3)
-
-    @jax.jit
-    def finish(state, hparams, acc, total):
-        mean_params, mean_mstate, mean_loss = jax.tree.map(lambda s: s / total, acc)
-        new_state = engine.server_update(state, mean_params, mean_mstate, server_tx,
-                                         hparams["server_lr"])
-        return new_state, {"train_loss": mean_loss}
-
-    def loop_round(state, hparams, data):
-        cohort, keys, weights = cohort_of(state, data)
-        acc = jax.tree.map(jnp.zeros_like, (state.params, state.model_state, jnp.float32(0)))
-        for i in range(spec.cohort_size):
-            acc = train_one(state, hparams["lr"], data, acc, keys[i], cohort[i], weights[i])
-        return finish(state, hparams, acc, weights.sum())
-
-    return loop_round
+    return make_data(x, y, list(blocks))
 
 
 def run_bench(model: str = "cnn", clients: int = 10, local_steps: int = 5, batch_size: int = 32,
@@ -139,7 +100,7 @@ def run_bench(model: str = "cnn", clients: int = 10, local_steps: int = 5, batch
     """Time `rounds` calls after a warm-up one; return the result record (see module doc).
 
     rounds_per_call > 1 (vectorized engine only) fuses that many rounds into one jitted call
-    (`engine.make_multi_round_fn`, as `train.run` does between evaluations); the reported
+    (`round.make_multi_round_fn`, as `train.run` does between evaluations); the reported
     round time is the call time divided by it.
     """
     if engine_name not in ENGINES:
@@ -157,23 +118,24 @@ def run_bench(model: str = "cnn", clients: int = 10, local_steps: int = 5, batch
     if input_shape is None:
         raise FedlnError(f"unknown model {model!r}; expected one of {', '.join(INPUT_SHAPES)}")
     net = build_model(model, norm, NUM_CLASSES, dtype=dtype)
-    mesh = engine.client_mesh()
-    chunk = chunk_size or engine.default_chunk_size(clients, mesh.size)
+    mesh = client_mesh()
+    chunk = chunk_size or default_chunk_size(clients, mesh.size)
     examples = 4 * batch_size           # a few full batches per client: reshuffles are exercised
-    spec = engine.RoundSpec(
+    spec = RoundSpec(
         num_clients=clients, cohort_size=clients, local_steps=local_steps, batch_size=batch_size,
-        max_epochs=engine.epochs_needed(examples, local_steps, batch_size), pixel_scale=1 / 255,
+        max_epochs=epochs_needed(examples, local_steps, batch_size), pixel_scale=1 / 255,
         chunk_size=chunk, momentum=0.0, weight_decay=0.0)
-    server_tx = optax.identity()
-    apply_fn = engine.make_apply_fn(net)
+    fedavg = get_algorithm("fedavg")
+    apply_fn = make_apply_fn(net)
     data = synthetic_data(clients, examples, input_shape)
-    state = engine.init_state(net, jnp.zeros((1,) + input_shape, jnp.float32), 0, server_tx)
     hparams = {"lr": jnp.float32(0.01), "server_lr": jnp.float32(1.0)}
+    state = init_state(net, jnp.zeros((1,) + input_shape, jnp.float32), 0, fedavg,
+                       hparams=hparams, num_clients=clients)
     if engine_name == "vectorized":
-        state, hparams, data = engine.replicate((state, hparams, data), mesh)
-        round_fn = engine.make_round_fn(apply_fn, spec, server_tx, mesh)
+        state, hparams, data = replicate((state, hparams, data), mesh)
+        round_fn = make_round_fn(apply_fn, spec, fedavg, mesh)
         if rounds_per_call > 1:
-            multi = engine.make_multi_round_fn(round_fn)
+            multi = make_multi_round_fn(round_fn)
             blocks = jnp.int32(rounds_per_call)
             round_fn = lambda state, hparams, data: _loss_as_metrics(multi(state, hparams, data, blocks))
         jitted = jax.jit(round_fn, donate_argnums=0)
@@ -181,7 +143,7 @@ def run_bench(model: str = "cnn", clients: int = 10, local_steps: int = 5, batch
         round_fn = jitted.lower(state, hparams, data).compile()
         compile_seconds = time.perf_counter() - start
     else:
-        round_fn = make_loop_round(apply_fn, spec, server_tx)
+        round_fn = make_loop_round(apply_fn, spec, fedavg)
         compile_seconds = None          # jitted lazily: estimated from the first round below
 
     def one_round(state):

@@ -103,6 +103,7 @@ def main(argv=None) -> int:
 
 
 def _dispatch(args) -> int:
+    # Lazy imports, for start-up time: the one exception to module-top imports (test_architecture).
     if args.command in ("run", "sweep"):
         from fedln_jax import distributed
         distributed.initialize(args.coordinator, args.num_processes, args.process_id,

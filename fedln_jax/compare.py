@@ -10,7 +10,8 @@ import numpy as np
 
 from fedln_jax.algorithms import ALGORITHM_NAMES
 from fedln_jax.config import Config
-from fedln_jax.train import finished_summary, run_group, write_json
+from fedln_jax.train import run_group
+from fedln_jax.workdir import finished_summary, write_json
 
 COMPARE_NORMS = ("none", "ln", "fn")
 COMPARE_CLASSES = (1, 2)

@@ -1,7 +1,6 @@
 """The headline comparison: none vs ln vs fn under one-class label skew on the digits."""
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -11,7 +10,8 @@ import numpy as np
 from fedln_jax.config import Config
 from fedln_jax.plots import plot_accuracy_curves
 from fedln_jax.errors import FedlnError
-from fedln_jax.train import run_group, write_json
+from fedln_jax.train import run_group
+from fedln_jax.workdir import read_metrics, write_json
 
 DEMO_NORMS = ("none", "ln", "fn")
 DEMO_SEEDS = (0, 1, 2)
@@ -22,11 +22,6 @@ def demo_config(norm: str, seed: int, rounds: int = 60) -> Config:
     return Config(dataset="digits", partition="n_class", classes_per_client=1, num_clients=10,
                   local_steps=10, batch_size=32, lr=0.01, rounds=rounds, eval_every=5,
                   norm=norm, seed=seed)
-
-
-def load_history(workdir: str) -> list[dict]:
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def run_demo(workdir: str, *, norms=DEMO_NORMS, seeds=DEMO_SEEDS, rounds: int = 60,
@@ -46,7 +41,7 @@ def run_demo(workdir: str, *, norms=DEMO_NORMS, seeds=DEMO_SEEDS, rounds: int = 
         if not quiet:
             print(f"  {norm:<5} seed {seed}: final {summary['final_test_accuracy']:.3f}",
                   file=sys.stderr)
-    curves = {norm: [load_history(os.path.join(workdir, "runs", f"{norm}_seed{s}")) for s in seeds]
+    curves = {norm: [read_metrics(os.path.join(workdir, "runs", f"{norm}_seed{s}")) for s in seeds]
               for norm in norms}
     table = {norm: {"final_mean": float(np.mean([s["final_test_accuracy"] for s in sums])),
                     "final_std": float(np.std([s["final_test_accuracy"] for s in sums])),

@@ -16,15 +16,17 @@ DIR/singular_values.png, DIR/local_overfit.md and DIR/norms.md compare the serie
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 
 import numpy as np
 
+from fedln_jax import experiment, plots, train
+from fedln_jax.analysis import analyze_run
 from fedln_jax.config import config_of_module, load_config_module, parse_overrides
 from fedln_jax.errors import DivergedError, FedlnError
+from fedln_jax.workdir import finished_summary, read_metrics, write_json
 
 
 def load_figure(path: str):
@@ -42,7 +44,6 @@ def load_figure(path: str):
 
 
 def run_figure(path: str, workdir: str, overrides=(), quiet: bool = False) -> dict:
-    from fedln_jax import experiment, train
     base, runs, figure = load_figure(path)
     extra = parse_overrides(list(overrides))
     seeds = tuple(figure.get("seeds", (0,)))
@@ -55,7 +56,7 @@ def run_figure(path: str, workdir: str, overrides=(), quiet: bool = False) -> di
         experiment.build_experiment(cfg)  # impossible partitions and bad norm specs fail here
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
     start = time.time()
-    summaries = [train.finished_summary(run_dir, cfg) for _, _, cfg, run_dir in configs]
+    summaries = [finished_summary(run_dir, cfg) for _, _, cfg, run_dir in configs]
     todo = [i for i, s in enumerate(summaries) if s is None]
     # Runs differing only in values (the seeds, an lr axis) train as one vectorized program.
     for i, summary in zip(todo, train.run_group([configs[i][2] for i in todo],
@@ -78,7 +79,7 @@ def run_figure(path: str, workdir: str, overrides=(), quiet: bool = False) -> di
     if "analyze" in figure:
         result["analysis"] = analyze_all(rows, figure["analyze"], workdir, figure)
     os.makedirs(workdir, exist_ok=True)
-    train.write_json(os.path.join(workdir, "results.json"), result)
+    write_json(os.path.join(workdir, "results.json"), result)
     md = format_table(table, figure)
     with open(os.path.join(workdir, "table.md"), "w") as f:
         f.write(md + "\n")
@@ -120,18 +121,12 @@ def format_table(table: list[dict], figure: dict) -> str:
     return "\n".join(lines)
 
 
-def _history(run_dir: str) -> list[dict]:
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def draw(rows, table, figure: dict, path: str) -> None:
-    from fedln_jax import plots
     title = figure.get("title", "")
     if figure.get("kind") == "curves":
         curves = {}
         for r in rows:
-            curves.setdefault(r["series"], []).append(_history(r["workdir"]))
+            curves.setdefault(r["series"], []).append(read_metrics(r["workdir"]))
         plots.plot_accuracy_curves(curves, path, title=title)
         return
     plots.plot_final_vs_x(table, path, xlabel=figure.get("xlabel", ""),
@@ -140,8 +135,6 @@ def draw(rows, table, figure: dict, path: str) -> None:
 
 def analyze_all(rows, options: dict, workdir: str, figure: dict) -> dict:
     """Analyze every run (seed 0 of each series) and compare the series."""
-    from fedln_jax import plots
-    from fedln_jax.analysis import analyze_run
     client, steps = options.get("client", 0), options.get("steps", (5,))
     seed0 = min(r["seed"] for r in rows)
     results = {r["series"]: analyze_run(r["workdir"], client, steps)

@@ -9,13 +9,16 @@ Drive (/content/drive/...), or gs:// buckets.
 """
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 
 from fedln_jax.config import Config, build_config
 from fedln_jax.errors import FedlnError
 from fedln_jax.models import NORM_PRESETS
+from fedln_jax.placement import client_mesh
+from fedln_jax.plots import plot_accuracy_curves
+from fedln_jax.train import run
+from fedln_jax.workdir import finished_summary, read_metrics
 
 NORMS = tuple(NORM_PRESETS)   # a comparison runs every normalizer preset unless told otherwise
 PAPER_CONFIG = os.path.join("experiments", "configs", "paper_cifar10_one_class_cnn.py")
@@ -31,9 +34,8 @@ def device_summary() -> dict:
     """Backend, devices, and how the clients axis is laid out over them."""
     import jax
 
-    from fedln_jax import engine
 
-    mesh = engine.client_mesh()
+    mesh = client_mesh()
     return {"backend": jax.default_backend(), "device_count": jax.device_count(),
             "process_count": jax.process_count(),
             "devices": [str(d) for d in jax.devices()],
@@ -74,8 +76,6 @@ def run_comparison(config_path: str, workdir: str, *, norms=NORMS, overrides=(),
                    quiet: bool = False) -> dict[str, dict]:
     """Run every normalizer's experiment in workdir/<norm>, finished ones skipped; returns
     norm -> summary.  Interrupted runs resume from their latest checkpoint (train.run)."""
-    from fedln_jax.train import finished_summary, run
-
     summaries = {}
     for norm, config in comparison_configs(config_path, norms, overrides).items():
         run_dir = str(_path(workdir) / norm)
@@ -93,15 +93,12 @@ def load_curves(workdir: str, norms=NORMS) -> dict[str, list[dict]]:
     """norm -> the metrics.jsonl rows of workdir/<norm>."""
     curves = {}
     for norm in norms:
-        text = (_path(workdir) / norm / "metrics.jsonl").read_text()
-        curves[norm] = [json.loads(line) for line in text.splitlines() if line.strip()]
+        curves[norm] = read_metrics(str(_path(workdir) / norm))
     return curves
 
 
 def plot_comparison(workdir: str, norms=NORMS, title: str = "") -> str:
     """Test accuracy vs round, one line per normalizer; saved as workdir/accuracy.png."""
-    from fedln_jax.plots import plot_accuracy_curves
-
     curves = {norm: [rows] for norm, rows in load_curves(workdir, norms).items()}
     target = _path(workdir) / "accuracy.png"
     with tempfile.TemporaryDirectory() as tmp:   # matplotlib writes locally; copy to gs:// too

@@ -22,7 +22,10 @@ import numpy as np
 from fedln_jax.config import Config, build_config, parse_value
 from fedln_jax.errors import FedlnError
 from fedln_jax.program import cut, program_key
-from fedln_jax.train import finished_summary, is_writer, run_group, write_json
+from fedln_jax.experiment import build_experiment
+from fedln_jax.plots import _pyplot
+from fedln_jax.train import is_writer, run_group
+from fedln_jax.workdir import finished_summary, write_json
 
 
 def parse_grid(items: list[str]) -> dict[str, list[Any]]:
@@ -124,7 +127,6 @@ def run_sweep(workdir: str, config_file: str | None, items: list[str], *,
 def describe_plan(runs, todo: list[int], groups: list[list[int]],
                   max_runs: int | None) -> str:
     """The programs of a sweep, one line each, after checking that every run can be built."""
-    from fedln_jax.experiment import build_experiment
     for i in todo:
         build_experiment(runs[i][1])   # impossible partitions, missing data, bad norm specs
     parts = [part for members in groups
@@ -190,7 +192,6 @@ def markdown_table(rows: list[dict], swept: list[str]) -> str:
 def plot_sweep(rows: list[dict], swept: list[str], path: str) -> None:
     """Mean final accuracy (error bars: std over seeds) vs the first swept key other than norm;
     one line per normalizer (and per value of any further swept key)."""
-    from fedln_jax.plots import _pyplot
     plt = _pyplot()
     x_key = next((k for k in swept if k != "norm"), None)
     line_keys = [k for k in swept if k not in (x_key,)]

@@ -11,7 +11,6 @@ import signal
 import sys
 import threading
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -19,11 +18,17 @@ import numpy as np
 from etils import epath
 from tqdm.auto import tqdm
 
-from fedln_jax import checkpoint, engine
-from fedln_jax.config import Config, diff_keys, resumable_keys
+from fedln_jax import checkpoint
+from fedln_jax.analysis import make_feature_fn, model_report
+from fedln_jax.config import Config
 from fedln_jax.errors import DivergedError, FedlnError, Interrupted
-from fedln_jax.experiment import Experiment, build_experiments, evaluation_row, mesh_devices
-from fedln_jax.program import Program, build_program, vectorizable_groups
+from fedln_jax.evaluation import evaluation_row
+from fedln_jax.experiment import Experiment, build_experiments, mesh_devices
+from fedln_jax.program import Program, build_program, plan_programs
+from fedln_jax.state import ServerState
+from fedln_jax.version import __version__
+from fedln_jax.workdir import (check_checkpoint_meta, check_workdir, read_metrics, write_json,
+                               write_text)
 
 
 def evaluation_rounds(config: Config) -> list[int]:
@@ -37,98 +42,6 @@ def checkpoint_rounds(config: Config) -> list[int]:
     every = config.checkpoint_every
     rounds = list(range(every, config.rounds + 1, every)) if every else []
     return rounds if rounds and rounds[-1] == config.rounds else rounds + [config.rounds]
-
-
-# Keys a resumed run may change (declared on the Config fields, `resumable=True`): they decide
-# how the rounds are laid out (chunking, devices) or saved, never the numbers (chunked ==
-# unchunked and 1 device == 8 are tested), so a run preempted on one machine can resume on
-# another.
-RESUMABLE_CHANGES = resumable_keys()
-
-
-def compare_configs(previous: dict, config: Config, what: str) -> None:
-    """Allow the same config, the same with `rounds` raised (extending the run), or with
-    RESUMABLE_CHANGES; refuse anything else with a FedlnError naming each differing key."""
-    current = config.to_dict()
-    differing = [k for k in diff_keys(previous, current) if k not in RESUMABLE_CHANGES]
-    if differing == ["rounds"] and isinstance(previous.get("rounds"), int) \
-            and config.rounds > previous["rounds"]:
-        return
-    if differing:
-        changes = "; ".join(f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in differing)
-        hint = (" (rounds may only be raised, to extend the run)"
-                if differing == ["rounds"] else "")
-        raise FedlnError(f"{what} holds a run with a different config (differs in: "
-                         f"{', '.join(differing)}; {changes}){hint}; use a new workdir")
-
-
-def check_workdir(workdir: str, config: Config) -> dict | None:
-    """Refuse a workdir that belongs to a different run, before anything is written.
-
-    Returns the previous config dict (same config: resume; only `rounds` raised: extend), or
-    None for a new workdir.
-    """
-    root = epath.Path(workdir)
-    if root.exists() and not root.is_dir():
-        raise FedlnError(f"workdir {workdir!r} exists and is not a directory")
-    path = root / "config.json"
-    if not path.exists():
-        if checkpoint.checkpoint_dir(workdir).exists():
-            raise FedlnError(f"workdir {workdir!r} has checkpoints but no config.json; "
-                             f"use a new workdir")
-        return None
-    try:
-        previous = json.loads(path.read_text())
-    except (OSError, ValueError):
-        raise FedlnError(f"{path} is unreadable; use a new workdir") from None
-    if not isinstance(previous, dict):
-        raise FedlnError(f"{path} is not a JSON object; use a new workdir")
-    compare_configs(previous, config, f"workdir {workdir!r}")
-    return previous
-
-
-def write_json(path, obj: Any) -> None:
-    """Write atomically: a crash never leaves a half-written file."""
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def write_text(path, text: str) -> None:
-    """Write to a temporary file and rename it over `path` (local or gs://, via etils.epath)."""
-    path = epath.Path(path)
-    tmp = path.parent / (path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-def read_metrics(workdir: str) -> list[dict]:
-    """Rows of metrics.jsonl; a torn last line (a crash mid-write) is dropped."""
-    path = epath.Path(workdir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("round"), int):
-            rows.append(row)
-    return rows
-
-
-def finished_summary(workdir: str, config: Config, statuses=("completed",)) -> dict | None:
-    """The summary of a run of exactly this config that ended with one of `statuses` (and did
-    all its rounds, if completed), or None: a sweep or figure skips such a run."""
-    try:
-        previous = json.loads((epath.Path(workdir) / "config.json").read_text())
-        summary = json.loads((epath.Path(workdir) / "summary.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if previous != config.to_dict() or summary.get("status") not in statuses:
-        return None
-    if summary["status"] == "completed" and summary.get("rounds_completed") != config.rounds:
-        return None
-    return summary
 
 
 def format_class_counts(counts_CK: np.ndarray) -> str:
@@ -211,10 +124,10 @@ def run_group(configs: list[Config], workdirs: list[str], *, quiet: bool = False
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
     summaries: list[dict | None] = [None] * len(configs)
     starts = [checkpoint.newest_step(w) for w in workdirs]
-    for members in vectorizable_groups(experiments, starts, max_runs_per_program):
-        outs = train_program([experiments[i] for i in members], [workdirs[i] for i in members],
-                             log, quiet)
-        for i, summary in zip(members, outs):
+    for member_ids in plan_programs(experiments, starts, max_runs_per_program):
+        outs = train_program([experiments[i] for i in member_ids],
+                             [workdirs[i] for i in member_ids], log, quiet)
+        for i, summary in zip(member_ids, outs):
             summaries[i] = summary
     return summaries
 
@@ -246,17 +159,6 @@ def agree_across_processes(block_cap: int, stopping: bool) -> tuple[int, bool]:
     from jax.experimental import multihost_utils
     votes = np.asarray(multihost_utils.process_allgather(np.array([block_cap, stopping], np.int32)))
     return int(votes[:, 0].min()), bool(votes[:, 1].max())
-
-
-def _check_checkpoint_meta(meta: dict, config: Config, workdir: str) -> None:
-    from fedln_jax import __version__
-    if not isinstance(meta.get("config"), dict) or not isinstance(meta.get("progress"), dict):
-        raise FedlnError(f"a checkpoint in {workdir!r} lacks its config; use a new workdir")
-    compare_configs(meta["config"], config, f"the checkpoint at round {meta.get('round')}")
-    if meta.get("fedln_jax_version") != __version__:
-        print(f"warning: the checkpoint was written by fedln_jax {meta.get('fedln_jax_version')}, "
-              f"this is {__version__}; results may differ from an uninterrupted run",
-              file=sys.stderr)
 
 
 class RunFiles:
@@ -301,7 +203,6 @@ class RunFiles:
                        "".join(json.dumps(r) + "\n" for r in self.history))
 
     def save(self, state, round_: int, loss_sum: float, rounds_in_sum: int) -> None:
-        from fedln_jax import __version__
         meta = {"fedln_jax_version": __version__, "config": self.exp.config.to_dict(),
                 "progress": {"train_loss_sum": loss_sum, "rounds_in_sum": rounds_in_sum,
                              "elapsed_seconds": round(self.elapsed(), 3)}}
@@ -330,7 +231,7 @@ def restore_runs(managers: list, program: Program, configs: list[Config],
     while True:
         restored = [checkpoint.restore_latest(
             m, program.take(program.fresh, r),
-            lambda meta, c=c, w=w: _check_checkpoint_meta(meta, c, w), max_step=bound)
+            lambda meta, c=c, w=w: check_checkpoint_meta(meta, c, w), max_step=bound)
             for r, (m, c, w) in enumerate(zip(managers, configs, workdirs))]
         rounds = [x.round if x else 0 for x in restored]
         if len(set(rounds)) == 1:
@@ -338,22 +239,22 @@ def restore_runs(managers: list, program: Program, configs: list[Config],
         bound = min(rounds)
 
 
-def train_program(group: list[Experiment], workdirs: list[str], log, quiet: bool) -> list[dict]:
+def train_program(members: list[Experiment], workdirs: list[str], log, quiet: bool) -> list[dict]:
     """Train the runs of one program in fused blocks of rounds, evaluating, checkpointing and
     stopping at the rounds the config asks (and at SIGTERM/SIGINT); returns their summaries."""
-    config, runs = group[0].config, len(group)
+    config, runs = members[0].config, len(members)
     devices = mesh_devices(config)
-    program = build_program(group, devices)
+    program = build_program(members, devices)
     with _StopSignal() as stop, contextlib.ExitStack() as stack:
         managers = [checkpoint.open_manager(w, exp.config.keep_checkpoints)
-                    for exp, w in zip(group, workdirs)]
+                    for exp, w in zip(members, workdirs)]
         for manager in managers:
             stack.callback(manager.close)
-        restored = restore_runs(managers, program, [exp.config for exp in group], workdirs)
+        restored = restore_runs(managers, program, [exp.config for exp in members], workdirs)
         start = time.time()
         info = {"runs_vectorized": runs, "device_layout": list(program.mesh.devices.shape)}
         files = [RunFiles(exp, w, m, r, start, info)
-                 for exp, w, m, r in zip(group, workdirs, managers, restored)]
+                 for exp, w, m, r in zip(members, workdirs, managers, restored)]
         start_round = files[0].start_round
         log(f"fedln-jax: {config.dataset}, {config.num_clients} clients ({config.partition}), "
             f"model {config.resolved_model}, norm {config.norm}, {len(devices)} "
@@ -364,7 +265,7 @@ def train_program(group: list[Experiment], workdirs: list[str], log, quiet: bool
         if start_round:
             log(f"resuming from the checkpoint at round {start_round} of {config.rounds}")
         elif runs == 1:
-            log(format_class_counts(group[0].counts_CK))
+            log(format_class_counts(members[0].counts_CK))
         state = program.join([x.state for x in restored]) if restored[0] else program.fresh
         _train_loop(program, files, state, stop, quiet)
         summaries = [f.summary for f in files]
@@ -393,7 +294,6 @@ def _train_loop(program: Program, files: list[RunFiles], state, stop: _StopSigna
     rounds_in_sum = int(files[0].progress.get("rounds_in_sum", 0))
     features_fn = None
     if config.analysis_every:
-        from fedln_jax.analysis import make_feature_fn
         features_fn = make_feature_fn(files[0].exp.model, files[0].exp.spec.pixel_scale)
     active = list(range(runs))
     bar = tqdm(total=config.rounds, initial=start_round, unit="round",
@@ -457,10 +357,9 @@ def _train_loop(program: Program, files: list[RunFiles], state, stop: _StopSigna
         files[r].finish("completed", done)
 
 
-def training_analysis(exp: Experiment, features_fn, state: engine.ServerState) -> dict:
+def training_analysis(exp: Experiment, features_fn, state: ServerState) -> dict:
     """The analyses logged into a metrics row when `analysis_every` is set."""
-    from fedln_jax import analysis
-    report = analysis.model_report(exp, features_fn, state.params, state.model_state)
+    report = model_report(exp, features_fn, state.params, state.model_state)
     return {k: report[k] for k in ("feature_norm_per_class", "head_norm_per_class",
                                    "singular_values")}
 

@@ -1,0 +1,118 @@
+"""A run's workdir on disk: atomic writes, the one reader of metrics.jsonl, and the checks
+that a workdir (or a checkpoint in it) belongs to the run asked for, a finished run, or a run
+to resume. The files themselves are listed in docs/checkpoints.md."""
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from etils import epath
+
+from fedln_jax import checkpoint
+from fedln_jax.config import Config, diff_keys, resumable_keys
+from fedln_jax.errors import FedlnError
+from fedln_jax.version import __version__
+
+# Keys a resumed run may change (declared on the Config fields, `resumable=True`): they decide
+# how the rounds are laid out (chunking, devices) or saved, never the numbers (chunked ==
+# unchunked and 1 device == 8 are tested), so a run preempted on one machine can resume on
+# another.
+RESUMABLE_CHANGES = resumable_keys()
+
+
+def compare_configs(previous: dict, config: Config, what: str) -> None:
+    """Allow the same config, the same with `rounds` raised (extending the run), or with
+    RESUMABLE_CHANGES; refuse anything else with a FedlnError naming each differing key."""
+    current = config.to_dict()
+    differing = [k for k in diff_keys(previous, current) if k not in RESUMABLE_CHANGES]
+    if differing == ["rounds"] and isinstance(previous.get("rounds"), int) \
+            and config.rounds > previous["rounds"]:
+        return
+    if differing:
+        changes = "; ".join(f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in differing)
+        hint = (" (rounds may only be raised, to extend the run)"
+                if differing == ["rounds"] else "")
+        raise FedlnError(f"{what} holds a run with a different config (differs in: "
+                         f"{', '.join(differing)}; {changes}){hint}; use a new workdir")
+
+
+def check_workdir(workdir: str, config: Config) -> dict | None:
+    """Refuse a workdir that belongs to a different run, before anything is written.
+
+    Returns the previous config dict (same config: resume; only `rounds` raised: extend), or
+    None for a new workdir.
+    """
+    root = epath.Path(workdir)
+    if root.exists() and not root.is_dir():
+        raise FedlnError(f"workdir {workdir!r} exists and is not a directory")
+    path = root / "config.json"
+    if not path.exists():
+        if checkpoint.checkpoint_dir(workdir).exists():
+            raise FedlnError(f"workdir {workdir!r} has checkpoints but no config.json; "
+                             f"use a new workdir")
+        return None
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise FedlnError(f"{path} is unreadable; use a new workdir") from None
+    if not isinstance(previous, dict):
+        raise FedlnError(f"{path} is not a JSON object; use a new workdir")
+    compare_configs(previous, config, f"workdir {workdir!r}")
+    return previous
+
+
+def write_json(path, obj: Any) -> None:
+    """Write atomically: a crash never leaves a half-written file."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_text(path, text: str) -> None:
+    """Write to a temporary file and rename it over `path` (local or gs://, via etils.epath)."""
+    path = epath.Path(path)
+    tmp = path.parent / (path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    """Rows of metrics.jsonl; a torn last line (a crash mid-write) is dropped."""
+    path = epath.Path(workdir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("round"), int):
+            rows.append(row)
+    return rows
+
+
+def finished_summary(workdir: str, config: Config, statuses=("completed",)) -> dict | None:
+    """The summary of a run of exactly this config that ended with one of `statuses` (and did
+    all its rounds, if completed), or None: a sweep or figure skips such a run."""
+    try:
+        previous = json.loads((epath.Path(workdir) / "config.json").read_text())
+        summary = json.loads((epath.Path(workdir) / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if previous != config.to_dict() or summary.get("status") not in statuses:
+        return None
+    if summary["status"] == "completed" and summary.get("rounds_completed") != config.rounds:
+        return None
+    return summary
+
+
+def check_checkpoint_meta(meta: dict, config: Config, workdir: str) -> None:
+    """Refuse a checkpoint of a different run (as compare_configs); warn when another version
+    of fedln_jax wrote it."""
+    if not isinstance(meta.get("config"), dict) or not isinstance(meta.get("progress"), dict):
+        raise FedlnError(f"a checkpoint in {workdir!r} lacks its config; use a new workdir")
+    compare_configs(meta["config"], config, f"the checkpoint at round {meta.get('round')}")
+    if meta.get("fedln_jax_version") != __version__:
+        print(f"warning: the checkpoint was written by fedln_jax {meta.get('fedln_jax_version')}, "
+              f"this is {__version__}; results may differ from an uninterrupted run",
+              file=sys.stderr)
