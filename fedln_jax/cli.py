@@ -5,7 +5,9 @@ import argparse
 import os
 import sys
 
+from fedln_jax.bench import ENGINES, INPUT_SHAPES
 from fedln_jax.errors import DivergedError, FedlnError, Interrupted
+from fedln_jax.models import DTYPES, NORM_PRESETS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -50,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo_p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..n-1)")
     demo_p.add_argument("--quiet", action="store_true")
     bench_p = sub.add_parser("bench", help="time rounds on synthetic data; prints one JSON object")
-    bench_p.add_argument("--model", default="cnn", choices=("cnn", "small_cnn", "mlp"),
+    bench_p.add_argument("--model", default="cnn", choices=tuple(INPUT_SHAPES),
                          help="cnn = paper CNN on 32x32x3, small_cnn = digits CNN on 8x8x1")
     bench_p.add_argument("--conv-features", default="", metavar="W1/W2",
                          help="conv widths of cnn/small_cnn (the config key conv_features)")
@@ -60,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_p.add_argument("--local-steps", type=int, default=5)
     bench_p.add_argument("--batch-size", type=int, default=32)
     bench_p.add_argument("--rounds", type=int, default=3, help="timed rounds (median reported)")
-    bench_p.add_argument("--engine", default="vectorized", choices=("vectorized", "loop"))
+    bench_p.add_argument("--engine", default="vectorized", choices=ENGINES)
     bench_p.add_argument("--chunk-size", type=int, default=0,
                          help="clients vmapped together per device; 0 = backend default")
     bench_p.add_argument("--chunk-policy", default="auto",
@@ -69,8 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench_p.add_argument("--conv-impl", default="auto",
                          help="conv formulation: auto (backend default), patches, lax, ... "
                               "(models.CONV_IMPLS; see docs/models.md)")
-    bench_p.add_argument("--norm", default="none", choices=("none", "bn", "gn", "ln", "fn"))
-    bench_p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    bench_p.add_argument("--norm", default="none", choices=tuple(NORM_PRESETS))
+    bench_p.add_argument("--dtype", default="float32", choices=DTYPES)
     bench_p.add_argument("--rounds-per-call", type=int, default=1,
                          help="rounds fused into one jitted call (vectorized engine)")
     an_p = sub.add_parser("analyze", help="feature norms, singular values, per-class recall "

@@ -9,86 +9,98 @@ import types
 import typing
 from typing import Any, Optional
 
-from fedln_jax.algorithms import ALGORITHM_NAMES, OWNED_HPARAMS, REGISTRY
+from fedln_jax.algorithms import OWNED_HPARAMS, REGISTRY
 from fedln_jax.data.augment import AUGMENT_SETTINGS, resolve_augmentation
+from fedln_jax.data.partition import SCHEMES
+from fedln_jax.data.sources import DATASETS
 from fedln_jax.errors import FedlnError
-from fedln_jax.models import model_widths
+from fedln_jax.models import (CONV_IMPLS, DTYPES, MODEL_NAMES, NORM_POSITIONS, NORM_PRESETS,
+                              model_widths)
 from fedln_jax.tensorboard_events import check_installed as check_tensorboard_installed
 
-DATASETS = ("digits", "synthetic", "cifar10", "cifar100", "tinyimagenet", "pacs")
-PARTITIONS = ("iid", "n_class", "dirichlet")
-MODELS = ("auto", "cnn", "small_cnn", "mlp", "resnet18", "resnet18_tiny")
-NORMS = ("none", "bn", "gn", "ln", "fn")
-NORM_POSITIONS = ("after", "before")
-ALGORITHMS = ALGORITHM_NAMES
-CONV_IMPLS = ("auto", "patches", "lax")
-DTYPES = ("float32", "bfloat16")
-DEFAULT_MODEL = {"digits": "small_cnn", "synthetic": "small_cnn", "cifar10": "cnn",
-                 "cifar100": "cnn", "tinyimagenet": "cnn", "pacs": "cnn"}
-FOLDER_DATASETS = ("tinyimagenet", "pacs")
+
+def _field(default: Any, *, choices=None, value: bool = False, resumable: bool = False):
+    """A config field whose metadata says how the package treats the key:
+
+    choices: the allowed values, taken from the registry that owns the names.
+    value: only a value a round reads, never shapes or code: runs differing only in value
+      keys share one vectorized program (program.py, docs/scale.md).
+    resumable: decides how rounds are laid out (chunking, devices) or saved, never the
+      numbers, so a resumed run may change it (train.compare_configs, docs/checkpoints.md).
+    """
+    return dataclasses.field(default=default, metadata={"choices": choices, "value": value,
+                                                        "resumable": resumable})
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Everything that defines a run. Field names are the public config keys (docs/config.md)."""
     # data
-    dataset: str = "digits"
+    dataset: str = _field("digits", choices=DATASETS)
     data_dir: str = ""
     test_fraction: float = 0.2          # held-out share per class (datasets without an official test split)
-    partition: str = "n_class"
+    partition: str = _field("n_class", choices=SCHEMES)
     classes_per_client: int = 1
-    dirichlet_beta: float = 0.1
+    dirichlet_beta: float = _field(0.1, value=True)
     min_client_examples: int = 1        # dirichlet guard: redraw while a client has fewer
     download: bool = True               # cifar10/100: fetch through TFDS when not in data_dir
     image_size: int = 0                 # tinyimagenet/pacs: image side in pixels (0 = 64)
     pacs_domain: str = ""               # pacs: held-out test domain ("" = stratified split)
-    augment: str = "auto"               # auto | true | false | none | crop_flip | resized_crop
+    # auto | true | false | none | crop_flip | resized_crop
+    augment: str = _field("auto", choices=AUGMENT_SETTINGS)
     # federation
     num_clients: int = 10
     clients_per_round: Optional[int] = None   # None = all clients every round
     local_steps: int = 10
     batch_size: int = 32
-    lr: float = 0.01
-    momentum: float = 0.0
-    weight_decay: float = 0.0
+    lr: float = _field(0.01, value=True)
+    momentum: float = _field(0.0, value=True)
+    weight_decay: float = _field(0.0, value=True)
     rounds: int = 60
     eval_every: int = 10
     analysis_every: int = 0             # log feature/head norms and singular values at the
                                         # evaluations whose round is a multiple (0 = off)
     # model
-    model: str = "auto"                 # auto = the default for the dataset
+    model: str = _field("auto", choices=("auto",) + MODEL_NAMES)   # auto = the dataset's default
     conv_features: str = ""             # cnn/small_cnn: conv widths, e.g. "32/64" ("" = the model's)
     dense_features: str = ""            # cnn/small_cnn/mlp: hidden dense widths, e.g. "128/64"
-    norm: str = "none"
+    norm: str = _field("none", choices=NORM_PRESETS)
     norm_layers: str = ""               # per-position override, e.g. "mean,mean,mean,ln"
-    norm_position: str = "after"
+    norm_position: str = _field("after", choices=NORM_POSITIONS)
     gn_groups: int = 4
     tau: float = 1.0                    # logit temperature
     # algorithm (fedln_jax/algorithms). A hyperparameter owned by other algorithms must keep
     # its default: setting it is an error, since it would silently do nothing.
-    algorithm: str = "fedavg"
-    server_lr: Optional[float] = None   # None = the algorithm's default: 1.0, 0.01 for fedadam/fedyogi
-    prox_mu: float = 1.0                # fedprox: loss + mu/2 ||w - w_global||^2 (paper: 1)
-    server_momentum: float = 0.9        # fedavgm
-    server_beta1: float = 0.9           # fedadam, fedyogi (docs/method.md#baselines)
-    server_beta2: float = 0.99          # fedadam, fedyogi
-    server_tau: float = 1e-3            # fedadam, fedyogi: added to sqrt(v)
-    fedlc_tau: float = 1.0              # fedlc: margin tau * n_k^(-1/4)
-    fedrs_alpha: float = 0.5            # fedrs: scale of absent classes' logits, in (0, 1]
-    feddecorr_coef: float = 0.1         # feddecorr (paper: 0.1)
+    algorithm: str = _field("fedavg", choices=REGISTRY)
+    # None = the algorithm's default: 1.0, 0.01 for fedadam/fedyogi
+    server_lr: Optional[float] = _field(None, value=True)
+    prox_mu: float = _field(1.0, value=True)  # fedprox: loss + mu/2 ||w - w_global||^2 (paper: 1)
+    server_momentum: float = _field(0.9, value=True)  # fedavgm
+    server_beta1: float = _field(0.9, value=True)  # fedadam, fedyogi (docs/method.md#baselines)
+    server_beta2: float = _field(0.99, value=True)  # fedadam, fedyogi
+    server_tau: float = _field(1e-3, value=True)  # fedadam, fedyogi: added to sqrt(v)
+    fedlc_tau: float = _field(1.0, value=True)  # fedlc: margin tau * n_k^(-1/4)
+    fedrs_alpha: float = _field(0.5, value=True)  # fedrs: scale of absent classes' logits, in (0, 1]
+    feddecorr_coef: float = _field(0.1, value=True)  # feddecorr (paper: 0.1)
     # bookkeeping and execution
-    seed: int = 0
-    checkpoint_every: int = 100         # save the run state every N rounds (0 = only at the end)
-    keep_checkpoints: int = 3
-    client_chunk_size: Optional[int] = None   # clients vmapped together per device; None = backend default
-    num_devices: Optional[int] = None   # devices the clients axis is laid out over; None = all
-    conv_impl: str = "auto"
-    dtype: str = "float32"              # compute dtype (bfloat16 for GPU/TPU); params stay float32
-    tensorboard: bool = False           # also write TensorBoard events to <workdir>/tensorboard
+    seed: int = _field(0, value=True)
+    # save the run state every N rounds (0 = only at the end)
+    checkpoint_every: int = _field(100, resumable=True)
+    keep_checkpoints: int = _field(3, resumable=True)
+    # clients vmapped together per device; None = backend default
+    client_chunk_size: Optional[int] = _field(None, resumable=True)
+    # devices the clients axis is laid out over; None = all
+    num_devices: Optional[int] = _field(None, resumable=True)
+    conv_impl: str = _field("auto", choices=CONV_IMPLS)
+    # compute dtype (bfloat16 for GPU/TPU); params stay float32
+    dtype: str = _field("float32", choices=DTYPES)
+    # also write TensorBoard events to <workdir>/tensorboard (adds files, changes no number)
+    tensorboard: bool = _field(False, resumable=True)
 
     @property
     def resolved_model(self) -> str:
-        return DEFAULT_MODEL[self.dataset] if self.model == "auto" else self.model
+        """model, or the dataset's default (its DATASETS record) when auto."""
+        return DATASETS[self.dataset].default_model if self.model == "auto" else self.model
 
     @property
     def resolved_augment(self) -> str:
@@ -112,13 +124,10 @@ class Config:
         """Raise FedlnError naming the first problem; return self when valid."""
         for f in dataclasses.fields(self):
             _check_type(f.name, getattr(self, f.name), _field_types()[f.name])
-        choices = {"dataset": DATASETS, "partition": PARTITIONS, "model": MODELS, "norm": NORMS,
-                   "norm_position": NORM_POSITIONS, "algorithm": ALGORITHMS,
-                   "conv_impl": CONV_IMPLS, "dtype": DTYPES, "augment": AUGMENT_SETTINGS}
-        for key, allowed in choices.items():
-            value = getattr(self, key)
-            if value not in allowed:
-                raise FedlnError(f"{key}={value!r} is not one of {', '.join(allowed)}")
+        for f in dataclasses.fields(self):
+            allowed, value = f.metadata.get("choices"), getattr(self, f.name)
+            if allowed is not None and value not in allowed:
+                raise FedlnError(f"{f.name}={value!r} is not one of {', '.join(allowed)}")
         positive = ("num_clients", "local_steps", "batch_size", "rounds", "eval_every",
                     "gn_groups", "keep_checkpoints", "min_client_examples")
         for key in positive:
@@ -148,8 +157,9 @@ class Config:
         if self.clients_per_round is not None and not 1 <= self.clients_per_round <= self.num_clients:
             raise FedlnError(f"clients_per_round must be in 1..num_clients={self.num_clients}, "
                              f"got {self.clients_per_round}")
-        if self.image_size and self.dataset not in FOLDER_DATASETS:
-            raise FedlnError(f"image_size applies to {' and '.join(FOLDER_DATASETS)} only, "
+        resizable = [name for name, info in DATASETS.items() if info.resizable]
+        if self.image_size and self.dataset not in resizable:
+            raise FedlnError(f"image_size applies to {' and '.join(resizable)} only, "
                              f"not dataset={self.dataset!r}")
         if self.pacs_domain and self.dataset != "pacs":
             raise FedlnError(f"pacs_domain applies to dataset='pacs' only, not {self.dataset!r}")
@@ -193,6 +203,16 @@ def paper_protocol(**setting) -> dict[str, Any]:
 
 def config_keys() -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(Config))
+
+
+def value_keys() -> tuple[str, ...]:
+    """Keys that may differ between the runs of one vectorized program (declared on the fields)."""
+    return tuple(f.name for f in dataclasses.fields(Config) if f.metadata.get("value"))
+
+
+def resumable_keys() -> tuple[str, ...]:
+    """Keys a resumed run may change (declared on the fields)."""
+    return tuple(f.name for f in dataclasses.fields(Config) if f.metadata.get("resumable"))
 
 
 def _field_types() -> dict[str, Any]:

@@ -16,12 +16,13 @@ import tempfile
 from fedln_jax.config import Config, build_config
 from fedln_jax.errors import FedlnError
 from fedln_jax.figures import train_runs
+from fedln_jax.models import NORM_PRESETS
 from fedln_jax.placement import client_mesh
 from fedln_jax.plots import plot_accuracy_curves
 from fedln_jax.results import runs_table
 from fedln_jax.workdir import read_metrics
 
-NORMS = ("none", "bn", "gn", "ln", "fn")
+NORMS = tuple(NORM_PRESETS)   # a comparison runs every normalizer preset unless told otherwise
 PAPER_CONFIG = os.path.join("experiments", "configs", "paper_cifar10_one_class_cnn.py")
 DRIVE_ROOT = "/content/drive"
 

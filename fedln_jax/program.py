@@ -17,24 +17,23 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from fedln_jax.algorithms import OWNED_HPARAMS
-from fedln_jax.config import Config
+from fedln_jax.config import Config, value_keys
 from fedln_jax.evaluation import evaluation_fn
 from fedln_jax.experiment import Experiment, chunk_size, hparams_of, initial_state
 from fedln_jax.placement import replicate
 from fedln_jax.round import make_block_fn, make_round_fn
 from fedln_jax.state import RoundSpec
 
-# Config keys that change only values a round reads, never shapes or code: runs differing only in
-# them are stacked on a leading runs axis and share one compiled program.
+# Config keys that change only values a round reads, never shapes or code (declared on the
+# Config fields, `value=True`): runs differing only in them are stacked on a leading runs axis
+# and share one compiled program.
 # seed/dirichlet_beta change the data and partition: the index tables are padded to a common
 # width, which leaves every run's numbers unchanged (random draws are prefix-stable in length).
 # Algorithm hyperparameters (prox_mu, fedlc_tau, ...) and the local SGD's momentum and
 # weight_decay are read from `hparams` as arrays too (momentum's trace: see program_spec).
 # Every other key is structure and splits programs: e.g. conv_features/dense_features change the
 # parameter shapes, so runs of different widths never share one.
-VALUE_KEYS = ("seed", "lr", "server_lr", "dirichlet_beta", "momentum",
-              "weight_decay") + tuple(OWNED_HPARAMS)
+VALUE_KEYS = value_keys()
 
 
 def program_key(config: Config) -> str:

@@ -1,7 +1,7 @@
 """`fedln-jax sweep`: a grid of runs, vectorized where only values differ.
 
-Runs that differ only in VALUE_KEYS (seed, lr, server_lr, dirichlet_beta, momentum,
-weight_decay, algorithm hyperparameters) are stacked on a leading runs axis and executed as
+Runs that differ only in value keys (the Config fields declared `value=True`: seed, lr,
+server_lr, dirichlet_beta, momentum, weight_decay, algorithm hyperparameters) are stacked on a leading runs axis and executed as
 one compiled program (train.run_group); the other keys (norm, model, algorithm, num_clients,
 dataset, ...) make separate programs. Each run gets a normal workdir under DIR/runs/<name>/;
 DIR/results.csv, DIR/results.md (results.sweep_table: mean +- std over seeds, diverged

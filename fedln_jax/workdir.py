@@ -10,16 +10,15 @@ from typing import Any
 from etils import epath
 
 from fedln_jax import checkpoint
-from fedln_jax.config import Config, diff_keys, with_defaults
+from fedln_jax.config import Config, diff_keys, resumable_keys, with_defaults
 from fedln_jax.errors import FedlnError
 from fedln_jax.version import __version__
 
-# Keys a resumed run may change: they decide how the rounds are laid out (chunking, devices)
-# or saved, so a run preempted on one machine can resume on another. A layout change alters
-# the numbers only by float32 rounding (tested to 1e-5); the bits stay equal only on the same
-# layout (docs/scale.md, "What is bit-identical").
-RESUMABLE_CHANGES = ("checkpoint_every", "keep_checkpoints", "client_chunk_size", "num_devices",
-                     "tensorboard")
+# Keys a resumed run may change (declared on the Config fields, `resumable=True`): they decide
+# how the rounds are laid out (chunking, devices) or saved, so a run preempted on one machine
+# can resume on another. A layout change alters the numbers only by float32 rounding (tested to
+# 1e-5); the bits stay equal only on the same layout (docs/scale.md, "What is bit-identical").
+RESUMABLE_CHANGES = resumable_keys()
 
 
 def compare_configs(previous: dict, config: Config, what: str) -> None:

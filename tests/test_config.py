@@ -78,3 +78,27 @@ def test_every_experiment_config_loads_and_validates():
     assert files
     for path in files:
         load_config_file(path).validate()
+
+
+def test_name_keys_take_their_choices_from_the_owning_registries():
+    import dataclasses
+
+    from fedln_jax.algorithms import REGISTRY
+    from fedln_jax.data.sources import DATASETS
+    from fedln_jax.models import NORM_PRESETS
+
+    choices = {f.name: f.metadata.get("choices") for f in dataclasses.fields(Config)}
+    assert choices["dataset"] is DATASETS and choices["norm"] is NORM_PRESETS
+    assert choices["algorithm"] is REGISTRY
+
+
+def test_value_and_resumable_keys_are_declared_on_the_fields():
+    from fedln_jax.algorithms import OWNED_HPARAMS
+    from fedln_jax.config import resumable_keys, value_keys
+
+    assert set(value_keys()) == {"seed", "lr", "server_lr", "dirichlet_beta", "momentum",
+                                 "weight_decay", *OWNED_HPARAMS}
+    assert set(OWNED_HPARAMS) == {"prox_mu", "server_momentum", "server_beta1", "server_beta2",
+                                  "server_tau", "fedlc_tau", "fedrs_alpha", "feddecorr_coef"}
+    assert set(resumable_keys()) == {"checkpoint_every", "keep_checkpoints",
+                                     "client_chunk_size", "num_devices", "tensorboard"}

@@ -279,3 +279,40 @@ def test_bad_labels_and_counts():
         client_test_weights(np.array([[1, 0], [0, 0]]))
     with pytest.raises(FedlnError):
         client_test_weights(np.array([1, 2]))
+
+
+def test_dataset_records_match_the_bundled_data(digits, synth):
+    from fedln_jax.data.augment import AUGMENTATIONS
+    from fedln_jax.data.sources import DATASETS
+    from fedln_jax.models import MODEL_NAMES
+
+    for ds in (digits, synth):
+        info = DATASETS[ds.name]
+        assert (info.num_classes, info.image_shape) == (ds.num_classes, ds.image_shape)
+        assert not info.official_test_split   # held out: about test_fraction=0.2 of each class
+        assert abs(len(ds.y_test) / (len(ds.y_train) + len(ds.y_test)) - 0.2) < 0.01
+    for info in DATASETS.values():
+        assert info.default_model in MODEL_NAMES and info.augmentation in AUGMENTATIONS
+
+
+def test_a_dataset_registered_in_one_entry_loads_validates_and_is_checked(monkeypatch):
+    import dataclasses
+
+    from fedln_jax.config import Config
+    from fedln_jax.data.sources import DATASETS, DatasetInfo
+
+    def load_tiny(data_dir, seed, test_fraction, options):
+        x, y = np.zeros((6, 4, 4, 1), np.uint8), np.arange(6, dtype=np.int32) % 3
+        return Dataset("tiny", x, y, x, y, num_classes=3, pixel_scale=1.0 / 255.0)
+
+    info = DatasetInfo(load_tiny, "mlp", "none", False, 3, (4, 4, 1))
+    monkeypatch.setitem(DATASETS, "tiny", info)
+    assert load_dataset("tiny").num_classes == 3
+    config = Config(dataset="tiny").validate()
+    assert (config.resolved_model, config.resolved_augment) == ("mlp", "none")
+    monkeypatch.setitem(DATASETS, "tiny", dataclasses.replace(info, num_classes=4))
+    with pytest.raises(FedlnError, match="3 classes, expected 4"):
+        load_dataset("tiny")
+    monkeypatch.setitem(DATASETS, "tiny", dataclasses.replace(info, image_shape=(8, 8, 1)))
+    with pytest.raises(FedlnError, match=r"images \(4, 4, 1\), expected \(8, 8, 1\)"):
+        load_dataset("tiny")

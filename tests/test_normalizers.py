@@ -9,15 +9,19 @@ import pytest
 from flax import linen as nn
 
 from fedln_jax.errors import FedlnError
-from fedln_jax.models.normalizers import (Normalizer, apply_norm, check_width,
-                                          expand_norm_layers, parse_primitive)
+from fedln_jax.models.normalizers import (GroupNorm, L2Normalize, NormModule, Scale, apply_norm,
+                                          check_width, expand_norm_layers, resolve_norm)
 
 EPS = 1e-5
 
 
+def norm_module(spec, spatial):
+    return resolve_norm(spec)(spatial=spatial)
+
+
 def norm(spec, x, spatial=False):
     x = jnp.asarray(x, jnp.float32)
-    m = Normalizer(spec, spatial)
+    m = norm_module(spec, spatial)
     variables = m.init(jax.random.key(0), x)
     return np.asarray(m.apply(variables, x)), variables
 
@@ -44,7 +48,7 @@ def test_l2_and_l2s():
 def test_l2_of_zero_is_zero_with_finite_gradient():
     y, v = norm("l2", [[0.0, 0.0]])
     close(y, [[0.0, 0.0]])
-    g = jax.grad(lambda x: Normalizer("l2s", False).apply(v, x).sum())(jnp.zeros((1, 2)))
+    g = jax.grad(lambda x: norm_module("l2s", False).apply(v, x).sum())(jnp.zeros((1, 2)))
     assert np.all(np.isfinite(g))
 
 
@@ -117,8 +121,8 @@ def test_lscale_param_and_gradient():
     close(y, [[1.0, -2.0]])
     assert v["params"]["scale"].shape == ()
     v2 = jax.tree.map(lambda p: p * 3.0, v)
-    close(Normalizer("lscale", False).apply(v2, x), [[3.0, -6.0]])
-    g = jax.grad(lambda v: Normalizer("lscale", False).apply(v, x).sum())(v)
+    close(norm_module("lscale", False).apply(v2, x), [[3.0, -6.0]])
+    g = jax.grad(lambda v: norm_module("lscale", False).apply(v, x).sum())(v)
     close(g["params"]["scale"], -1.0)
 
 
@@ -129,13 +133,13 @@ def test_ln_affine_params():
     close(y, [[-1 / s, 0.0, 1 / s]])
     assert v["params"]["scale"].shape == (3,) and v["params"]["bias"].shape == (3,)
     v2 = {"params": {"scale": jnp.full((3,), 2.0), "bias": jnp.ones((3,))}}
-    close(Normalizer("ln_affine", False).apply(v2, x), [[1 - 2 / s, 1.0, 1 + 2 / s]], rtol=1e-5)
+    close(norm_module("ln_affine", False).apply(v2, x), [[1 - 2 / s, 1.0, 1 + 2 / s]], rtol=1e-5)
 
 
 class _BN(nn.Module):
     @nn.compact
     def __call__(self, x, train=False):
-        return apply_norm("bn", x, spatial=False, train=train, name="norm0")
+        return apply_norm(resolve_norm("bn"), x, spatial=False, train=train, name="norm0")
 
 
 def test_bn_batch_stats_and_running_average():
@@ -157,20 +161,26 @@ def test_bn_batch_stats_and_running_average():
 
 # ---- names and presets ----
 
-def test_parse_primitive():
-    assert parse_primitive("ln") == ("gn", 1, False)
-    assert parse_primitive("ln_affine") == ("gn", 1, True)
-    assert parse_primitive("gn4") == ("gn", 4, False)
-    assert parse_primitive("gn8_affine") == ("gn", 8, True)
-    assert parse_primitive("scale2.5") == ("scale", 2.5, False)
-    assert parse_primitive(" L2S ") == ("l2s", None, False)
+def described(spec):
+    """(module class, keywords) of the factory a primitive name resolves to."""
+    factory = resolve_norm(spec)
+    return factory.func, factory.keywords
+
+
+def test_resolve_norm():
+    assert described("ln") == (GroupNorm, {"groups": 1})
+    assert described("ln_affine") == (GroupNorm, {"groups": 1, "affine": True})
+    assert described("gn4") == (GroupNorm, {"groups": 4})
+    assert described("gn8_affine") == (GroupNorm, {"groups": 8, "affine": True})
+    assert described("scale2.5") == (Scale, {"c": 2.5})
+    assert described(" L2S ") == (L2Normalize, {"fixed_scale": True})
 
 
 @pytest.mark.parametrize("bad", ["", "foo", "gn", "gn0", "gnx", "scale", "scalex", "scaleinf",
                                  "scalenan", "l3", "ln_affin"])
 def test_bad_primitive(bad):
     with pytest.raises(FedlnError):
-        parse_primitive(bad)
+        resolve_norm(bad)
 
 
 def test_check_width():
@@ -201,3 +211,45 @@ def test_expand_presets():
 def test_expand_errors(args):
     with pytest.raises(FedlnError):
         expand_norm_layers(*args)
+
+
+# ---- the registries: a preset or a primitive is one entry ----
+
+def test_a_preset_registered_in_one_entry_reaches_expansion_models_and_config(monkeypatch):
+    from fedln_jax.config import Config
+    from fedln_jax.models import build_model, resnet_norm_layers
+    from fedln_jax.models.normalizers import NORM_PRESETS, Preset
+
+    monkeypatch.setitem(NORM_PRESETS, "reduced_ln", Preset("mean", feature="ln"))
+    assert expand_norm_layers("reduced_ln", 4) == ("mean", "mean", "mean", "ln")
+    assert resnet_norm_layers("reduced_ln") == ("mean", "ln")
+    assert Config(norm="reduced_ln").validate().norm == "reduced_ln"
+    x = jax.random.uniform(jax.random.key(1), (2, 8, 8, 1))
+    by_preset = build_model("small_cnn", "reduced_ln", 10)
+    by_layers = build_model("small_cnn", "none", 10, norm_layers="mean,mean,mean,ln")
+    v = by_preset.init(jax.random.key(0), x)
+    np.testing.assert_array_equal(by_preset.apply(v, x), by_layers.apply(v, x))
+
+
+class _RootMeanSquare(NormModule):
+    """A test-local primitive: x / sqrt(mean(x^2) + eps) over the position's axes."""
+
+    def __call__(self, x, train=False):
+        return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=self.axes(), keepdims=True) + EPS)
+
+
+def test_a_primitive_registered_in_one_entry_is_usable_in_norm_layers(monkeypatch):
+    from fedln_jax.models import build_model
+    from fedln_jax.models.normalizers import PRIMITIVES, Primitive
+
+    with pytest.raises(FedlnError, match="unknown normalizer 'rms'"):
+        resolve_norm("rms")
+    monkeypatch.setitem(PRIMITIVES, "rms", Primitive(_RootMeanSquare))
+    y, v = norm("rms", [[3.0, 4.0]])
+    close(y, [[3.0 / math.sqrt(12.5 + EPS), 4.0 / math.sqrt(12.5 + EPS)]])
+    assert v == {}
+    net = build_model("mlp", "none", 10, norm_layers="rms,l2s")
+    x = jnp.ones((2, 8, 8, 1))
+    assert net.apply(net.init(jax.random.key(0), x), x).shape == (2, 10)
+    with pytest.raises(FedlnError, match="expected one of .*lscale, rms"):
+        resolve_norm("rmx")

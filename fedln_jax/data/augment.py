@@ -20,11 +20,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-AUGMENTATIONS = ("none", "crop_flip", "resized_crop")
-AUGMENT_SETTINGS = ("auto", "true", "false") + AUGMENTATIONS
-DATASET_AUGMENTATION = {"digits": "none", "synthetic": "none", "cifar10": "crop_flip",
-                        "cifar100": "crop_flip", "tinyimagenet": "crop_flip",
-                        "pacs": "resized_crop"}
+from fedln_jax.data.sources import DATASETS
+
 RESIZED_CROP_SCALE = (0.08, 1.0)
 RESIZED_CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 
@@ -32,11 +29,11 @@ RESIZED_CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 def resolve_augmentation(setting: str, dataset: str) -> str:
     """The mode a config's `augment` setting means for `dataset`.
 
-    auto: the dataset's paper augmentation (none for the bundled digits/synthetic);
-    true: the same, but crop_flip for datasets whose default is none; false: none;
-    a mode name: that mode.
+    auto: the dataset's paper augmentation (its DATASETS record; none for the bundled
+    digits/synthetic); true: the same, but crop_flip for datasets whose default is none;
+    false: none; a mode name: that mode.
     """
-    default = DATASET_AUGMENTATION[dataset]
+    default = DATASETS[dataset].augmentation
     if setting == "auto":
         return default
     if setting == "true":
@@ -93,7 +90,10 @@ def random_resized_crop(key: jax.Array, x_HWC: jax.Array) -> jax.Array:
     return jnp.where(jax.random.bernoulli(k_flip), out[:, ::-1], out)
 
 
+# The augmentation registry: mode -> the augmentation of one example (key, x_HWC) -> x_HWC.
 _MODES = {"crop_flip": random_crop_flip, "resized_crop": random_resized_crop}
+AUGMENTATIONS = ("none",) + tuple(_MODES)
+AUGMENT_SETTINGS = ("auto", "true", "false") + AUGMENTATIONS
 
 
 def augment_round(key: jax.Array, x_SB: jax.Array, mode: str) -> jax.Array:

@@ -17,8 +17,6 @@ import numpy as np
 
 from fedln_jax.errors import FedlnError
 
-SCHEMES = ("iid", "n_class", "dirichlet")
-
 
 def _int_arg(name: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -65,20 +63,37 @@ def partition(labels: np.ndarray, num_clients: int, *, scheme: str, num_classes:
     num_classes = _int_arg("num_classes", num_classes, 1)
     num_clients = _int_arg("num_clients", num_clients, 1)
     labels = _check_labels(labels, num_classes)
-    if scheme == "iid":
-        parts = _iid(labels.size, num_clients, seed)
-    elif scheme == "n_class":
-        n = _int_arg("classes_per_client", classes_per_client, 1)
-        if n > num_classes:
-            raise FedlnError(f"classes_per_client={n} exceeds num_classes={num_classes}")
-        parts = _n_class(labels, num_clients, n, num_classes)
-    elif scheme == "dirichlet":
-        parts = _dirichlet(labels, num_clients, num_classes, dirichlet_beta, seed,
-                           _int_arg("min_examples", min_examples, 0),
-                           _int_arg("max_redraws", max_redraws, 0))
-    else:
+    if scheme not in _SCHEMES:
         raise FedlnError(f"unknown partition scheme {scheme!r}; known schemes: {', '.join(SCHEMES)}")
+    parts = _SCHEMES[scheme](labels, num_clients, num_classes, classes_per_client=classes_per_client,
+                             dirichlet_beta=dirichlet_beta, seed=seed, min_examples=min_examples,
+                             max_redraws=max_redraws)
     return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
+
+
+# Each scheme takes (labels, num_clients, num_classes, **the options of `partition`) and
+# reads the options it needs.
+
+def _scheme_iid(labels, num_clients, num_classes, *, seed, **_):
+    return _iid(labels.size, num_clients, seed)
+
+
+def _scheme_n_class(labels, num_clients, num_classes, *, classes_per_client, **_):
+    n = _int_arg("classes_per_client", classes_per_client, 1)
+    if n > num_classes:
+        raise FedlnError(f"classes_per_client={n} exceeds num_classes={num_classes}")
+    return _n_class(labels, num_clients, n, num_classes)
+
+
+def _scheme_dirichlet(labels, num_clients, num_classes, *, dirichlet_beta, seed, min_examples,
+                      max_redraws, **_):
+    return _dirichlet(labels, num_clients, num_classes, dirichlet_beta, seed,
+                      _int_arg("min_examples", min_examples, 0), _int_arg("max_redraws", max_redraws, 0))
+
+
+# The partition registry: scheme name -> scheme function (a new scheme is one entry).
+_SCHEMES = {"iid": _scheme_iid, "n_class": _scheme_n_class, "dirichlet": _scheme_dirichlet}
+SCHEMES = tuple(_SCHEMES)
 
 
 def _iid(n: int, num_clients: int, seed: int) -> list[np.ndarray]:
@@ -168,3 +183,4 @@ def client_test_weights(counts: np.ndarray) -> np.ndarray:
     if empty.size:
         raise FedlnError(f"client {int(empty[0])} has no training examples")
     return (counts / totals).astype(np.float32)
+

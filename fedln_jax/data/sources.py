@@ -1,7 +1,9 @@
 """Dataset sources: every dataset is returned as uint8 images plus int32 labels.
 
-`load_dataset(name, ...)` dispatches through `_LOADERS`, a dict from dataset name to a
-loader function `loader(data_dir, seed, test_fraction, options) -> Dataset`.  Bundled
+`DATASETS` is the dataset registry: one `DatasetInfo` record per name holds its loader
+`loader(data_dir, seed, test_fraction, options) -> Dataset` and its facts (default model,
+paper augmentation, official test split, classes, image shape); `load_dataset(name, ...)`
+dispatches through it and the config reads `model=auto` / `augment=auto` from it.  Bundled
 datasets (`digits`, `synthetic`) need no download; `cifar10` and `cifar100` come through
 tensorflow_datasets (`fedln_jax.data.tfds_source`, which imports it only when asked for);
 `tinyimagenet` and `pacs` are image folders decoded with Pillow (`fedln_jax.data.folders`).
@@ -11,7 +13,7 @@ Loaders ignore `test_fraction` when the dataset has an official test split.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -49,7 +51,8 @@ def _load_digits(data_dir: str, seed: int, test_fraction: float, options: LoadOp
     bunch = load_digits()
     images = np.rint(np.asarray(bunch.images)).astype(np.uint8)[..., None]  # [N, 8, 8, 1]
     labels = np.asarray(bunch.target).astype(np.int32)
-    return from_split("digits", images, labels, 10, 1.0 / 16.0, seed, test_fraction)
+    return from_split("digits", images, labels, DATASETS["digits"].num_classes, 1.0 / 16.0, seed,
+                      test_fraction)
 
 
 SYNTHETIC_CLASSES = 10
@@ -74,11 +77,12 @@ def _load_synthetic(data_dir: str, seed: int, test_fraction: float, options: Loa
 
 
 def _load_cifar10(data_dir: str, seed: int, test_fraction: float, options: LoadOptions) -> Dataset:
-    return load_tfds("cifar10", 10, data_dir, download=options.download)
+    return load_tfds("cifar10", DATASETS["cifar10"].num_classes, data_dir, download=options.download)
 
 
 def _load_cifar100(data_dir: str, seed: int, test_fraction: float, options: LoadOptions) -> Dataset:
-    return load_tfds("cifar100", 100, data_dir, download=options.download)
+    return load_tfds("cifar100", DATASETS["cifar100"].num_classes, data_dir,
+                     download=options.download)
 
 
 def _load_tinyimagenet(data_dir: str, seed: int, test_fraction: float, options: LoadOptions) -> Dataset:
@@ -90,24 +94,57 @@ def _load_pacs(data_dir: str, seed: int, test_fraction: float, options: LoadOpti
                      seed=seed, test_fraction=test_fraction)
 
 
-# name -> loader(data_dir, seed, test_fraction, options) -> Dataset.
-_LOADERS: dict[str, Loader] = {
-    "digits": _load_digits,
-    "synthetic": _load_synthetic,
-    "cifar10": _load_cifar10,
-    "cifar100": _load_cifar100,
-    "tinyimagenet": _load_tinyimagenet,
-    "pacs": _load_pacs,
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """Everything the package knows about one dataset (a new dataset is one DATASETS entry).
+
+    loader: loader(data_dir, seed, test_fraction, options) -> Dataset.
+    default_model: the model of `model=auto` (a models.MODEL_NAMES name).
+    augmentation: the paper's augmentation, the mode of `augment=auto` (data.augment).
+    official_test_split: the test set is the dataset's own; otherwise `test_fraction` of each
+      class is held out (stratified_split) and `seed` fixes the split. PACS has none (its
+      `pacs_domain` option holds a domain out instead).
+    num_classes: classes of every copy of the dataset; None when read from the data (image
+      folders hold as many classes as they have class folders).
+    image_shape: [H, W, C] of its images; None when the `image_size` option sets H and W.
+    """
+
+    loader: Loader
+    default_model: str
+    augmentation: str
+    official_test_split: bool
+    num_classes: Optional[int]
+    image_shape: Optional[tuple[int, int, int]]
+
+    @property
+    def resizable(self) -> bool:
+        """The image_size option applies (image folders decoded at a chosen size)."""
+        return self.image_shape is None
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "digits": DatasetInfo(_load_digits, "small_cnn", "none", False, 10, (8, 8, 1)),
+    "synthetic": DatasetInfo(_load_synthetic, "small_cnn", "none", False, SYNTHETIC_CLASSES,
+                             (8, 8, 1)),
+    "cifar10": DatasetInfo(_load_cifar10, "cnn", "crop_flip", True, 10, (32, 32, 3)),
+    "cifar100": DatasetInfo(_load_cifar100, "cnn", "crop_flip", True, 100, (32, 32, 3)),
+    "tinyimagenet": DatasetInfo(_load_tinyimagenet, "cnn", "crop_flip", True, None, None),
+    "pacs": DatasetInfo(_load_pacs, "cnn", "resized_crop", False, None, None),
 }
 
 
 def dataset_names() -> tuple[str, ...]:
     """All dataset names `load_dataset` knows."""
-    return tuple(_LOADERS)
+    return tuple(DATASETS)
 
 
-def _validate(ds: Dataset) -> Dataset:
-    """Check a loader's output against the Dataset contract (catches loader bugs early)."""
+def _validate(ds: Dataset, info: DatasetInfo) -> Dataset:
+    """Check a loader's output against the Dataset contract and the dataset's record (catches
+    loader bugs early)."""
+    if info.num_classes is not None and ds.num_classes != info.num_classes:
+        raise FedlnError(f"dataset {ds.name!r}: {ds.num_classes} classes, expected {info.num_classes}")
+    if info.image_shape is not None and ds.image_shape != info.image_shape:
+        raise FedlnError(f"dataset {ds.name!r}: images {ds.image_shape}, expected {info.image_shape}")
     for split in ("train", "test"):
         x, y = getattr(ds, f"x_{split}"), getattr(ds, f"y_{split}")
         if x.dtype != np.uint8 or x.ndim != 4:
@@ -130,9 +167,9 @@ def load_dataset(name: str, *, data_dir: str = "", seed: int = 0, test_fraction:
     `test_fraction` of each class goes to test.  `options` carries the per-dataset keys.
     """
     key = str(name).strip().lower()
-    loader = _LOADERS.get(key)
-    if loader is None:
-        raise FedlnError(f"unknown dataset {name!r}; known datasets: {', '.join(_LOADERS)}")
+    info = DATASETS.get(key)
+    if info is None:
+        raise FedlnError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
     check_test_fraction(test_fraction)
     options = LoadOptions() if options is None else options
-    return _validate(loader(data_dir, int(seed), float(test_fraction), options))
+    return _validate(info.loader(data_dir, int(seed), float(test_fraction), options), info)

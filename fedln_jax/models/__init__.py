@@ -9,11 +9,13 @@ from fedln_jax.models.cnn import ARCHS, MLP, WIDTH_FIELDS, ConvNet, parse_featur
 from fedln_jax.models.flops import forward_macs, train_flops_per_example
 from fedln_jax.models.layers import CONV_IMPLS, Conv, conv2d, max_pool2, resolve_conv_impl
 from fedln_jax.models.resnet import RESNET_WIDTHS, ResNet
-from fedln_jax.models.normalizers import (NORM_PRESETS, PRIMITIVES, Normalizer, apply_norm,
-                                          check_width, expand_norm_layers, group_norm,
-                                          parse_primitive)
+from fedln_jax.models.normalizers import (NORM_PRESETS, PRIMITIVES, NormDef, NormModule, Preset,
+                                          Primitive, apply_norm, check_width, expand_norm_layers,
+                                          group_norm, preset, resolve_norm)
 
-MODEL_NAMES = ("cnn", "small_cnn", "mlp", "resnet18", "resnet18_tiny")
+# The model registry: the CNN/MLP architecture table (models/cnn.py) and the ResNet widths
+# (models/resnet.py); a new model is an entry in one of them.
+MODEL_NAMES = tuple(ARCHS) + tuple(RESNET_WIDTHS)
 DTYPES = ("float32", "bfloat16")
 NORM_POSITIONS = ("after", "before")
 
@@ -46,9 +48,8 @@ def resnet_norm_layers(norm: str, norm_layers: str = "", gn_groups: int = 4) -> 
             "for the pooled feature), e.g. norm_layers=ln,none")
     if norm_layers and norm_layers.strip():
         return expand_norm_layers(norm, 2, norm_layers, gn_groups)
-    if norm == "fn":
-        return ("none", "l2s")
-    return (expand_norm_layers(norm, 1, "", gn_groups)[0], "none")
+    layers, feature = preset(norm, gn_groups)
+    return (layers, feature or "none")
 
 
 def resolve_resnet_widths(name, conv_features, dense_features) -> None:
@@ -83,7 +84,7 @@ def build_model(name: str, norm: str, num_classes: int, *, norm_layers: str = ""
 
     Args:
       name: one of MODEL_NAMES.
-      norm: preset in NORM_PRESETS (none | bn | gn | ln | fn).
+      norm: a preset name (NORM_PRESETS: none | bn | gn | ln | fn).
       num_classes: C, the head width.
       norm_layers: comma-separated primitives, one per normalized position; overrides `norm`.
         ResNets take two: "<hidden>,<feature>" (see models/resnet.py).
@@ -123,14 +124,15 @@ def build_model(name: str, norm: str, num_classes: int, *, norm_layers: str = ""
         for width in widths:
             check_width(hidden, width)
         check_width(feature, widths[-1])
-        return ResNet(num_classes=num_classes, norm_layers=(hidden, feature), widths=widths,
-                      norm_position=norm_position, tau=tau, conv_impl=conv)
+        return ResNet(num_classes=num_classes, norms=(resolve_norm(hidden), resolve_norm(feature)),
+                      widths=widths, norm_position=norm_position, tau=tau, conv_impl=conv)
     arch = resolve_arch(name, conv_features, dense_features)
     widths = arch["widths"]
     specs = expand_norm_layers(norm, len(widths), norm_layers, gn_groups)
     for spec, width in zip(specs, widths):
         check_width(spec, width)
-    kw = dict(arch["kw"], num_classes=num_classes, norm_layers=specs,
+    # The names are resolved here, once: the modules receive factories.
+    kw = dict(arch["kw"], num_classes=num_classes, norms=tuple(resolve_norm(s) for s in specs),
               norm_position=norm_position, tau=tau, dtype=dtype)
     if arch["cls"] is ConvNet:
         kw.update(conv_impl=conv, pool_impl=pool)
@@ -139,8 +141,9 @@ def build_model(name: str, norm: str, num_classes: int, *, norm_layers: str = ""
 
 __all__ = [
     "build_model", "MODEL_NAMES", "DTYPES", "NORM_PRESETS", "NORM_POSITIONS", "PRIMITIVES", "CONV_IMPLS",
-    "expand_norm_layers", "parse_primitive", "check_width", "num_norm_positions", "feature_dim",
-    "ConvNet", "MLP", "ResNet", "resnet_norm_layers", "Conv", "conv2d", "max_pool2",
-    "resolve_conv_impl", "Normalizer", "apply_norm", "group_norm", "forward_macs",
+    "expand_norm_layers", "resolve_norm", "preset", "check_width", "num_norm_positions",
+    "feature_dim", "ConvNet", "MLP", "ResNet", "resnet_norm_layers", "Conv", "conv2d", "max_pool2",
+    "resolve_conv_impl", "NormDef", "NormModule", "Preset", "Primitive", "apply_norm",
+    "group_norm", "forward_macs",
     "train_flops_per_example", "model_widths", "parse_features", "resolve_arch",
 ]

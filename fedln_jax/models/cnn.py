@@ -15,13 +15,13 @@ from flax import linen as nn
 
 from fedln_jax.errors import FedlnError
 from fedln_jax.models.layers import Conv, max_pool2
-from fedln_jax.models.normalizers import apply_norm
+from fedln_jax.models.normalizers import NormDef, apply_norm
 
 
-def _act_norm(x, spec, *, position, spatial, train, name):
+def _act_norm(x, norm, *, position, spatial, train, name):
     if position == "before":
-        return nn.relu(apply_norm(spec, x, spatial=spatial, train=train, name=name))
-    return apply_norm(spec, nn.relu(x), spatial=spatial, train=train, name=name)
+        return nn.relu(apply_norm(norm, x, spatial=spatial, train=train, name=name))
+    return apply_norm(norm, nn.relu(x), spatial=spatial, train=train, name=name)
 
 
 def _head(phi, num_classes, tau, return_features, dtype):
@@ -35,12 +35,13 @@ def _head(phi, num_classes, tau, return_features, dtype):
 class ConvNet(nn.Module):
     """conv -> act/norm -> pool (per conv), flatten, dense -> act/norm (per dense), head.
 
-    Normalized positions: one per conv, then one per hidden dense layer, in that order.
+    Normalized positions: one per conv, then one per hidden dense layer, in that order;
+    `norms` holds one normalizer factory per position (models.normalizers.resolve_norm).
     Params: conv{i}/kernel, dense{i}/kernel, head/kernel [d, num_classes], norm{j}/...
     """
 
     num_classes: int
-    norm_layers: Sequence[str]
+    norms: Sequence[NormDef]
     conv_features: Sequence[int] = (64, 64)
     kernel_size: int = 5
     padding: str = "VALID"
@@ -58,14 +59,14 @@ class ConvNet(nn.Module):
         for i, f in enumerate(self.conv_features):
             x = Conv(f, (self.kernel_size, self.kernel_size), self.padding, self.conv_impl,
                      name=f"conv{i}")(x)
-            x = _act_norm(x, self.norm_layers[j], position=self.norm_position, spatial=True,
+            x = _act_norm(x, self.norms[j], position=self.norm_position, spatial=True,
                           train=train, name=f"norm{j}")
             x = max_pool2(x, self.pool_impl)
             j += 1
         x = x.reshape(x.shape[:-3] + (-1,))
         for i, f in enumerate(self.dense_features):
             x = nn.Dense(f, use_bias=False, dtype=self.dtype, name=f"dense{i}")(x)
-            x = _act_norm(x, self.norm_layers[j], position=self.norm_position, spatial=False,
+            x = _act_norm(x, self.norms[j], position=self.norm_position, spatial=False,
                           train=train, name=f"norm{j}")
             j += 1
         return _head(x, self.num_classes, self.tau, return_features, self.dtype)
@@ -75,7 +76,7 @@ class MLP(nn.Module):
     """flatten, dense -> act/norm (per hidden layer), head. Normalized positions: hidden layers."""
 
     num_classes: int
-    norm_layers: Sequence[str]
+    norms: Sequence[NormDef]
     hidden: Sequence[int] = (256, 128)
     norm_position: str = "after"
     tau: float = 1.0
@@ -87,7 +88,7 @@ class MLP(nn.Module):
         x = x.reshape(x.shape[:-3] + (-1,))
         for i, f in enumerate(self.hidden):
             x = nn.Dense(f, use_bias=False, dtype=self.dtype, name=f"dense{i}")(x)
-            x = _act_norm(x, self.norm_layers[i], position=self.norm_position, spatial=False,
+            x = _act_norm(x, self.norms[i], position=self.norm_position, spatial=False,
                           train=train, name=f"norm{i}")
         return _head(x, self.num_classes, self.tau, return_features, self.dtype)
 

@@ -1,4 +1,4 @@
-"""Normalizer primitives, selectable by name at every normalized position (docs/method.md#normalizers).
+"""Normalizers: a registry of primitives (name -> flax module) and a registry of presets.
 
 A position is either a conv map [..., H, W, C] ("spatial": per-example statistics over
 H, W, C) or a dense feature [..., D] (statistics over D). Primitives:
@@ -14,14 +14,20 @@ H, W, C) or a dense feature [..., D] (statistics over D). Primitives:
   scale<c>      multiply by the constant c, e.g. scale2.5
   lscale        learnable scalar scale, init 1
 
-Presets expand to one primitive per position: none, bn, gn (gn<gn_groups>), ln, and fn
-(identity at the hidden positions, l2s at the penultimate feature).
+A name is resolved once, when the model is built (`resolve_norm`), into a module factory in
+the style of flax's `norm: ModuleDef`: a functools.partial of a module class. Models call
+`factory(spatial=..., name=...)(x, train)` and never see the names. Presets (`norm=`) expand
+to one primitive name per position (`expand_norm_layers`). How to add a primitive or a
+preset: docs/models.md#adding-a-normalizer-or-a-model.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import re
+from typing import Any, Callable, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -29,84 +35,104 @@ from flax import linen as nn
 
 from fedln_jax.errors import FedlnError
 
-NORM_PRESETS = ("none", "bn", "gn", "ln", "fn")
-PRIMITIVES = ("none", "bn", "gn<G>", "gn<G>_affine", "ln", "ln_affine", "mean", "l2", "l2s",
-              "scale<c>", "lscale")
-
 GN_EPS = 1e-5
 BN_EPS = 1e-5
 BN_MOMENTUM = 0.9
 L2_EPS = 1e-12
 
-_SIMPLE = {"none", "bn", "ln", "ln_affine", "mean", "l2", "l2s", "lscale"}
-_GN_RE = re.compile(r"gn(\d+)(_affine)?")
+# A module factory: factory(spatial=bool, name=str) -> a module called as module(x, train).
+NormDef = Callable[..., nn.Module]
 
 
-def parse_primitive(spec: str) -> tuple[str, float | int | None, bool]:
-    """Parse a primitive name into (kind, argument, affine); raise FedlnError if malformed.
-
-    kind is one of none, bn, gn, mean, l2, l2s, scale, lscale ("ln" is gn with 1 group).
-    """
-    s = spec.strip().lower()
-    if s in _SIMPLE:
-        if s in ("ln", "ln_affine"):
-            return "gn", 1, s == "ln_affine"
-        return s, None, False
-    m = _GN_RE.fullmatch(s)
-    if m:
-        groups = int(m.group(1))
-        if groups < 1:
-            raise FedlnError(f"bad normalizer {spec!r}: the number of groups must be >= 1")
-        return "gn", groups, m.group(2) is not None
-    if s.startswith("scale"):
-        try:
-            c = float(s[len("scale"):])
-        except ValueError:
-            c = float("nan")
-        if not math.isfinite(c) or not s[len("scale"):]:
-            raise FedlnError(f"bad normalizer {spec!r}: expected scale<number>, e.g. scale2.5")
-        return "scale", c, False
-    raise FedlnError(
-        f"unknown normalizer {spec!r}; expected one of {', '.join(PRIMITIVES)}")
+# ---------------------------------------------------------------------------------------
+# Modules: one per kind of primitive. Each computes in float32 and returns x's dtype.
 
 
-def check_width(spec: str, width: int) -> None:
-    """Raise FedlnError if `spec` cannot normalize a position with `width` channels."""
-    kind, arg, _ = parse_primitive(spec)
-    if kind == "gn" and width % arg:
-        raise FedlnError(f"normalizer {spec!r}: {arg} groups do not divide the width {width}")
+class NormModule(nn.Module):
+    """Base of the normalizer modules: `module(x, train)` normalizes one position."""
+
+    spatial: bool = False   # x is a conv map [..., H, W, C]; else a dense feature [..., D]
+
+    @classmethod
+    def width_problem(cls, width: int, **keywords) -> Optional[str]:
+        """Why this primitive cannot normalize `width` channels, or None if it can."""
+        return None
+
+    def axes(self) -> tuple[int, ...]:
+        return (-3, -2, -1) if self.spatial else (-1,)
 
 
-def expand_norm_layers(norm: str, num_positions: int, norm_layers: str = "",
-                       gn_groups: int = 4) -> tuple[str, ...]:
-    """One primitive name per normalized position, from a preset or an explicit list.
+class Identity(NormModule):
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        return x
 
-    Args:
-      norm: preset in NORM_PRESETS.
-      num_positions: normalized positions of the model (4 for cnn/small_cnn, 2 for mlp).
-      norm_layers: comma-separated primitives, one per position; overrides the preset when
-        non-empty.
-      gn_groups: G of the "gn" preset.
-    """
-    if norm not in NORM_PRESETS:
-        raise FedlnError(f"unknown norm {norm!r}; expected one of {', '.join(NORM_PRESETS)}")
-    if isinstance(gn_groups, bool) or not isinstance(gn_groups, int) or gn_groups < 1:
-        raise FedlnError(f"gn_groups must be a positive integer, got {gn_groups!r}")
-    if num_positions < 1:
-        raise ValueError("num_positions must be >= 1")
-    if norm_layers and norm_layers.strip():
-        specs = tuple(s.strip().lower() for s in norm_layers.split(","))
-        if len(specs) != num_positions:
-            raise FedlnError(
-                f"norm_layers {norm_layers!r} has {len(specs)} entries; this model has "
-                f"{num_positions} normalized positions")
-        for s in specs:
-            parse_primitive(s)
-        return specs
-    if norm == "fn":
-        return ("none",) * (num_positions - 1) + ("l2s",)
-    prim = f"gn{gn_groups}" if norm == "gn" else norm
-    return (prim,) * num_positions
+
+class BatchNorm(NormModule):
+    """flax's nn.BatchNorm in this module's own scope (params scale/bias, batch_stats mean/var
+    directly under the position's name), so FedBN finds BN layers as the keys of the
+    `batch_stats` collection."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        bn = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPS,
+                          dtype=jnp.float32)
+        nn.share_scope(self, bn)
+        # Normalize in float32 whatever the compute dtype: x - mean cancels badly in bf16.
+        return bn(x.astype(jnp.float32)).astype(x.dtype)
+
+
+class GroupNorm(NormModule):
+    """GroupNorm over contiguous channel blocks (torch's), optionally with a per-channel affine."""
+
+    groups: int = 1
+    affine: bool = False
+
+    @classmethod
+    def width_problem(cls, width: int, groups: int = 1, **keywords) -> Optional[str]:
+        return f"{groups} groups do not divide the width {width}" if width % groups else None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        y = group_norm(x.astype(jnp.float32), self.groups, self.spatial)
+        if self.affine:
+            c = x.shape[-1]
+            y = y * self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+            y = y + self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        return y.astype(x.dtype)
+
+
+class MeanShift(NormModule):
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        xf = x.astype(jnp.float32)
+        return (xf - jnp.mean(xf, axis=self.axes(), keepdims=True)).astype(x.dtype)
+
+
+class L2Normalize(NormModule):
+    """x / max(||x||, eps); fixed_scale multiplies by sqrt(#elements) (FN's l2s)."""
+
+    fixed_scale: bool = False
+
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        axes = self.axes()
+        xf = x.astype(jnp.float32)
+        y = xf / _sum_sq_norm(xf, axes)
+        if self.fixed_scale:
+            y = y * math.sqrt(math.prod(x.shape[a] for a in axes))
+        return y.astype(x.dtype)
+
+
+class Scale(NormModule):
+    c: float = 1.0
+
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        return (x.astype(jnp.float32) * self.c).astype(x.dtype)
+
+
+class LearnedScale(NormModule):
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        scale = self.param("scale", nn.initializers.ones, (), jnp.float32)
+        return (x.astype(jnp.float32) * scale).astype(x.dtype)
 
 
 def _sum_sq_norm(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
@@ -128,52 +154,154 @@ def group_norm(x: jax.Array, groups: int, spatial: bool, eps: float = GN_EPS) ->
     return y.reshape(x.shape).astype(x.dtype)
 
 
-class Normalizer(nn.Module):
-    """Every primitive except bn (which is a plain nn.BatchNorm, see `apply_norm`)."""
-
-    spec: str
-    spatial: bool
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        kind, arg, affine = parse_primitive(self.spec)
-        axes = (-3, -2, -1) if self.spatial else (-1,)
-        dtype = x.dtype
-        xf = x.astype(jnp.float32)
-        if kind == "none":
-            return x
-        if kind == "gn":
-            y = group_norm(xf, arg, self.spatial)
-            if affine:
-                c = x.shape[-1]
-                y = y * self.param("scale", nn.initializers.ones, (c,), jnp.float32)
-                y = y + self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
-        elif kind == "mean":
-            y = xf - jnp.mean(xf, axis=axes, keepdims=True)
-        elif kind in ("l2", "l2s"):
-            y = xf / _sum_sq_norm(xf, axes)
-            if kind == "l2s":
-                y = y * math.sqrt(math.prod(x.shape[a] for a in axes))
-        elif kind == "scale":
-            y = xf * arg
-        elif kind == "lscale":
-            y = xf * self.param("scale", nn.initializers.ones, (), jnp.float32)
-        else:
-            raise FedlnError(f"normalizer {self.spec!r} is not available here")
-        return y.astype(dtype)
+# ---------------------------------------------------------------------------------------
+# The primitive registry: one entry per name.
 
 
-def apply_norm(spec: str, x: jax.Array, *, spatial: bool, train: bool, name: str) -> jax.Array:
-    """Apply primitive `spec` at one position; call inside a parent's compact method.
+def group_count(text: str) -> int:
+    """The G of gn<G>: a positive integer (ValueError says what is wrong)."""
+    if not re.fullmatch(r"\d+", text) or int(text) < 1:
+        raise ValueError("the number of groups must be >= 1")
+    return int(text)
 
-    bn is a flax BatchNorm named `name` directly (params scale/bias, batch_stats mean/var),
-    so an algorithm like FedBN finds BN layers as the keys of the `batch_stats` collection.
+
+def scale_constant(text: str) -> float:
+    """The c of scale<c>: a finite number (ValueError says what is wrong)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value):
+        raise ValueError("expected scale<number>, e.g. scale2.5")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Primitive:
+    """What a primitive name builds: `module(**keywords)`. arg = (keyword, parser): a name with
+    a `<...>` part (gn<G>, scale<c>) passes that part, parsed, as the module's `keyword`."""
+
+    module: type[NormModule]
+    keywords: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    arg: Optional[tuple[str, Callable[[str], Any]]] = None
+
+
+PRIMITIVES: dict[str, Primitive] = {
+    "none": Primitive(Identity),
+    "bn": Primitive(BatchNorm),
+    "gn<G>": Primitive(GroupNorm, arg=("groups", group_count)),
+    "gn<G>_affine": Primitive(GroupNorm, dict(affine=True), arg=("groups", group_count)),
+    "ln": Primitive(GroupNorm, dict(groups=1)),
+    "ln_affine": Primitive(GroupNorm, dict(groups=1, affine=True)),
+    "mean": Primitive(MeanShift),
+    "l2": Primitive(L2Normalize),
+    "l2s": Primitive(L2Normalize, dict(fixed_scale=True)),
+    "scale<c>": Primitive(Scale, arg=("c", scale_constant)),
+    "lscale": Primitive(LearnedScale),
+}
+
+
+def resolve_norm(spec: str) -> NormDef:
+    """The module factory of a primitive name (case and spaces ignored); FedlnError if the
+    name is unknown or its argument malformed."""
+    s = spec.strip().lower()
+    if "<" not in s and s in PRIMITIVES:
+        entry = PRIMITIVES[s]
+        return functools.partial(entry.module, **entry.keywords)
+    malformed = None
+    for template, entry in PRIMITIVES.items():
+        prefix, sep, rest = template.partition("<")
+        suffix = rest.partition(">")[2]
+        if not sep or entry.arg is None or not (s.startswith(prefix) and s.endswith(suffix)) \
+                or len(s) < len(prefix) + len(suffix):
+            continue
+        keyword, parse = entry.arg
+        try:
+            value = parse(s[len(prefix):len(s) - len(suffix)])
+        except ValueError as exc:
+            malformed = malformed or f"bad normalizer {spec!r}: {exc}"
+            continue
+        return functools.partial(entry.module, **entry.keywords, **{keyword: value})
+    raise FedlnError(malformed or f"unknown normalizer {spec!r}; expected one of "
+                                  f"{', '.join(PRIMITIVES)}")
+
+
+def check_width(spec: str, width: int) -> None:
+    """Raise FedlnError if `spec` cannot normalize a position with `width` channels."""
+    factory = resolve_norm(spec)
+    problem = factory.func.width_problem(width, **factory.keywords)
+    if problem:
+        raise FedlnError(f"normalizer {spec!r}: {problem}")
+
+
+# ---------------------------------------------------------------------------------------
+# The preset registry (`norm=`): one entry per preset.
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """The primitive after every hidden layer, and the one at the penultimate feature phi.
+
+    In the CNN and MLP phi is the last hidden layer's output, so `feature` replaces `layers`
+    at the last position (None: the same as the layers). A ResNet normalizes its pooled phi
+    separately, with `feature` (None: not at all). "{gn_groups}" in a name is filled in from
+    the config key gn_groups.
     """
-    check_width(spec, x.shape[-1])
-    if parse_primitive(spec)[0] == "bn":
-        # Normalize in float32 whatever the compute dtype: x - mean cancels badly in bf16.
-        return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPS,
-                            dtype=jnp.float32, name=name)(x.astype(jnp.float32)).astype(x.dtype)
-    if parse_primitive(spec)[0] == "none":
-        return x
-    return Normalizer(spec, spatial, name=name)(x)
+
+    layers: str
+    feature: Optional[str] = None
+
+    def expand(self, gn_groups: int) -> tuple[str, Optional[str]]:
+        fill = lambda name: None if name is None else name.format(gn_groups=gn_groups)
+        return fill(self.layers), fill(self.feature)
+
+
+NORM_PRESETS: dict[str, Preset] = {
+    "none": Preset("none"),
+    "bn": Preset("bn"),
+    "gn": Preset("gn{gn_groups}"),
+    "ln": Preset("ln"),
+    "fn": Preset("none", feature="l2s"),
+}
+
+
+def preset(norm: str, gn_groups: int = 4) -> tuple[str, Optional[str]]:
+    """(layers, feature) primitive names of preset `norm`; FedlnError if unknown."""
+    if norm not in NORM_PRESETS:
+        raise FedlnError(f"unknown norm {norm!r}; expected one of {', '.join(NORM_PRESETS)}")
+    if isinstance(gn_groups, bool) or not isinstance(gn_groups, int) or gn_groups < 1:
+        raise FedlnError(f"gn_groups must be a positive integer, got {gn_groups!r}")
+    return NORM_PRESETS[norm].expand(gn_groups)
+
+
+def expand_norm_layers(norm: str, num_positions: int, norm_layers: str = "",
+                       gn_groups: int = 4) -> tuple[str, ...]:
+    """One primitive name per normalized position, from a preset or an explicit list.
+
+    Args:
+      norm: a preset name (NORM_PRESETS).
+      num_positions: normalized positions of the model (4 for cnn/small_cnn, 2 for mlp);
+        the last one is the feature phi.
+      norm_layers: comma-separated primitives, one per position; overrides the preset when
+        non-empty.
+      gn_groups: G of the "gn" preset.
+    """
+    layers, feature = preset(norm, gn_groups)
+    if num_positions < 1:
+        raise ValueError("num_positions must be >= 1")
+    if norm_layers and norm_layers.strip():
+        specs = tuple(s.strip().lower() for s in norm_layers.split(","))
+        if len(specs) != num_positions:
+            raise FedlnError(
+                f"norm_layers {norm_layers!r} has {len(specs)} entries; this model has "
+                f"{num_positions} normalized positions")
+        for s in specs:
+            resolve_norm(s)
+        return specs
+    return (layers,) * (num_positions - 1) + (feature or layers,)
+
+
+def apply_norm(norm: NormDef, x: jax.Array, *, spatial: bool, train: bool, name: str) -> jax.Array:
+    """Normalize x with a module of factory `norm` named `name`; call inside a parent's compact
+    method (the variables live under `name`)."""
+    return norm(spatial=spatial, name=name)(x, train)

@@ -26,13 +26,13 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from fedln_jax.models.layers import Conv
-from fedln_jax.models.normalizers import apply_norm
+from fedln_jax.models.normalizers import NormDef, apply_norm
 
 
-def _act_norm(x, spec, *, position, train, name):
+def _act_norm(x, norm, *, position, train, name):
     if position == "before":
-        return nn.relu(apply_norm(spec, x, spatial=True, train=train, name=name))
-    return apply_norm(spec, nn.relu(x), spatial=True, train=train, name=name)
+        return nn.relu(apply_norm(norm, x, spatial=True, train=train, name=name))
+    return apply_norm(norm, nn.relu(x), spatial=True, train=train, name=name)
 
 
 class BasicBlock(nn.Module):
@@ -40,7 +40,7 @@ class BasicBlock(nn.Module):
 
     features: int
     stride: int
-    norm: str
+    norm: NormDef
     norm_position: str = "after"
     conv_impl: str = "patches"
 
@@ -56,14 +56,14 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """CIFAR-style ResNet. norm_layers = (hidden primitive, feature primitive).
+    """CIFAR-style ResNet. norms = (hidden normalizer factory, feature normalizer factory).
 
     Params: stem/kernel, stage{i}_block{j}/{conv1,conv2,proj}/kernel, head/{kernel,bias},
     plus normalizer variables (stem_norm, .../norm1, .../norm2, .../proj_norm, feature_norm).
     """
 
     num_classes: int
-    norm_layers: Sequence[str]
+    norms: Sequence[NormDef]
     widths: Sequence[int] = (64, 128, 256, 512)
     blocks: Sequence[int] = (2, 2, 2, 2)
     norm_position: str = "after"
@@ -72,7 +72,7 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False, return_features: bool = False):
-        hidden, feature = self.norm_layers
+        hidden, feature = self.norms
         x = jnp.asarray(x, jnp.float32)
         x = Conv(self.widths[0], (3, 3), 1, self.conv_impl, name="stem")(x)
         x = _act_norm(x, hidden, position=self.norm_position, train=train, name="stem_norm")
