@@ -1,11 +1,12 @@
-"""Console script `fedln-jax`: run | demo | sweep | bench | analyze | figure. Bad input: one `error:` line on stderr, exit 2."""
+"""Console script `fedln-jax`: run | demo | sweep | bench | analyze | figure. Bad input: one `error:` line on stderr, exit 2;
+a file-system fault under a running run (disk full, I/O error): one `error:` line, exit 1."""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
 
-from fedln_jax.errors import DivergedError, FedlnError, Interrupted
+from fedln_jax.errors import DivergedError, FedlnError, Interrupted, StorageError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -92,6 +93,12 @@ def main(argv=None) -> int:
     except DivergedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
+    except StorageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:   # the file system failed somewhere unforeseen: still one line
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except FedlnError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -101,6 +108,11 @@ def main(argv=None) -> int:
 
 
 def _dispatch(args) -> int:
+    if getattr(args, "workdir", None) is not None and args.command != "analyze":
+        from fedln_jax.lock import check_path
+        check_path(args.workdir)   # before anything (data, compilation) is spent on it
+    if args.command == "analyze" and not args.workdir.strip():
+        raise FedlnError("--workdir is empty; name a run's workdir")
     if args.command in ("run", "sweep"):
         from fedln_jax import distributed
         distributed.initialize(args.coordinator, args.num_processes, args.process_id,

@@ -32,6 +32,9 @@ def load_history(workdir: str) -> list[dict]:
 def run_demo(workdir: str, *, norms=DEMO_NORMS, seeds=DEMO_SEEDS, rounds: int = 60,
              quiet: bool = False) -> dict:
     """Run every (norm, seed), then write results.json, accuracy.png and print the table."""
+    from fedln_jax import lock
+    lock.check_path(workdir)
+    lock.check_own(workdir, ("runs", "results.json"), "a demo's runs")
     start = time.time()
     cells = [(norm, seed) for norm in norms for seed in seeds]
     # The seeds of a normalizer differ only in values: run_group trains them as one program.

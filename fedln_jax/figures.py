@@ -23,7 +23,8 @@ import time
 
 import numpy as np
 
-from fedln_jax.config import config_of_module, load_config_module, parse_overrides
+from fedln_jax.config import (call_config_function, config_of_module, load_config_module,
+                              parse_overrides)
 from fedln_jax.errors import DivergedError, FedlnError
 
 
@@ -34,7 +35,15 @@ def load_figure(path: str):
     if not hasattr(module, "get_runs"):
         raise FedlnError(f"{path} defines no get_runs(); it is a single-run config: use "
                          f"`fedln-jax run --config {path}`")
-    runs = module.get_runs()
+    runs = call_config_function(module, "get_runs", path)
+    if not isinstance(runs, (list, tuple)) or not runs:
+        raise FedlnError(f"get_runs() in {path!r} must return a non-empty list of dicts, got "
+                         f"{type(runs).__name__}")
+    for k, r in enumerate(runs):
+        if not isinstance(r, dict) or not isinstance(r.get("name"), str) or not r["name"] \
+                or "series" not in r or not isinstance(r.get("overrides", {}), dict):
+            raise FedlnError(f"get_runs() in {path!r}: entry {k} must be a dict with a non-empty "
+                             f"'name' string, a 'series' (and 'overrides' a dict), got {r!r:.80}")
     names = [r["name"] for r in runs]
     if len(set(names)) != len(names):
         raise FedlnError(f"{path}: run names must be unique")
@@ -45,6 +54,8 @@ def run_figure(path: str, workdir: str, overrides=(), quiet: bool = False) -> di
     from fedln_jax import experiment, train
     base, runs, figure = load_figure(path)
     extra = parse_overrides(list(overrides))
+    from fedln_jax import lock
+    lock.check_own(workdir, ("runs", "results.json"), "a figure's runs")
     seeds = tuple(figure.get("seeds", (0,)))
     configs = []  # validate every run before training any
     for r in runs:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import sys
@@ -19,7 +20,8 @@ import numpy as np
 from etils import epath
 from tqdm.auto import tqdm
 
-from fedln_jax import checkpoint, engine
+from fedln_jax import checkpoint, engine, lock
+from fedln_jax.algorithms import REGISTRY
 from fedln_jax.config import Config, diff_keys
 from fedln_jax.errors import DivergedError, FedlnError, Interrupted
 from fedln_jax.experiment import Experiment, build_experiments, evaluation_row, mesh_devices
@@ -75,6 +77,7 @@ def check_workdir(workdir: str, config: Config) -> dict | None:
         if checkpoint.checkpoint_dir(workdir).exists():
             raise FedlnError(f"workdir {workdir!r} has checkpoints but no config.json; "
                              f"use a new workdir")
+        lock.check_own(workdir, ("config.json",), "a run")
         return None
     try:
         previous = json.loads(path.read_text())
@@ -83,7 +86,26 @@ def check_workdir(workdir: str, config: Config) -> dict | None:
     if not isinstance(previous, dict):
         raise FedlnError(f"{path} is not a JSON object; use a new workdir")
     compare_configs(previous, config, f"workdir {workdir!r}")
+    check_metrics_cover(workdir, previous)
     return previous
+
+
+def check_metrics_cover(workdir: str, previous: dict) -> None:
+    """Refuse a run whose metrics.jsonl lost rows its newest checkpoint has passed (a deleted
+    or truncated file): resuming would rewrite summary.json without them."""
+    step = checkpoint.newest_step(workdir)
+    every = previous.get("eval_every")
+    if not step or not isinstance(every, int) or every < 1:
+        return
+    expected = set(range(every, step + 1, every))
+    if previous.get("rounds") == step:
+        expected.add(step)
+    missing = sorted(expected - {row["round"] for row in read_metrics(workdir)})
+    if missing:
+        rounds = ", ".join(map(str, missing[:5])) + (", ..." if len(missing) > 5 else "")
+        raise FedlnError(f"{epath.Path(workdir) / 'metrics.jsonl'} lacks the rows of round(s) "
+                         f"{rounds}, which its checkpoint at round {step} has passed (the file "
+                         f"was deleted or truncated); restore it or use a new workdir")
 
 
 def write_json(path, obj: Any) -> None:
@@ -189,7 +211,8 @@ def run(config: Config, workdir: str, *, quiet: bool = False) -> dict:
 
 
 def run_group(configs: list[Config], workdirs: list[str], *, quiet: bool = False,
-              max_runs_per_program: int | None = None) -> list[dict]:
+              max_runs_per_program: int | None = None,
+              experiments: list[Experiment] | None = None) -> list[dict]:
     """Train several experiments, each into its own workdir; returns their summaries in order.
 
     Runs that differ only in VALUE_KEYS (with equal array shapes, resuming from the same
@@ -199,31 +222,91 @@ def run_group(configs: list[Config], workdirs: list[str], *, quiet: bool = False
     `diverged` while the others of its program go on; SIGTERM/SIGINT raise Interrupted after
     every unfinished run of the running program has saved a checkpoint.
     max_runs_per_program bounds how many runs one program stacks (memory grows with it).
+    experiments: those of `check_runs(configs, workdirs)`, when the caller checked first.
     """
     if max_runs_per_program is not None and max_runs_per_program < 1:
         raise FedlnError(f"max runs per program must be >= 1, got {max_runs_per_program}")
+    if experiments is None:
+        experiments = check_runs(configs, workdirs)
+    log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
+    # A finished run (its summary says so and its final checkpoint is there) is reported as
+    # it is, never rewritten: its workdir may be read-only, or be read by another process.
+    summaries: list[dict | None] = [
+        finished_summary(w, c) if checkpoint.newest_step(w) == c.rounds else None
+        for c, w in zip(configs, workdirs)]
+    todo = [i for i, s in enumerate(summaries) if s is None]
+    with lock.hold([workdirs[i] for i in todo] if is_writer() else []):
+        for members, bound in resume_plan([experiments[i] for i in todo],
+                                          [workdirs[i] for i in todo], max_runs_per_program):
+            members = [todo[i] for i in members]
+            outs = train_program([experiments[i] for i in members],
+                                 [workdirs[i] for i in members], log, quiet, bound)
+            for i, summary in zip(members, outs):
+                summaries[i] = summary
+    return summaries
+
+
+def check_runs(configs: list[Config], workdirs: list[str]) -> list[Experiment]:
+    """Every check of the runs' input and workdirs, before anything is written; returns the
+    built experiments (data, partition, model: where impossible settings fail)."""
     if len(configs) != len(workdirs) or len(set(map(os.path.abspath, workdirs))) != len(workdirs):
         raise FedlnError("run_group needs one distinct workdir per config")
+    for workdir in workdirs:
+        lock.check_path(workdir)
     experiments = build_experiments(configs)   # input errors surface here
     for config, workdir in zip(configs, workdirs):
         check_workdir(workdir, config)
-    log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
-    summaries: list[dict | None] = [None] * len(configs)
-    starts = [checkpoint.newest_step(w) for w in workdirs]
-    for members in vectorizable_groups(experiments, starts, max_runs_per_program):
-        outs = train_program([experiments[i] for i in members], [workdirs[i] for i in members],
-                             log, quiet)
-        for i, summary in zip(members, outs):
-            summaries[i] = summary
-    return summaries
+    return experiments
+
+
+def resume_plan(experiments: list[Experiment], workdirs: list[str],
+                max_runs: int | None) -> list[tuple[list[int], int | None]]:
+    """The programs to run and the round each resumes from (None: a new program).
+
+    Runs that began together (their workdirs hold config.json) are grouped as they were
+    first, whatever rounds their checkpoints reached, and resume from the oldest of those
+    rounds: a program killed between its runs' saves resumes as the same program, so its
+    train_loss (whose float32 rounding depends on how many runs are vectorized) is
+    bit-identical to an uninterrupted run's. New runs form programs of their own."""
+    begun = [int((epath.Path(w) / "config.json").exists()) for w in workdirs]
+    plan = []
+    for members in vectorizable_groups(experiments, begun, max_runs):
+        bound = (min(checkpoint.newest_step(workdirs[i]) for i in members)
+                 if begun[members[0]] else None)
+        plan.append((members, bound))
+    return plan
 
 
 def diverged_message(config: Config, summary: dict) -> str:
     saved = summary.get("last_checkpoint_round")
     kept = (f"the last good checkpoint is round {saved}" if saved
             else "no checkpoint was saved before it")
-    return (f"training diverged at round {summary['diverged_at_round']}: non-finite loss or "
-            f"parameters (lr={config.lr}); {kept}")
+    what = summary.get("diverged_because") or "non-finite loss or parameters"
+    return (f"training diverged at round {summary['diverged_at_round']}: {what} "
+            f"({divergence_knob(config)}); {kept}")
+
+
+def divergence_knob(config: Config) -> str:
+    """The step size to blame: server_lr when it was raised above the algorithm's default
+    (the server step then scales the clients' mean update up), else the clients' lr."""
+    default = REGISTRY[config.algorithm].default_server_lr
+    if config.server_lr is not None and config.server_lr > default:
+        return (f"server_lr={config.server_lr} is above {config.algorithm}'s default "
+                f"{default}; lr={config.lr}")
+    return f"lr={config.lr}"
+
+
+# A run whose mean train loss over an evaluation interval exceeds this many times the loss of
+# a uniform guess, log(num_classes), has blown up while staying finite (normalized models at
+# a huge lr sit at chance with losses that grow with lr). Legitimate runs stay within a few
+# times log K (the demo and the paper's settings below 1.5x); dividing by tau allows for the
+# larger logits of a temperature below 1.
+EXPLODED_LOSS_FACTOR = 100.0
+
+
+def loss_exploded(train_loss: float, num_classes: int, tau: float) -> bool:
+    bound = EXPLODED_LOSS_FACTOR * math.log(max(num_classes, 2)) / min(tau, 1.0)
+    return train_loss > bound
 
 
 def is_writer() -> bool:
@@ -321,11 +404,10 @@ class RunFiles:
 
 
 def restore_runs(managers: list, program: Program, configs: list[Config],
-                 workdirs: list[str]) -> list:
-    """Each run's newest readable checkpoint (None for a new run), all at one round (runs of a
-    program advance in lockstep): if one run must fall back (a damaged newest step), the
-    others follow it."""
-    bound = None
+                 workdirs: list[str], bound: int | None = None) -> list:
+    """Each run's newest readable checkpoint at most at round `bound` (None for a new run),
+    all at one round (runs of a program advance in lockstep): if one run must fall back (a
+    damaged newest step), the others follow it."""
     while True:
         restored = [checkpoint.restore_latest(
             m, program.take(program.fresh, r),
@@ -337,7 +419,8 @@ def restore_runs(managers: list, program: Program, configs: list[Config],
         bound = min(rounds)
 
 
-def train_program(group: list[Experiment], workdirs: list[str], log, quiet: bool) -> list[dict]:
+def train_program(group: list[Experiment], workdirs: list[str], log, quiet: bool,
+                  resume_bound: int | None = None) -> list[dict]:
     """Train the runs of one program in fused blocks of rounds, evaluating, checkpointing and
     stopping at the rounds the config asks (and at SIGTERM/SIGINT); returns their summaries."""
     config, runs = group[0].config, len(group)
@@ -348,7 +431,8 @@ def train_program(group: list[Experiment], workdirs: list[str], log, quiet: bool
                     for exp, w in zip(group, workdirs)]
         for manager in managers:
             stack.callback(manager.close)
-        restored = restore_runs(managers, program, [exp.config for exp in group], workdirs)
+        restored = restore_runs(managers, program, [exp.config for exp in group], workdirs,
+                                resume_bound)
         start = time.time()
         info = {"runs_vectorized": runs, "device_layout": list(program.mesh.devices.shape)}
         files = [RunFiles(exp, w, m, r, start, info)
@@ -430,6 +514,14 @@ def _train_loop(program: Program, files: list[RunFiles], state, stop: _StopSigna
                 if features_fn and (done % config.analysis_every == 0 or done == config.rounds):
                     row.update(training_analysis(exp, features_fn, program.take(state, r)))
                 files[r].add_row(row)
+                if loss_exploded(row["train_loss"], exp.num_classes, exp.config.tau):
+                    files[r].finish("diverged", done, diverged_at_round=done, diverged_because=(
+                        f"mean train loss {row['train_loss']:.3g} over the evaluation interval, "
+                        f"over {EXPLODED_LOSS_FACTOR:g} x log(num_classes) (a uniform guess "
+                        f"scores {math.log(exp.num_classes):.2f})"))
+            active = [r for r in active if files[r].summary is None]
+            if not active:
+                break
             checkpoint.pause_for_test("metrics", done)
             loss_sum, losses_R = program.scalars([0.0] * runs), np.zeros(runs, np.float32)
             rounds_in_sum = 0

@@ -130,8 +130,9 @@ def test_state_with_per_client_state_and_server_optimizer_round_trips_exactly(tm
     target = jax.tree.map(jnp.zeros_like, state)
     restored = checkpoint.restore_latest(checkpoint.open_manager(str(tmp_path), 2), target,
                                          lambda meta: None)
-    assert restored.round == 3 and restored.meta == {"progress": {}, "format_version": 1,
-                                                     "round": 3}
+    assert restored.round == 3 and restored.meta == {
+        "progress": {}, "format_version": 1, "round": 3,
+        "state_sha256": checkpoint.state_checksum(state)}
     chex.assert_trees_all_equal(restored.state, state)
     chex.assert_trees_all_equal_structs(restored.state, state)
     assert type(restored.state.opt_state[0]) is type(state.opt_state[0])
@@ -184,11 +185,13 @@ def test_resume_with_another_chunk_width_and_checkpoint_interval(tmp_path, refer
                                 final_state(reference, tiny()).params, atol=1e-5)
 
 
-def test_rerunning_a_finished_run_changes_nothing_but_time(tmp_path, reference):
+def test_rerunning_a_finished_run_reports_it_and_writes_nothing(tmp_path, reference, snapshot):
     workdir = str(tmp_path / "w")
     shutil.copytree(reference, workdir)
+    before = snapshot(workdir)
     again = train.run(tiny(), workdir, quiet=True)
-    assert again["resumed_from_round"] == 8 and again["checkpoints_saved"] == 0
+    assert again == summary(reference)
+    assert snapshot(workdir) == before          # not even a lock file: nothing to write
     assert_same_run(workdir, reference, tiny())
 
 
@@ -229,6 +232,8 @@ def test_corrupt_newest_checkpoint_falls_back_and_the_run_ends_identical(tmp_pat
                                                                         capsys):
     workdir = str(tmp_path / "w")
     shutil.copytree(reference, workdir)
+    # Killed after its last save, before its summary (a finished run is reported, not re-read)
+    os.remove(os.path.join(workdir, "summary.json"))
     _truncate_arrays(os.path.join(workdir, "checkpoints", "8"))
     capsys.readouterr()
     result = train.run(tiny(), workdir, quiet=True)
@@ -259,7 +264,9 @@ def test_config_mismatch_is_refused_and_the_workdir_untouched(tmp_path, referenc
     shutil.copytree(reference, workdir)
     before = snapshot(workdir)
     capsys.readouterr()
-    assert main(["run", "--workdir", workdir, "--quiet", *cli_args(tiny()), *overrides]) == 2
+    keys = {o.partition("=")[0] for o in overrides}   # a key given twice is refused
+    base = [a for a in cli_args(tiny()) if a.partition("=")[0] not in keys]
+    assert main(["run", "--workdir", workdir, "--quiet", *base, *overrides]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and fragment in err[0], err
     assert snapshot(workdir) == before
@@ -272,6 +279,7 @@ def test_checkpoint_of_another_format_is_a_clear_error(tmp_path, reference):
     meta = json.loads(open(meta_path).read())
     with open(meta_path, "w") as f:
         json.dump({**meta, "format_version": 99}, f)
+    os.remove(os.path.join(workdir, "summary.json"))   # unfinished: it must read checkpoint 8
     with pytest.raises(FedlnError, match="format version 99"):
         train.run(tiny(), workdir, quiet=True)
 
@@ -281,6 +289,7 @@ def test_checkpoint_that_does_not_fit_the_state_is_a_clear_error(tmp_path, refer
     """Same config but a state of another shape (as after a code change): refuse, never cast."""
     workdir = str(tmp_path / "w")
     shutil.copytree(reference, workdir)
+    os.remove(os.path.join(workdir, "summary.json"))   # unfinished: it must read checkpoint 8
     original = experiment.initial_state
 
     def bf16_head(exp):

@@ -90,8 +90,9 @@ def expand_norm_layers(norm: str, num_positions: int, norm_layers: str = "",
     """
     if norm not in NORM_PRESETS:
         raise FedlnError(f"unknown norm {norm!r}; expected one of {', '.join(NORM_PRESETS)}")
+    # A programmer-error guard: the user's gn_groups is checked once, in Config.validate.
     if isinstance(gn_groups, bool) or not isinstance(gn_groups, int) or gn_groups < 1:
-        raise FedlnError(f"gn_groups must be a positive integer, got {gn_groups!r}")
+        raise ValueError(f"gn_groups must be a positive integer, got {gn_groups!r}")
     if num_positions < 1:
         raise ValueError("num_positions must be >= 1")
     if norm_layers and norm_layers.strip():
