@@ -157,6 +157,26 @@ def quiet_orbax_logs():
             logger.setLevel(level)
 
 
+def _ignore_late_read_callbacks() -> None:
+    """After a failed read orbax closes its asyncio loop while tensorstore still completes the
+    other pending reads; each completion then raises 'Event loop is closed' in a tensorstore
+    thread, which Python prints as an unraisable-exception traceback (tens to hundreds of
+    lines, often after the run's last line). The read already failed and was reported in one
+    warning line: drop exactly those, pass anything else on."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_fedln_filter", False):
+        return
+
+    def hook(unraisable):
+        exc = unraisable.exc_value
+        if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook._fedln_filter = True
+    sys.unraisablehook = hook
+
+
 def abstract_like(tree):
     """ShapeDtypeStructs (with shardings) of a pytree of arrays: the restore target."""
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
@@ -187,6 +207,7 @@ def restore_latest(manager: ocp.CheckpointManager, target, check_meta,
     passes delete=False: reading never removes anything).
     """
     warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
+    _ignore_late_read_callbacks()
     abstract = abstract_like(target)
     steps = sorted(manager.all_steps(), reverse=True)
     candidates = [s for s in steps if max_step is None or s <= max_step]

@@ -77,6 +77,12 @@ CASES = [
     ("lr nan", RUN + TINY + ["lr=nan"], "lr must be a finite number", BOTH),
     ("momentum inf", RUN + TINY + ["momentum=inf"], "momentum must be a finite number", BOTH),
     ("server_lr inf", RUN + TINY + ["server_lr=inf"], "server_lr must be a finite", BOTH),
+    # checked once, in Config.validate (the library's guards are programmer errors)
+    ("tau zero", RUN + TINY + ["tau=0"], "tau must be > 0", BOTH),
+    ("gn_groups zero", RUN + TINY + ["norm=gn", "gn_groups=0"], "gn_groups must be >= 1", BOTH),
+    ("dirichlet_beta zero", RUN + TINY + ["partition=dirichlet", "dirichlet_beta=0"],
+     "dirichlet_beta must be > 0", BOTH),
+    ("test_fraction one", RUN + TINY + ["test_fraction=1"], "test_fraction must be in", BOTH),
     ("key given twice", RUN + TINY + ["lr=0.1", "lr=0.2"], "'lr' is given twice", BOTH),
     ("empty optional value", RUN + TINY + ["clients_per_round="], "clients_per_round= has no value",
      BOTH),
