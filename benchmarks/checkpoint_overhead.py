@@ -17,12 +17,14 @@ import time
 
 import jax
 import jax.numpy as jnp
-import optax
 
-from fedln_jax import checkpoint, engine, train
+from fedln_jax import checkpoint, train
+from fedln_jax.algorithms import get_algorithm
 from fedln_jax.config import Config
 from fedln_jax.demo import demo_config
 from fedln_jax.models import build_model
+from fedln_jax.placement import client_mesh, replicate
+from fedln_jax.state import init_state
 
 
 def demo_runs(rounds: int, reps: int, settings=(0, 10, 5, 1)) -> dict:
@@ -49,8 +51,9 @@ def paper_cnn_save_seconds(reps: int = 5) -> float:
     config = Config(dataset="cifar10", model="cnn")
     # The CNN's state without loading CIFAR-10: init needs only a sample image.
     model = build_model("cnn", "none", 10)
-    state = engine.init_state(model, jnp.zeros((1, 32, 32, 3)), 0, optax.identity())
-    state = engine.replicate(state, engine.client_mesh())
+    state = init_state(model, jnp.zeros((1, 32, 32, 3)), 0, get_algorithm("fedavg"),
+                       hparams={}, num_clients=1)
+    state = replicate(state, client_mesh())
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     workdir = tempfile.mkdtemp(prefix="fedln_ckpt_bench_")
     manager = checkpoint.open_manager(workdir, 3)

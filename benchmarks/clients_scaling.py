@@ -19,19 +19,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def measure(clients: int, chunk: str, rounds: int) -> dict:
     import jax
     import jax.numpy as jnp
-    from fedln_jax import engine
     from fedln_jax.config import Config
     from fedln_jax.experiment import build_experiment, hparams_of, initial_state, mesh_devices
+    from fedln_jax.placement import client_mesh, replicate
+    from fedln_jax.round import make_multi_round_fn, make_round_fn
 
     config = Config(dataset="digits", partition="n_class", classes_per_client=1,
                     num_clients=clients, local_steps=10, batch_size=32, lr=0.01,
                     client_chunk_size=None if chunk == "default" else
                     clients if chunk == "all" else int(chunk)).validate()
     exp = build_experiment(config)
-    mesh = engine.client_mesh(mesh_devices(config))
-    state, hp, data = engine.replicate((initial_state(exp), hparams_of(config), exp.data), mesh)
-    run_rounds = jax.jit(engine.make_multi_round_fn(
-        engine.make_round_fn(exp.apply_fn, exp.spec, exp.algorithm, mesh)), donate_argnums=0)
+    mesh = client_mesh(mesh_devices(config))
+    state, hp, data = replicate((initial_state(exp), hparams_of(config), exp.data), mesh)
+    run_rounds = jax.jit(make_multi_round_fn(
+        make_round_fn(exp.apply_fn, exp.spec, exp.algorithm, mesh)), donate_argnums=0)
     rss_before_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     state, loss = run_rounds(state, hp, data, jnp.int32(1))

@@ -5,13 +5,13 @@ Pure functions on arrays (`feature_norm_per_class`, `head_norm_per_class`, `sing
 `local_overfit`), and `analyze_run(workdir)` behind `fedln-jax analyze`, which writes
 DIR/analysis/analysis.json and PNG figures.
 
-The local-overfit probe trains with the engine's own `make_client_update` on the engine's own
+The local-overfit probe trains with the round's own `make_client_round` on the round's own
 `gather_client_batches` (the batches client k would draw in the next round), so the probe is
 exactly the local training of a round, only stopped after S steps and not averaged.
 """
 from __future__ import annotations
 
-import math
+import json
 import os
 from typing import Sequence
 
@@ -19,8 +19,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedln_jax import engine
+from fedln_jax import checkpoint, experiment, plots
+from fedln_jax.client import (client_class_counts, epochs_needed, gather_client_batches,
+                              make_client_round)
+from fedln_jax.config import from_dict
 from fedln_jax.errors import FedlnError
+from fedln_jax.evaluation import test_batches
+from fedln_jax.experiment import hparams_of
+from fedln_jax.placement import client_mesh, replicate
+from fedln_jax.round import client_keys, round_key
+from fedln_jax.state import ServerState
+from fedln_jax.workdir import check_checkpoint_meta, write_json
 
 # ----------------------------------------------------------------------------- pure functions
 
@@ -68,16 +77,11 @@ def make_feature_fn(model, pixel_scale: float, batch_size: int = 500):
     """features(params, model_state, x_uint8) -> (logits [N, C], phi [N, d]), eval mode,
     batched with lax.map; jitted."""
     def features(params, model_state, x):
-        n = x.shape[0]
-        num_batches = math.ceil(n / batch_size)
-        pad = num_batches * batch_size - n
-        x_NB = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape(
-            (num_batches, batch_size) + x.shape[1:])
-        one = lambda xb: model.apply({"params": params, **model_state},
-                                     xb.astype(jnp.float32) * pixel_scale, train=False,
-                                     return_features=True)
-        logits, phi = jax.lax.map(one, x_NB)
-        flat = lambda a: a.reshape((-1,) + a.shape[2:])[:n]
+        one = lambda x_B: model.apply({"params": params, **model_state},
+                                      x_B.astype(jnp.float32) * pixel_scale, train=False,
+                                      return_features=True)
+        logits, phi = jax.lax.map(one, test_batches(x, batch_size))
+        flat = lambda a_TB: a_TB.reshape((-1,) + a_TB.shape[2:])[:x.shape[0]]
         return flat(logits), flat(phi)
     return jax.jit(features)
 
@@ -106,33 +110,32 @@ def check_client(exp, client: int) -> int:
     return int(client)
 
 
-def local_train(exp, state: engine.ServerState, client: int, steps: int):
+def local_train(exp, state: ServerState, client: int, steps: int):
     """S local steps of `client` from the global model, exactly as in the next round.
 
-    The run's own client training (`engine.make_client_round` with the run's algorithm, its
+    The run's own client training (`make_client_round` with the run's algorithm, its
     client state and server context), on the batches of the next round: the round key of
     state.round and the client's key; max_epochs is kept at least the run's, so the probe with
     S steps sees a prefix of the batches of the probe with more steps.
     Returns (params, model_state, mean loss).
     """
-    from fedln_jax.experiment import hparams_of
     client = check_client(exp, client)
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
         raise FedlnError(f"steps must be a positive integer, got {steps!r}")
     spec = exp.spec._replace(local_steps=int(steps), max_epochs=max(
-        exp.spec.max_epochs, engine.epochs_needed(int(jnp.min(exp.data.counts_C)), int(steps),
+        exp.spec.max_epochs, epochs_needed(int(jnp.min(exp.data.counts_C)), int(steps),
                                                   exp.spec.batch_size)))
-    key = engine.client_keys(engine.round_key(state), jnp.array([client], jnp.int32))[0]
-    client_round = engine.make_client_round(exp.apply_fn, spec, exp.algorithm)
+    key = client_keys(round_key(state), jnp.array([client], jnp.int32))[0]
+    client_round = make_client_round(exp.apply_fn, spec, exp.algorithm)
 
     @jax.jit
     def probe(state, data, hparams):
         server = exp.algorithm.server_context(state.client_states, data.counts_C.astype(jnp.float32))
         own_state = jax.tree.map(lambda s_C: s_C[client], state.client_states)
-        x_SB, y_SB = engine.gather_client_batches(data, spec, key, jnp.int32(client))
+        x_SB, y_SB = gather_client_batches(data, spec, key, jnp.int32(client))
         params, model_state, _, loss = client_round(
             state.params, state.model_state, own_state, server,
-            engine.client_class_counts(data)[client], x_SB, y_SB, hparams)
+            client_class_counts(data)[client], x_SB, y_SB, hparams)
         return params, model_state, loss
 
     return probe(state, exp.data, hparams_of(exp.config))
@@ -166,9 +169,6 @@ def local_overfit(exp, state, client: int, steps: int, features_fn=None,
 def load_run(workdir: str):
     """(experiment, state of the latest checkpoint, source) of the run in `workdir`; FedlnError
     if there is no run or no checkpoint (a finished run always checkpoints its last round)."""
-    import json
-    from fedln_jax.config import from_dict
-    from fedln_jax import experiment, train
     path = os.path.join(workdir, "config.json")
     if not os.path.isdir(workdir) or not os.path.isfile(path):
         raise FedlnError(f"{workdir!r} holds no run (no config.json); run `fedln-jax run "
@@ -179,7 +179,6 @@ def load_run(workdir: str):
     except (OSError, ValueError, TypeError):
         raise FedlnError(f"{path} is unreadable or not a fedln-jax config") from None
     exp = experiment.build_experiment(config)
-    from fedln_jax import checkpoint
     # Read-only: the run may be in progress (or be someone else's); reading never deletes,
     # renames or clears anything in checkpoints/.
     manager = (checkpoint.open_manager(workdir, config.keep_checkpoints, read_only=True)
@@ -187,10 +186,10 @@ def load_run(workdir: str):
     if manager is None or not manager.all_steps():
         raise FedlnError(f"{workdir!r} holds no checkpoint of the model (the run did not reach "
                          f"its first checkpoint)")
-    template = engine.replicate(experiment.initial_state(exp), engine.client_mesh())
+    template = replicate(experiment.initial_state(exp), client_mesh())
     try:
         restored = checkpoint.restore_latest(
-            manager, template, lambda meta: train._check_checkpoint_meta(meta, config, workdir),
+            manager, template, lambda meta: check_checkpoint_meta(meta, config, workdir),
             delete=False)
     finally:
         manager.close()
@@ -223,10 +222,8 @@ def analyze_run(workdir: str, client: int = 0, steps: Sequence[int] = (5,),
               "local_overfit": probes[-1], "local_overfit_by_steps": probes}
     out = os.path.join(workdir, "analysis")
     os.makedirs(out, exist_ok=True)
-    from fedln_jax.train import write_json
     write_json(os.path.join(out, "analysis.json"), result)
     if figures:
-        from fedln_jax import plots
         plots.plot_norms(result, os.path.join(out, "norms.png"))
         plots.plot_spectra({result["norm"]: result["singular_values"]},
                            os.path.join(out, "singular_values.png"))

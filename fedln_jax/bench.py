@@ -8,7 +8,7 @@ PyTorch/JAX figures. The machine's own ceiling is measured in the same process: 
 time of a large float32 matmul.
 
 Data are synthetic uint8 images of the model's input shape, built directly with
-`engine.make_data` (no dataset needed), so every number depends only on shapes.
+`round.make_data` (no dataset needed), so every number depends only on shapes.
 """
 from __future__ import annotations
 
@@ -22,14 +22,22 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from fedln_jax import engine
+from fedln_jax.algorithms import get_algorithm
+from fedln_jax.client import epochs_needed, make_apply_fn
 from fedln_jax.errors import FedlnError
-from fedln_jax.models import build_model, forward_macs, train_flops_per_example  # noqa: F401
+from fedln_jax.models import (build_model, forward_macs, resolve_conv_impl,  # noqa: F401
+                              train_flops_per_example)
+from fedln_jax.placement import client_mesh, default_chunk_size, replicate
+from fedln_jax.reference import make_loop_round
+from fedln_jax.round import make_multi_round_fn, make_round_fn
+from fedln_jax.state import RoundSpec, init_state, make_data
 
 INPUT_SHAPES = {"cnn": (32, 32, 3), "small_cnn": (8, 8, 1), "mlp": (8, 8, 1)}
 ENGINES = ("vectorized", "loop")
+# How many clients one device vmaps per chunk: the backend's default, one (the CPU default),
+# or the whole per-device cohort (the GPU/TPU default).
+CHUNK_POLICIES = ("auto", "narrow", "cohort")
 NUM_CLASSES = 10
 
 
@@ -79,6 +87,13 @@ def peak_rss_mb() -> float:
     return rss / (1024 * 1024 if platform.system() == "Darwin" else 1024)
 
 
+def device_peak_mb() -> float | None:
+    """Peak bytes in use on the first device (GPU/TPU report it; XLA:CPU does not: None)."""
+    stats = jax.devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return None if peak is None else peak / 2 ** 20
+
+
 def synthetic_data(num_clients: int, examples_per_client: int, input_shape, seed: int = 0):
     """Random uint8 images and labels; client c owns a contiguous block of examples."""
     rng = np.random.default_rng(seed)
@@ -86,61 +101,24 @@ def synthetic_data(num_clients: int, examples_per_client: int, input_shape, seed
     x = rng.integers(0, 256, (n,) + tuple(input_shape), dtype=np.uint8)
     y = rng.integers(0, NUM_CLASSES, n, dtype=np.int32)
     blocks = np.arange(n, dtype=np.int32).reshape(num_clients, examples_per_client)
-    return engine.make_data(x, y, list(blocks))
-
-
-# ----------------------------------------------------------------------------- the two engines
-
-
-def make_loop_round(apply_fn: Callable, spec: engine.RoundSpec,
-                    server_tx: optax.GradientTransformation) -> Callable:
-    """A fair per-client loop, as a PyTorch user would write it: one jitted call per client.
-
-    Each call gathers the client's batches, runs its local steps and adds its weighted result
-    into a running sum (donated, so no copy); one more jitted call applies the server step.
-    Same semantics as `engine.make_round_fn` with FedAvg (full participation or sampled cohort).
-    """
-    client_update = engine.make_client_update(apply_fn, spec)
-
-    @jax.jit
-    def cohort_of(state, data):
-        rkey = engine.round_key(state)
-        cohort = engine.sample_cohort(rkey, spec)
-        return cohort, engine.client_keys(rkey, cohort), data.counts_C[cohort].astype(jnp.float32)
-
-    def train_one(state, lr, data, acc, key, client, weight):
-        x_SB, y_SB = engine.gather_client_batches(data, spec, key, client)
-        params, mstate, loss = client_update(state.params, state.model_state, x_SB, y_SB, lr)
-        return jax.tree.map(lambda a, t: a + weight * t, acc, (params, mstate, loss))
-
-    train_one = jax.jit(train_one, donate_argnums=3)
-
-    @jax.jit
-    def finish(state, hparams, acc, total):
-        mean_params, mean_mstate, mean_loss = jax.tree.map(lambda s: s / total, acc)
-        new_state = engine.server_update(state, mean_params, mean_mstate, server_tx,
-                                         hparams["server_lr"])
-        return new_state, {"train_loss": mean_loss}
-
-    def loop_round(state, hparams, data):
-        cohort, keys, weights = cohort_of(state, data)
-        acc = jax.tree.map(jnp.zeros_like, (state.params, state.model_state, jnp.float32(0)))
-        for i in range(spec.cohort_size):
-            acc = train_one(state, hparams["lr"], data, acc, keys[i], cohort[i], weights[i])
-        return finish(state, hparams, acc, weights.sum())
-
-    return loop_round
+    return make_data(x, y, list(blocks))
 
 
 def run_bench(model: str = "cnn", clients: int = 10, local_steps: int = 5, batch_size: int = 32,
               rounds: int = 3, engine_name: str = "vectorized", chunk_size: int = 0,
               norm: str = "none", dtype: str = "float32", rounds_per_call: int = 1,
-              matmul_size: int = 2048) -> dict:
+              matmul_size: int = 2048, conv_features: str = "", dense_features: str = "",
+              conv_impl: str = "auto", chunk_policy: str = "auto") -> dict:
     """Time `rounds` calls after a warm-up one; return the result record (see module doc).
 
+    conv_features / dense_features set the widths as the config keys of the same names do.
+
     rounds_per_call > 1 (vectorized engine only) fuses that many rounds into one jitted call
-    (`engine.make_multi_round_fn`, as `train.run` does between evaluations); the reported
+    (`round.make_multi_round_fn`, as `train.run` does between evaluations); the reported
     round time is the call time divided by it.
+    conv_impl: any of `models.CONV_IMPLS` ("auto" = the backend's default).
+    chunk_policy: when chunk_size is 0, "auto" (the backend's default), "narrow" (1 client per
+    device) or "cohort" (the whole per-device cohort in one vmap). An explicit chunk_size wins.
     """
     if engine_name not in ENGINES:
         raise FedlnError(f"unknown engine {engine_name!r}; expected one of {', '.join(ENGINES)}")
@@ -153,27 +131,32 @@ def run_bench(model: str = "cnn", clients: int = 10, local_steps: int = 5, batch
         raise FedlnError("--rounds-per-call applies to the vectorized engine only")
     if chunk_size < 0:
         raise FedlnError(f"--chunk-size must be >= 0, got {chunk_size}")
+    if chunk_policy not in CHUNK_POLICIES:
+        raise FedlnError(f"unknown chunk policy {chunk_policy!r}; expected one of "
+                         f"{', '.join(CHUNK_POLICIES)}")
     input_shape = INPUT_SHAPES.get(model)
     if input_shape is None:
         raise FedlnError(f"unknown model {model!r}; expected one of {', '.join(INPUT_SHAPES)}")
-    net = build_model(model, norm, NUM_CLASSES, dtype=dtype)
-    mesh = engine.client_mesh()
-    chunk = chunk_size or engine.default_chunk_size(clients, mesh.size)
+    net = build_model(model, norm, NUM_CLASSES, dtype=dtype, conv_impl=conv_impl,
+                      conv_features=conv_features, dense_features=dense_features)
+    mesh = client_mesh()
+    chunk = chunk_size or chunk_for_policy(chunk_policy, clients, mesh.size)
     examples = 4 * batch_size           # a few full batches per client: reshuffles are exercised
-    spec = engine.RoundSpec(
+    spec = RoundSpec(
         num_clients=clients, cohort_size=clients, local_steps=local_steps, batch_size=batch_size,
-        max_epochs=engine.epochs_needed(examples, local_steps, batch_size), pixel_scale=1 / 255,
+        max_epochs=epochs_needed(examples, local_steps, batch_size), pixel_scale=1 / 255,
         chunk_size=chunk, momentum=0.0, weight_decay=0.0)
-    server_tx = optax.identity()
-    apply_fn = engine.make_apply_fn(net)
+    fedavg = get_algorithm("fedavg")
+    apply_fn = make_apply_fn(net)
     data = synthetic_data(clients, examples, input_shape)
-    state = engine.init_state(net, jnp.zeros((1,) + input_shape, jnp.float32), 0, server_tx)
     hparams = {"lr": jnp.float32(0.01), "server_lr": jnp.float32(1.0)}
+    state = init_state(net, jnp.zeros((1,) + input_shape, jnp.float32), 0, fedavg,
+                       hparams=hparams, num_clients=clients)
     if engine_name == "vectorized":
-        state, hparams, data = engine.replicate((state, hparams, data), mesh)
-        round_fn = engine.make_round_fn(apply_fn, spec, server_tx, mesh)
+        state, hparams, data = replicate((state, hparams, data), mesh)
+        round_fn = make_round_fn(apply_fn, spec, fedavg, mesh)
         if rounds_per_call > 1:
-            multi = engine.make_multi_round_fn(round_fn)
+            multi = make_multi_round_fn(round_fn)
             blocks = jnp.int32(rounds_per_call)
             round_fn = lambda state, hparams, data: _loss_as_metrics(multi(state, hparams, data, blocks))
         jitted = jax.jit(round_fn, donate_argnums=0)
@@ -181,7 +164,7 @@ def run_bench(model: str = "cnn", clients: int = 10, local_steps: int = 5, batch
         round_fn = jitted.lower(state, hparams, data).compile()
         compile_seconds = time.perf_counter() - start
     else:
-        round_fn = make_loop_round(apply_fn, spec, server_tx)
+        round_fn = make_loop_round(apply_fn, spec, fedavg)
         compile_seconds = None          # jitted lazily: estimated from the first round below
 
     def one_round(state):
@@ -202,16 +185,20 @@ def run_bench(model: str = "cnn", clients: int = 10, local_steps: int = 5, batch
         raise FedlnError(f"the benchmark round produced a non-finite loss ({loss})")
     median = statistics.median(times)
     steps = clients * local_steps
-    flops = steps * batch_size * train_flops_per_example(model, input_shape, NUM_CLASSES)
+    flops = steps * batch_size * train_flops_per_example(model, input_shape, NUM_CLASSES,
+                                                            conv_features, dense_features)
     peak = matmul_peak_gflops(matmul_size)
     gflops = flops / median / 1e9
     return {
-        "model": model, "engine": engine_name, "clients": clients, "local_steps": local_steps,
+        "model": model, "conv_features": conv_features, "dense_features": dense_features,
+        "engine": engine_name, "clients": clients, "local_steps": local_steps,
         "batch_size": batch_size, "rounds_timed": rounds * rounds_per_call,
         "rounds_per_call": rounds_per_call,
         "chunk_size": chunk if engine_name == "vectorized" else None,
         "norm": norm, "dtype": dtype, "backend": jax.default_backend(),
-        "devices": jax.device_count(),
+        "device_kind": jax.devices()[0].device_kind, "devices": jax.device_count(),
+        "conv_impl": resolve_conv_impl(conv_impl)[0] if model != "mlp" else None,
+        "chunk_policy": chunk_policy if not chunk_size else "explicit",
         "client_steps_per_second": steps / median,
         "examples_per_second": steps * batch_size / median,
         "gflops_per_second": gflops,
@@ -223,12 +210,21 @@ def run_bench(model: str = "cnn", clients: int = 10, local_steps: int = 5, batch
                             else max(first_round - median, 0.0)),
         "first_round_seconds": first_round,
         "peak_rss_mb": peak_rss_mb(),
+        "device_peak_mb": device_peak_mb(),
         "matmul_peak_gflops": peak,
         "fraction_of_matmul_peak": gflops / peak,
         "train_loss": loss,
         "jax_version": jax.__version__,
         "jaxlib_version": _jaxlib_version(),
     }
+
+
+def chunk_for_policy(policy: str, clients: int, num_devices: int) -> int:
+    if policy == "narrow":
+        return 1
+    if policy == "cohort":
+        return max(1, math.ceil(clients / num_devices))
+    return default_chunk_size(clients, num_devices)
 
 
 def _loss_as_metrics(result):

@@ -1,5 +1,5 @@
-"""Console script `fedln-jax`: run | demo | sweep | bench | analyze | figure. Bad input: one `error:` line on stderr, exit 2;
-a file-system fault under a running run (disk full, I/O error): one `error:` line, exit 1."""
+"""Console script `fedln-jax`: run | demo | sweep | bench | analyze | figure | config. Bad input: one `error:` line on stderr, exit 2.
+A file-system fault under a running run (disk full, I/O error): one `error:` line, exit 1."""
 from __future__ import annotations
 
 import argparse
@@ -18,12 +18,16 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fedln-jax", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    run_p = sub.add_parser("run", help="run one experiment")
+    from fedln_jax.config_help import keys_help
+    # run/sweep/config --help end with every config key (generated from Config)
+    keys = dict(epilog=keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    run_p = sub.add_parser("run", help="run one experiment", **keys)
     run_p.add_argument("--workdir", required=True)
     run_p.add_argument("--config", help="Python file defining get_config()")
     run_p.add_argument("--quiet", action="store_true", help="no progress bar or logs")
     run_p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    sweep_p = sub.add_parser("sweep", help="run a grid; runs differing only in values are vectorized")
+    sweep_p = sub.add_parser("sweep", help="run a grid; runs differing only in values are vectorized",
+                             **keys)
     sweep_p.add_argument("--workdir", required=True)
     sweep_p.add_argument("--config", help="Python file defining get_config() (the grid's base)")
     sweep_p.add_argument("--quiet", action="store_true")
@@ -49,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench_p = sub.add_parser("bench", help="time rounds on synthetic data; prints one JSON object")
     bench_p.add_argument("--model", default="cnn", choices=("cnn", "small_cnn", "mlp"),
                          help="cnn = paper CNN on 32x32x3, small_cnn = digits CNN on 8x8x1")
+    bench_p.add_argument("--conv-features", default="", metavar="W1/W2",
+                         help="conv widths of cnn/small_cnn (the config key conv_features)")
+    bench_p.add_argument("--dense-features", default="", metavar="W1/W2",
+                         help="hidden dense widths (the config key dense_features)")
     bench_p.add_argument("--clients", type=int, default=10)
     bench_p.add_argument("--local-steps", type=int, default=5)
     bench_p.add_argument("--batch-size", type=int, default=32)
@@ -56,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench_p.add_argument("--engine", default="vectorized", choices=("vectorized", "loop"))
     bench_p.add_argument("--chunk-size", type=int, default=0,
                          help="clients vmapped together per device; 0 = backend default")
+    bench_p.add_argument("--chunk-policy", default="auto",
+                         help="with --chunk-size 0: auto = backend default, narrow = 1 client "
+                              "per device (CPU default), cohort = all per device (GPU/TPU default)")
+    bench_p.add_argument("--conv-impl", default="auto",
+                         help="conv formulation: auto (backend default), patches, lax, ... "
+                              "(models.CONV_IMPLS; see docs/models.md)")
     bench_p.add_argument("--norm", default="none", choices=("none", "bn", "gn", "ln", "fn"))
     bench_p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     bench_p.add_argument("--rounds-per-call", type=int, default=1,
@@ -73,6 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
     fig_p.add_argument("--quiet", action="store_true")
     fig_p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                        help="applied to every run (e.g. rounds=20)")
+    config_p = sub.add_parser("config", help="print the resolved config as JSON (nothing runs)",
+                              **keys)
+    config_p.add_argument("--config", help="Python file defining get_config()")
+    config_p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    for p in (run_p, sweep_p, demo_p, an_p, fig_p):
+        p.add_argument("--cache-dir", metavar="DIR",
+                       help="persistent compilation cache (env FEDLN_JAX_CACHE_DIR; default "
+                            "$XDG_CACHE_HOME/fedln_jax/jax or ~/.cache/fedln_jax/jax); 'off' "
+                            "compiles every program afresh")
     return parser
 
 
@@ -108,11 +131,15 @@ def main(argv=None) -> int:
 
 
 def _dispatch(args) -> int:
+    # Lazy imports, for start-up time: the one exception to module-top imports (test_architecture).
     if getattr(args, "workdir", None) is not None and args.command != "analyze":
         from fedln_jax.lock import check_path
         check_path(args.workdir)   # before anything (data, compilation) is spent on it
     if args.command == "analyze" and not args.workdir.strip():
         raise FedlnError("--workdir is empty; name a run's workdir")
+    if hasattr(args, "cache_dir"):   # bench measures compilation: it never reads the cache
+        from fedln_jax import compile_cache
+        compile_cache.enable(args.cache_dir)
     if args.command in ("run", "sweep"):
         from fedln_jax import distributed
         distributed.initialize(args.coordinator, args.num_processes, args.process_id,
@@ -127,6 +154,10 @@ def _dispatch(args) -> int:
                 print(f.read().rstrip())
             print(f"{len(rows)} runs" + (f" ({diverged} diverged)" if diverged else "")
                   + f"; wrote results.csv, results.md, sweep.png in {args.workdir}")
+        return 0
+    if args.command == "config":
+        from fedln_jax.config import build_config, dumps
+        print(dumps(build_config(args.config, args.overrides)))
         return 0
     if args.command == "run":
         from fedln_jax.config import build_config
@@ -148,7 +179,9 @@ def _dispatch(args) -> int:
         result = run_bench(model=args.model, clients=args.clients, local_steps=args.local_steps,
                            batch_size=args.batch_size, rounds=args.rounds, engine_name=args.engine,
                            chunk_size=args.chunk_size, norm=args.norm, dtype=args.dtype,
-                           rounds_per_call=args.rounds_per_call)
+                           rounds_per_call=args.rounds_per_call, conv_impl=args.conv_impl,
+                           chunk_policy=args.chunk_policy,
+                           conv_features=args.conv_features, dense_features=args.dense_features)
         print(json.dumps(result))
         return 0
     if args.command == "analyze":

@@ -14,6 +14,8 @@ from typing import Any, Optional
 from fedln_jax.algorithms import ALGORITHM_NAMES, OWNED_HPARAMS, REGISTRY
 from fedln_jax.data.augment import AUGMENT_SETTINGS, resolve_augmentation
 from fedln_jax.errors import FedlnError
+from fedln_jax.models import model_widths
+from fedln_jax.tensorboard_events import check_installed as check_tensorboard_installed
 
 DATASETS = ("digits", "synthetic", "cifar10", "cifar100", "tinyimagenet", "pacs")
 PARTITIONS = ("iid", "n_class", "dirichlet")
@@ -62,6 +64,8 @@ class Config:
                                         # evaluations whose round is a multiple (0 = off)
     # model
     model: str = "auto"                 # auto = the default for the dataset
+    conv_features: str = ""             # cnn/small_cnn: conv widths, e.g. "32/64" ("" = the model's)
+    dense_features: str = ""            # cnn/small_cnn/mlp: hidden dense widths, e.g. "128/64"
     norm: str = "none"
     norm_layers: str = ""               # per-position override, e.g. "mean,mean,mean,ln"
     norm_position: str = "after"
@@ -87,6 +91,7 @@ class Config:
     num_devices: Optional[int] = None   # devices the clients axis is laid out over; None = all
     conv_impl: str = "auto"
     dtype: str = "float32"              # compute dtype (bfloat16 for GPU/TPU); params stay float32
+    tensorboard: bool = False           # also write TensorBoard events to <workdir>/tensorboard
 
     @property
     def resolved_model(self) -> str:
@@ -166,6 +171,9 @@ class Config:
             raise FedlnError(f"pacs_domain applies to dataset='pacs' only, not {self.dataset!r}")
         if self.classes_per_client < 1:
             raise FedlnError(f"classes_per_client must be >= 1, got {self.classes_per_client}")
+        model_widths(self.resolved_model, self.conv_features, self.dense_features)
+        if self.tensorboard:
+            check_tensorboard_installed()
         return self
 
     def _check_algorithm_hparams(self) -> None:
@@ -328,6 +336,13 @@ def build_config(config_file: Optional[str], overrides: list[str]) -> Config:
     """The CLI's path: file (or defaults), then KEY=VALUE overrides, then validation."""
     base = load_config_file(config_file) if config_file else Config()
     return base.replace(**parse_overrides(overrides)).validate()
+
+
+def with_defaults(values: dict[str, Any]) -> dict[str, Any]:
+    """A config.json written before a key existed, with that key at its default: every key
+    added later defaults to the behaviour from before it (e.g. conv_features "" = the model's
+    own widths), so such a run stays resumable and comparable."""
+    return {**Config().to_dict(), **values}
 
 
 def diff_keys(a: dict[str, Any], b: dict[str, Any]) -> list[str]:

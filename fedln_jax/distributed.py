@@ -2,7 +2,7 @@
 
 Every process runs the same command with the same config; JAX then sees the devices of all
 processes as one mesh (docs/scale.md), each process feeds its own addressable devices
-(`engine.replicate`), and only process 0 writes the workdir. Settings, flag first, then
+(`placement.replicate`), and only process 0 writes the workdir. Settings, flag first, then
 environment variable:
 
   --coordinator HOST:PORT   FEDLN_COORDINATOR      address of process 0's coordination service

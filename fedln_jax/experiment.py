@@ -9,13 +9,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedln_jax import engine
 from fedln_jax.algorithms import Algorithm, get_algorithm
+from fedln_jax.client import epochs_needed, make_apply_fn
 from fedln_jax.config import Config
 from fedln_jax.data import class_counts, client_test_weights, load_dataset, partition
 from fedln_jax.data.sources import LoadOptions
 from fedln_jax.errors import FedlnError
 from fedln_jax.models import build_model
+from fedln_jax.placement import default_chunk_size
+from fedln_jax.state import DeviceData, RoundSpec, ServerState, init_state, make_data
 
 
 class Experiment(NamedTuple):
@@ -23,19 +25,14 @@ class Experiment(NamedTuple):
     config: Config
     model: Any
     apply_fn: Any
-    spec: engine.RoundSpec
-    data: engine.DeviceData
+    spec: RoundSpec
+    data: DeviceData
     x_test: jax.Array
     y_test: jax.Array
     num_classes: int
     counts_CK: np.ndarray           # training examples per client and class
     test_weights_CK: np.ndarray
     algorithm: Algorithm
-
-    @property
-    def server_tx(self) -> Algorithm:
-        """The engine's third argument (kept for callers written before algorithms existed)."""
-        return self.algorithm
 
 
 def build_experiment(config: Config) -> Experiment:
@@ -55,19 +52,20 @@ def build_experiment(config: Config) -> Experiment:
     model = build_model(config.resolved_model, config.norm, dataset.num_classes,
                         norm_layers=config.norm_layers, norm_position=config.norm_position,
                         gn_groups=config.gn_groups, tau=config.tau, conv_impl=config.conv_impl,
-                        dtype=config.dtype)
+                        dtype=config.dtype, conv_features=config.conv_features,
+                        dense_features=config.dense_features)
     num_devices = len(mesh_devices(config))
-    spec = engine.RoundSpec(
+    spec = RoundSpec(
         num_clients=config.num_clients, cohort_size=config.cohort_size,
         local_steps=config.local_steps, batch_size=config.batch_size,
-        max_epochs=engine.epochs_needed(int(counts_CK.sum(1).min()), config.local_steps,
-                                        config.batch_size),
+        max_epochs=epochs_needed(int(counts_CK.sum(1).min()), config.local_steps,
+                                 config.batch_size),
         pixel_scale=dataset.pixel_scale, chunk_size=chunk_size(config, num_devices),
         momentum=config.momentum, weight_decay=config.weight_decay,
         augment=config.resolved_augment)
     return Experiment(
-        config=config, model=model, apply_fn=engine.make_apply_fn(model), spec=spec,
-        data=engine.make_data(dataset.x_train, dataset.y_train, clients, dataset.num_classes),
+        config=config, model=model, apply_fn=make_apply_fn(model), spec=spec,
+        data=make_data(dataset.x_train, dataset.y_train, clients, dataset.num_classes),
         x_test=jnp.asarray(dataset.x_test), y_test=jnp.asarray(dataset.y_test),
         num_classes=dataset.num_classes, counts_CK=counts_CK,
         test_weights_CK=client_test_weights(counts_CK),
@@ -96,8 +94,7 @@ def build_experiments(configs: list[Config]) -> list[Experiment]:
 def chunk_size(config: Config, clients_devices: int) -> int:
     """Clients vmapped together per device: the config's, or the backend default for a cohort
     laid over clients_devices devices."""
-    return config.client_chunk_size or engine.default_chunk_size(config.cohort_size,
-                                                                 clients_devices)
+    return config.client_chunk_size or default_chunk_size(config.cohort_size, clients_devices)
 
 
 def mesh_devices(config: Config) -> list:
@@ -124,34 +121,7 @@ def hparams_of(config: Config) -> dict[str, jax.Array]:
     return hparams
 
 
-def initial_state(exp: Experiment) -> engine.ServerState:
+def initial_state(exp: Experiment) -> ServerState:
     sample_x = jnp.zeros((1,) + exp.data.x.shape[1:], jnp.float32)
-    return engine.init_state(exp.model, sample_x, exp.config.seed, exp.algorithm,
-                             hparams=hparams_of(exp.config), num_clients=exp.config.num_clients)
-
-
-def evaluation_fn(exp: Experiment):
-    """evaluate(state, x, y) -> {correct_K (or correct_CK), total_K, loss_sum}, pure.
-
-    The global model on the test set; for an algorithm with personalized evaluation (FedBN)
-    whose clients hold local layers, each client's own model (correct_CK).
-    """
-    global_eval = engine.make_eval_fn(exp.apply_fn, exp.num_classes, exp.spec.pixel_scale)
-    per_client = engine.make_personalized_eval_fn(exp.apply_fn, exp.algorithm, exp.num_classes,
-                                                  exp.spec.pixel_scale)
-
-    def evaluate(state, x, y):
-        if exp.algorithm.personalized_eval and jax.tree.leaves(state.client_states):
-            out = per_client(state.params, state.model_state, state.client_states, x, y)
-            return {"correct_K": out["correct_CK"], "total_K": out["total_K"],
-                    "loss_sum": out["loss_sum_C"].mean()}
-        return global_eval(state.params, state.model_state, x, y)
-
-    return evaluate
-
-
-def evaluation_row(exp: Experiment, result: dict, round_: int, train_loss: float) -> dict:
-    """A metrics.jsonl row from the evaluation counts of one run."""
-    accuracy = engine.client_accuracy(result["correct_K"], result["total_K"], exp.test_weights_CK)
-    return {"round": round_, "train_loss": train_loss,
-            "test_loss": float(result["loss_sum"] / max(result["total_K"].sum(), 1)), **accuracy}
+    return init_state(exp.model, sample_x, exp.config.seed, exp.algorithm,
+                      hparams=hparams_of(exp.config), num_clients=exp.config.num_clients)

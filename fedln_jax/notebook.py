@@ -1,20 +1,25 @@
 """What the Colab TPU notebook (experiments/colab_tpu.ipynb) does, as plain functions.
 
 The notebook's cells are one-line calls into this module, so a test can run them on a CPU
-with tiny settings.  A comparison is one run per normalizer in `<workdir>/<norm>`; each is an
-ordinary `train.run`, which lays the clients out over every device (the TPU cores) and, on a
-workdir holding checkpoints, resumes from the latest one, so re-running the cells after a
-runtime restart continues where the runs stopped.  Workdirs may be local, on a mounted Google
-Drive (/content/drive/...), or gs:// buckets.
+with tiny settings.  A comparison is one run per normalizer in `<workdir>/<norm>`, trained
+like a figure's runs (`figures.train_runs`): a finished run is reused; the others are ordinary
+runs (one program per normalizer), which lay the clients out over every device (the TPU
+cores) and, on a workdir holding checkpoints, resume from the latest one, so re-running the
+cells after a runtime restart continues where the runs stopped.  Workdirs may be local, on a
+mounted Google Drive (/content/drive/...), or gs:// buckets.
 """
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 
 from fedln_jax.config import Config, build_config
 from fedln_jax.errors import FedlnError
+from fedln_jax.figures import train_runs
+from fedln_jax.placement import client_mesh
+from fedln_jax.plots import plot_accuracy_curves
+from fedln_jax.results import runs_table
+from fedln_jax.workdir import read_metrics
 
 NORMS = ("none", "bn", "gn", "ln", "fn")
 PAPER_CONFIG = os.path.join("experiments", "configs", "paper_cifar10_one_class_cnn.py")
@@ -30,9 +35,7 @@ def device_summary() -> dict:
     """Backend, devices, and how the clients axis is laid out over them."""
     import jax
 
-    from fedln_jax import engine
-
-    mesh = engine.client_mesh()
+    mesh = client_mesh()
     return {"backend": jax.default_backend(), "device_count": jax.device_count(),
             "process_count": jax.process_count(),
             "devices": [str(d) for d in jax.devices()],
@@ -72,17 +75,13 @@ def comparison_configs(config_path: str, norms=NORMS, overrides=()) -> dict[str,
 def run_comparison(config_path: str, workdir: str, *, norms=NORMS, overrides=(),
                    quiet: bool = False) -> dict[str, dict]:
     """Run every normalizer's experiment in workdir/<norm>, finished ones skipped; returns
-    norm -> summary.  Interrupted runs resume from their latest checkpoint (train.run)."""
-    from fedln_jax.train import finished_summary, run
-
-    summaries = {}
-    for norm, config in comparison_configs(config_path, norms, overrides).items():
-        run_dir = str(_path(workdir) / norm)
-        summary = finished_summary(run_dir, config)
-        if summary is None:
-            summary = run(config, run_dir, quiet=quiet)
-        summaries[norm] = summary
-        if not quiet:
+    norm -> summary.  Interrupted runs resume from their latest checkpoint (train.run_group)."""
+    configs = comparison_configs(config_path, norms, overrides)
+    summaries = dict(zip(configs, train_runs(list(configs.values()),
+                                             [str(_path(workdir) / norm) for norm in configs],
+                                             quiet=quiet)))
+    if not quiet:
+        for norm, summary in summaries.items():
             print(f"{norm:<5} final test accuracy {summary['final_test_accuracy']:.4f} "
                   f"after {summary['rounds_completed']} rounds")
     return summaries
@@ -92,15 +91,12 @@ def load_curves(workdir: str, norms=NORMS) -> dict[str, list[dict]]:
     """norm -> the metrics.jsonl rows of workdir/<norm>."""
     curves = {}
     for norm in norms:
-        text = (_path(workdir) / norm / "metrics.jsonl").read_text()
-        curves[norm] = [json.loads(line) for line in text.splitlines() if line.strip()]
+        curves[norm] = read_metrics(str(_path(workdir) / norm))
     return curves
 
 
 def plot_comparison(workdir: str, norms=NORMS, title: str = "") -> str:
     """Test accuracy vs round, one line per normalizer; saved as workdir/accuracy.png."""
-    from fedln_jax.plots import plot_accuracy_curves
-
     curves = {norm: [rows] for norm, rows in load_curves(workdir, norms).items()}
     target = _path(workdir) / "accuracy.png"
     with tempfile.TemporaryDirectory() as tmp:   # matplotlib writes locally; copy to gs:// too
@@ -111,12 +107,8 @@ def plot_comparison(workdir: str, norms=NORMS, title: str = "") -> str:
     return str(target)
 
 
-def results_table(summaries: dict[str, dict]) -> str:
-    lines = ["norm   final   best    rounds"]
-    for norm, s in summaries.items():
-        lines.append(f"{norm:<5}  {s['final_test_accuracy']:.4f}  {s['best_test_accuracy']:.4f}  "
-                     f"{s['rounds_completed']}")
-    return "\n".join(lines)
+# The notebook's last cell prints this: one row per normalizer (final, best, rounds done).
+results_table = runs_table
 
 
 def show_image(path: str) -> None:

@@ -3,7 +3,7 @@
 Runs whose configs differ only in VALUE_KEYS (and whose arrays have equal shapes) share one
 program: their states, hyperparameters and data are stacked on a leading runs axis and the
 block of rounds is vmapped over it. A program of one run has no runs axis, so a single run is
-exactly the engine's round and its checkpoints hold a plain ServerState. Per-run views
+exactly round.py's round and its checkpoints hold a plain ServerState. Per-run views
 (`take`) are plain ServerStates either way: each run checkpoints into its own workdir.
 """
 from __future__ import annotations
@@ -17,18 +17,22 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from fedln_jax import engine
 from fedln_jax.algorithms import OWNED_HPARAMS
 from fedln_jax.config import Config
-from fedln_jax.experiment import (Experiment, chunk_size, evaluation_fn, hparams_of,
-                                  initial_state)
+from fedln_jax.evaluation import evaluation_fn
+from fedln_jax.experiment import Experiment, chunk_size, hparams_of, initial_state
+from fedln_jax.placement import replicate
+from fedln_jax.round import make_block_fn, make_round_fn
+from fedln_jax.state import RoundSpec
 
 # Config keys that change only values a round reads, never shapes or code: runs differing only in
 # them are stacked on a leading runs axis and share one compiled program.
 # seed/dirichlet_beta change the data and partition: the index tables are padded to a common
 # width, which leaves every run's numbers unchanged (random draws are prefix-stable in length).
 # Algorithm hyperparameters (prox_mu, fedlc_tau, ...) and the local SGD's momentum and
-# weight_decay are read from `hparams` as arrays too (momentum's trace: see group_spec).
+# weight_decay are read from `hparams` as arrays too (momentum's trace: see program_spec).
+# Every other key is structure and splits programs: e.g. conv_features/dense_features change the
+# parameter shapes, so runs of different widths never share one.
 VALUE_KEYS = ("seed", "lr", "server_lr", "dirichlet_beta", "momentum",
               "weight_decay") + tuple(OWNED_HPARAMS)
 
@@ -39,22 +43,23 @@ def program_key(config: Config) -> str:
     return json.dumps(fields, sort_keys=True)
 
 
-def vectorizable_groups(experiments: list[Experiment], resume_rounds: list[int],
-                        max_runs: int | None = None) -> list[list[int]]:
-    """Indices of the experiments grouped by program key, array shapes and the round they
-    resume from (runs of one program advance in lockstep); order kept. A group larger than
-    max_runs is cut into consecutive programs of at most max_runs (memory grows with R)."""
-    groups: dict[tuple, list[int]] = {}
+def plan_programs(experiments: list[Experiment], resume_rounds: list[int],
+                  max_runs: int | None = None) -> list[list[int]]:
+    """The programs that train the experiments, each as the indices of its members: equal
+    program key, array shapes and resume round (members of a program advance in lockstep);
+    order kept. More than max_runs such experiments are cut into consecutive programs of at
+    most max_runs members (memory grows with R)."""
+    alike: dict[tuple, list[int]] = {}
     for i, (exp, start) in enumerate(zip(experiments, resume_rounds)):
         shapes = (exp.data.x.shape, exp.data.idx_C.shape[0], exp.x_test.shape, exp.num_classes)
-        groups.setdefault((program_key(exp.config), shapes, start), []).append(i)
-    return [part for group in groups.values() for part in cut(group, max_runs)]
+        alike.setdefault((program_key(exp.config), shapes, start), []).append(i)
+    return [part for members in alike.values() for part in cut(members, max_runs)]
 
 
-def cut(group: list, max_runs: int | None) -> list[list]:
+def cut(members: list, max_runs: int | None) -> list[list]:
     """Consecutive parts of at most max_runs runs (all of them when None)."""
-    size = max_runs or max(len(group), 1)
-    return [group[k:k + size] for k in range(0, len(group), size)]
+    size = max_runs or max(len(members), 1)
+    return [members[k:k + size] for k in range(0, len(members), size)]
 
 
 def device_layout(runs: int, num_devices: int) -> tuple[int, int]:
@@ -78,7 +83,7 @@ def program_mesh(devices: list, runs: int) -> Mesh:
 
 
 class Program(NamedTuple):
-    """The jitted functions of a group of runs and their placed inputs.
+    """The jitted functions of a program's members (its runs) and their placed inputs.
 
     run_block(state, hparams, data, n, loss_sum) -> (state, loss_sum, bad_round) and
     evaluate(state, *tests) -> evaluation counts; with runs > 1 every value but n carries a
@@ -110,7 +115,7 @@ class Program(NamedTuple):
         """Per-run float32 scalars (e.g. loss sums) in this program's layout."""
         array = np.asarray(values, np.float32)
         if self.runs == 1:
-            return engine.replicate(jnp.asarray(array[0]), self.mesh)
+            return replicate(jnp.asarray(array[0]), self.mesh)
         return place_runs(jnp.asarray(array), 0, self.mesh)
 
 
@@ -118,7 +123,7 @@ def place_runs(tree: Any, axes: Any, mesh: Mesh) -> Any:
     """Put the leaves stacked over runs (axis 0) along the mesh's 'runs' axis and the leaves
     shared by every run (axis None) on every device."""
     if jax.process_count() > 1:   # one device along 'runs' (device_layout): all replicated
-        return engine.replicate(tree, mesh)
+        return replicate(tree, mesh)
     def shardings(axis, subtree):   # axes is a prefix of tree (0 for a whole stacked tree)
         sharding = NamedSharding(mesh, P() if axis is None else P("runs"))
         return jax.tree.map(lambda _: sharding, subtree)
@@ -126,53 +131,53 @@ def place_runs(tree: Any, axes: Any, mesh: Mesh) -> Any:
     return jax.device_put(tree, jax.tree.map(shardings, axes, tree, is_leaf=lambda a: a is None))
 
 
-def build_program(group: list[Experiment], devices: list) -> Program:
-    """Stack the group's inputs, lay them over the devices and compile the group's block of
-    rounds and its evaluation."""
-    first, mesh = group[0], program_mesh(devices, len(group))
-    spec = group_spec(group, clients_devices=mesh.shape["clients"])
-    round_fn = engine.make_round_fn(first.apply_fn, spec, first.algorithm, mesh)
-    run_block, evaluate = engine.make_block_fn(round_fn), evaluation_fn(first)
-    if len(group) == 1:
+def build_program(members: list[Experiment], devices: list) -> Program:
+    """Stack the members' inputs, lay them over the devices and compile their block of rounds
+    and their evaluation."""
+    first, mesh = members[0], program_mesh(devices, len(members))
+    spec = program_spec(members, clients_devices=mesh.shape["clients"])
+    round_fn = make_round_fn(first.apply_fn, spec, first.algorithm, mesh)
+    run_block, evaluate = make_block_fn(round_fn), evaluation_fn(first)
+    if len(members) == 1:
         state, hparams, data = initial_state(first), hparams_of(first.config), first.data
         tests = (first.x_test, first.y_test)
-        state, hparams, data, tests = engine.replicate((state, hparams, data, tests), mesh)
+        state, hparams, data, tests = replicate((state, hparams, data, tests), mesh)
     else:
-        data, data_axes = stack_runs([exp.data for exp in group])
-        tests, test_axes = stack_runs([(exp.x_test, exp.y_test) for exp in group])
-        state = stack_trees([initial_state(exp) for exp in group])
-        hparams = stack_trees([hparams_of(exp.config) for exp in group])
+        data, data_axes = stack_runs([exp.data for exp in members])
+        tests, test_axes = stack_runs([(exp.x_test, exp.y_test) for exp in members])
+        state = stack_trees([initial_state(exp) for exp in members])
+        hparams = stack_trees([hparams_of(exp.config) for exp in members])
         # spmd_axis_name: the clients axis inside each run keeps its 'clients' sharding, and
         # the runs axis is laid along 'runs'.
         run_block = jax.vmap(run_block, in_axes=(0, 0, data_axes, None, 0), spmd_axis_name="runs")
         evaluate = jax.vmap(evaluate, in_axes=(0,) + tuple(test_axes), spmd_axis_name="runs")
         state, hparams = place_runs((state, hparams), 0, mesh)
         data, tests = place_runs(data, data_axes, mesh), place_runs(tests, test_axes, mesh)
-    return Program(runs=len(group), run_block=jax.jit(run_block, donate_argnums=0),
+    return Program(runs=len(members), run_block=jax.jit(run_block, donate_argnums=0),
                    evaluate=jax.jit(evaluate), fresh=state, hparams=hparams, data=data,
                    tests=tuple(tests), mesh=mesh)
 
 
-def group_spec(group: list[Experiment], clients_devices: int) -> engine.RoundSpec:
-    """One RoundSpec for the group, whose specs must agree in shapes and code.
+def program_spec(members: list[Experiment], clients_devices: int) -> RoundSpec:
+    """One RoundSpec for a program's members, whose specs must agree in shapes and code.
 
-    max_epochs, momentum and weight_decay take the group's maximum: extra shuffles a client
+    max_epochs, momentum and weight_decay take the members' maximum: extra shuffles a client
     never reaches change nothing, and a momentum trace or a weight decay, built when any run
     needs one, serves every run (each reads its own value from its hparams; 0 is plain SGD).
     The chunk width follows the devices that hold one run's clients (clients_devices).
     """
-    specs = [exp.spec for exp in group]
+    specs = [exp.spec for exp in members]
     spec = specs[0]._replace(max_epochs=max(s.max_epochs for s in specs),
                              momentum=max(s.momentum for s in specs),
                              weight_decay=max(s.weight_decay for s in specs))
     for other in specs:
         if structure(other) != structure(spec):
             raise ValueError(f"runs of one program differ in shapes: {other} vs {spec}")
-    return spec._replace(chunk_size=chunk_size(group[0].config, clients_devices))
+    return spec._replace(chunk_size=chunk_size(members[0].config, clients_devices))
 
 
-def structure(spec: engine.RoundSpec) -> engine.RoundSpec:
-    """The spec with the fields group_spec combines blanked (what runs of a program share)."""
+def structure(spec: RoundSpec) -> RoundSpec:
+    """The spec with the fields program_spec combines blanked (what runs of a program share)."""
     return spec._replace(max_epochs=0, momentum=0.0, weight_decay=0.0)
 
 

@@ -4,8 +4,9 @@ Runs that differ only in VALUE_KEYS (seed, lr, server_lr, dirichlet_beta, moment
 weight_decay, algorithm hyperparameters) are stacked on a leading runs axis and executed as
 one compiled program (train.run_group); the other keys (norm, model, algorithm, num_clients,
 dataset, ...) make separate programs. Each run gets a normal workdir under DIR/runs/<name>/;
-DIR/results.csv, DIR/results.md and DIR/sweep.png summarize them. A rerun skips the runs
-whose summary.json says completed.
+DIR/results.csv, DIR/results.md (results.sweep_table: mean +- std over seeds, diverged
+seeds counted) and DIR/sweep.png summarize them. A rerun skips the runs whose summary.json
+says completed (or diverged).
 """
 from __future__ import annotations
 
@@ -17,13 +18,14 @@ import re
 import sys
 from typing import Any
 
-import numpy as np
-
+from fedln_jax import lock, results
 from fedln_jax.config import Config, build_config, parse_value
 from fedln_jax.errors import FedlnError
 from fedln_jax.program import cut, program_key
-from fedln_jax import lock
-from fedln_jax.train import check_runs, finished_summary, is_writer, run_group, write_json
+from fedln_jax.experiment import build_experiment
+from fedln_jax.plots import _pyplot
+from fedln_jax.train import check_runs, is_writer, run_group
+from fedln_jax.workdir import finished_summary, write_json
 
 
 def parse_grid(items: list[str]) -> dict[str, list[Any]]:
@@ -130,7 +132,6 @@ def run_sweep(workdir: str, config_file: str | None, items: list[str], *,
 def describe_plan(runs, todo: list[int], groups: list[list[int]],
                   max_runs: int | None) -> str:
     """The programs of a sweep, one line each, after checking that every run can be built."""
-    from fedln_jax.experiment import build_experiment
     for i in todo:
         build_experiment(runs[i][1])   # impossible partitions, missing data, bad norm specs
     parts = [part for members in groups
@@ -166,54 +167,38 @@ def write_results(workdir: str, rows: list[dict], keys: list[str]) -> None:
                              row["final_test_accuracy"], row["mean_last3_test_accuracy"],
                              row["rounds_completed"], row["status"]])
     with open(os.path.join(workdir, "results.md"), "w") as f:
-        f.write(markdown_table(rows, swept) + "\n")
+        f.write(results.sweep_table(cells(rows, swept), swept) + "\n")
     plot_sweep(rows, swept, os.path.join(workdir, "sweep.png"))
 
 
-def aggregate(rows: list[dict], swept: list[str]) -> list[tuple[tuple, list[float], int]]:
-    """(values of the non-seed swept keys, final accuracies of the completed seeds, number of
-    diverged seeds), in grid order."""
-    cells: dict[tuple, tuple[list[float], list[int]]] = {}
-    for row in rows:
-        accs, diverged = cells.setdefault(tuple(row[k] for k in swept), ([], []))
-        if row["status"] == "diverged":
-            diverged.append(1)
-        else:
-            accs.append(row["final_test_accuracy"])
-    return [(values, accs, len(diverged)) for values, (accs, diverged) in cells.items()]
-
-
-def markdown_table(rows: list[dict], swept: list[str]) -> str:
-    lines = ["| " + " | ".join(swept + ["final test accuracy (mean +- std)", "seeds"]) + " |",
-             "|" + "---|" * (len(swept) + 2)]
-    for values, accs, diverged in aggregate(rows, swept):
-        cell = f"{np.mean(accs):.4f} +- {np.std(accs):.4f}" if accs else "diverged"
-        seeds = str(len(accs)) + (f" ({diverged} diverged)" if diverged else "")
-        lines.append("| " + " | ".join([*map(str, values), cell, seeds]) + " |")
-    return "\n".join(lines)
+def cells(rows: list[dict], swept: list[str]) -> list[tuple[tuple, dict]]:
+    """(values of the non-seed swept keys, results.seed_stats of their seeds), in grid order."""
+    return results.aggregate((tuple(row[k] for k in swept), row) for row in rows)
 
 
 def plot_sweep(rows: list[dict], swept: list[str], path: str) -> None:
     """Mean final accuracy (error bars: std over seeds) vs the first swept key other than norm;
     one line per normalizer (and per value of any further swept key)."""
-    from fedln_jax.plots import _pyplot
     plt = _pyplot()
     x_key = next((k for k in swept if k != "norm"), None)
     line_keys = [k for k in swept if k not in (x_key,)]
-    lines: dict[str, dict] = {}
-    for row in (r for r in rows if r["status"] != "diverged"):
+
+    def line_and_x(row):
         if x_key is None:   # only norm (and seeds) swept: the normalizers are the x axis
-            label, x = "mean over seeds", row["norm_of_run"]
-        else:
-            label = ", ".join(f"{k}={row[k]}" for k in line_keys) or f"norm={row['norm_of_run']}"
-            x = row[x_key]
-        lines.setdefault(label, {}).setdefault(x, []).append(row["final_test_accuracy"])
+            return "mean over seeds", row["norm_of_run"]
+        label = ", ".join(f"{k}={row[k]}" for k in line_keys) or f"norm={row['norm_of_run']}"
+        return label, row[x_key]
+    lines: dict[str, dict] = {}
+    for (label, x), cell in results.aggregate((line_and_x(r), r) for r in rows):
+        if cell["n"]:   # a point with every seed diverged is left out
+            lines.setdefault(label, {})[x] = cell
     fig, ax = plt.subplots(figsize=(6, 4))
     categorical = x_key is None or any(isinstance(v, str) for line in lines.values() for v in line)
     for label, points in lines.items():
         xs = list(points)
         pos = [str(x) for x in xs] if categorical else xs
-        ax.errorbar(pos, [np.mean(points[x]) for x in xs], yerr=[np.std(points[x]) for x in xs],
+        ax.errorbar(pos, [points[x]["final_mean"] for x in xs],
+                    yerr=[points[x]["final_std"] for x in xs],
                     marker="o", capsize=3, label=label)
     if not categorical and x_key in ("lr", "server_lr", "dirichlet_beta") and \
             all(x > 0 for line in lines.values() for x in line):

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import signal
 import sys
 import threading
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -20,12 +18,19 @@ import numpy as np
 from etils import epath
 from tqdm.auto import tqdm
 
-from fedln_jax import checkpoint, engine, lock
-from fedln_jax.algorithms import REGISTRY
-from fedln_jax.config import Config, diff_keys
+from fedln_jax import checkpoint, lock
+from fedln_jax.divergence import diverged_message, loss_exploded
+from fedln_jax.analysis import make_feature_fn, model_report
+from fedln_jax.config import Config
 from fedln_jax.errors import DivergedError, FedlnError, Interrupted
-from fedln_jax.experiment import Experiment, build_experiments, evaluation_row, mesh_devices
-from fedln_jax.program import Program, build_program, vectorizable_groups
+from fedln_jax.evaluation import evaluation_row
+from fedln_jax.experiment import Experiment, build_experiments, mesh_devices
+from fedln_jax.program import Program, build_program, plan_programs
+from fedln_jax.state import ServerState
+from fedln_jax.tensorboard_events import RunBoard
+from fedln_jax.version import __version__
+from fedln_jax.workdir import (check_checkpoint_meta, check_runs, finished_summary,
+                               read_metrics, resume_plan, write_json, write_text)
 
 
 def evaluation_rounds(config: Config) -> list[int]:
@@ -39,117 +44,6 @@ def checkpoint_rounds(config: Config) -> list[int]:
     every = config.checkpoint_every
     rounds = list(range(every, config.rounds + 1, every)) if every else []
     return rounds if rounds and rounds[-1] == config.rounds else rounds + [config.rounds]
-
-
-# Keys a resumed run may change: they decide how the rounds are laid out (chunking, devices)
-# or saved, never the numbers (chunked == unchunked and 1 device == 8 are tested), so a run
-# preempted on one machine can resume on another.
-RESUMABLE_CHANGES = ("checkpoint_every", "keep_checkpoints", "client_chunk_size", "num_devices")
-
-
-def compare_configs(previous: dict, config: Config, what: str) -> None:
-    """Allow the same config, the same with `rounds` raised (extending the run), or with
-    RESUMABLE_CHANGES; refuse anything else with a FedlnError naming each differing key."""
-    current = config.to_dict()
-    differing = [k for k in diff_keys(previous, current) if k not in RESUMABLE_CHANGES]
-    if differing == ["rounds"] and isinstance(previous.get("rounds"), int) \
-            and config.rounds > previous["rounds"]:
-        return
-    if differing:
-        changes = "; ".join(f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in differing)
-        hint = (" (rounds may only be raised, to extend the run)"
-                if differing == ["rounds"] else "")
-        raise FedlnError(f"{what} holds a run with a different config (differs in: "
-                         f"{', '.join(differing)}; {changes}){hint}; use a new workdir")
-
-
-def check_workdir(workdir: str, config: Config) -> dict | None:
-    """Refuse a workdir that belongs to a different run, before anything is written.
-
-    Returns the previous config dict (same config: resume; only `rounds` raised: extend), or
-    None for a new workdir.
-    """
-    root = epath.Path(workdir)
-    if root.exists() and not root.is_dir():
-        raise FedlnError(f"workdir {workdir!r} exists and is not a directory")
-    path = root / "config.json"
-    if not path.exists():
-        if checkpoint.checkpoint_dir(workdir).exists():
-            raise FedlnError(f"workdir {workdir!r} has checkpoints but no config.json; "
-                             f"use a new workdir")
-        lock.check_own(workdir, ("config.json",), "a run")
-        return None
-    try:
-        previous = json.loads(path.read_text())
-    except (OSError, ValueError):
-        raise FedlnError(f"{path} is unreadable; use a new workdir") from None
-    if not isinstance(previous, dict):
-        raise FedlnError(f"{path} is not a JSON object; use a new workdir")
-    compare_configs(previous, config, f"workdir {workdir!r}")
-    check_metrics_cover(workdir, previous)
-    return previous
-
-
-def check_metrics_cover(workdir: str, previous: dict) -> None:
-    """Refuse a run whose metrics.jsonl lost rows its newest checkpoint has passed (a deleted
-    or truncated file): resuming would rewrite summary.json without them."""
-    step = checkpoint.newest_step(workdir)
-    every = previous.get("eval_every")
-    if not step or not isinstance(every, int) or every < 1:
-        return
-    expected = set(range(every, step + 1, every))
-    if previous.get("rounds") == step:
-        expected.add(step)
-    missing = sorted(expected - {row["round"] for row in read_metrics(workdir)})
-    if missing:
-        rounds = ", ".join(map(str, missing[:5])) + (", ..." if len(missing) > 5 else "")
-        raise FedlnError(f"{epath.Path(workdir) / 'metrics.jsonl'} lacks the rows of round(s) "
-                         f"{rounds}, which its checkpoint at round {step} has passed (the file "
-                         f"was deleted or truncated); restore it or use a new workdir")
-
-
-def write_json(path, obj: Any) -> None:
-    """Write atomically: a crash never leaves a half-written file."""
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def write_text(path, text: str) -> None:
-    """Write to a temporary file and rename it over `path` (local or gs://, via etils.epath)."""
-    path = epath.Path(path)
-    tmp = path.parent / (path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-def read_metrics(workdir: str) -> list[dict]:
-    """Rows of metrics.jsonl; a torn last line (a crash mid-write) is dropped."""
-    path = epath.Path(workdir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("round"), int):
-            rows.append(row)
-    return rows
-
-
-def finished_summary(workdir: str, config: Config, statuses=("completed",)) -> dict | None:
-    """The summary of a run of exactly this config that ended with one of `statuses` (and did
-    all its rounds, if completed), or None: a sweep or figure skips such a run."""
-    try:
-        previous = json.loads((epath.Path(workdir) / "config.json").read_text())
-        summary = json.loads((epath.Path(workdir) / "summary.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if previous != config.to_dict() or summary.get("status") not in statuses:
-        return None
-    if summary["status"] == "completed" and summary.get("rounds_completed") != config.rounds:
-        return None
-    return summary
 
 
 def format_class_counts(counts_CK: np.ndarray) -> str:
@@ -236,77 +130,14 @@ def run_group(configs: list[Config], workdirs: list[str], *, quiet: bool = False
         for c, w in zip(configs, workdirs)]
     todo = [i for i, s in enumerate(summaries) if s is None]
     with lock.hold([workdirs[i] for i in todo] if is_writer() else []):
-        for members, bound in resume_plan([experiments[i] for i in todo],
-                                          [workdirs[i] for i in todo], max_runs_per_program):
-            members = [todo[i] for i in members]
-            outs = train_program([experiments[i] for i in members],
-                                 [workdirs[i] for i in members], log, quiet, bound)
-            for i, summary in zip(members, outs):
+        for member_ids, bound in resume_plan([experiments[i] for i in todo],
+                                             [workdirs[i] for i in todo], max_runs_per_program):
+            member_ids = [todo[i] for i in member_ids]
+            outs = train_program([experiments[i] for i in member_ids],
+                                 [workdirs[i] for i in member_ids], log, quiet, bound)
+            for i, summary in zip(member_ids, outs):
                 summaries[i] = summary
     return summaries
-
-
-def check_runs(configs: list[Config], workdirs: list[str]) -> list[Experiment]:
-    """Every check of the runs' input and workdirs, before anything is written; returns the
-    built experiments (data, partition, model: where impossible settings fail)."""
-    if len(configs) != len(workdirs) or len(set(map(os.path.abspath, workdirs))) != len(workdirs):
-        raise FedlnError("run_group needs one distinct workdir per config")
-    for workdir in workdirs:
-        lock.check_path(workdir)
-    experiments = build_experiments(configs)   # input errors surface here
-    for config, workdir in zip(configs, workdirs):
-        check_workdir(workdir, config)
-    return experiments
-
-
-def resume_plan(experiments: list[Experiment], workdirs: list[str],
-                max_runs: int | None) -> list[tuple[list[int], int | None]]:
-    """The programs to run and the round each resumes from (None: a new program).
-
-    Runs that began together (their workdirs hold config.json) are grouped as they were
-    first, whatever rounds their checkpoints reached, and resume from the oldest of those
-    rounds: a program killed between its runs' saves resumes as the same program, so its
-    train_loss (whose float32 rounding depends on how many runs are vectorized) is
-    bit-identical to an uninterrupted run's. New runs form programs of their own."""
-    begun = [int((epath.Path(w) / "config.json").exists()) for w in workdirs]
-    plan = []
-    for members in vectorizable_groups(experiments, begun, max_runs):
-        bound = (min(checkpoint.newest_step(workdirs[i]) for i in members)
-                 if begun[members[0]] else None)
-        plan.append((members, bound))
-    return plan
-
-
-def diverged_message(config: Config, summary: dict) -> str:
-    saved = summary.get("last_checkpoint_round")
-    kept = (f"the last good checkpoint is round {saved}" if saved
-            else "no checkpoint was saved before it")
-    what = summary.get("diverged_because") or "non-finite loss or parameters"
-    return (f"training diverged at round {summary['diverged_at_round']}: {what} "
-            f"({divergence_knob(config)}); {kept}")
-
-
-def divergence_knob(config: Config) -> str:
-    """The step size to blame: server_lr when it was raised above the algorithm's default
-    (the server step then scales the clients' mean update up), else the clients' lr."""
-    default = REGISTRY[config.algorithm].default_server_lr
-    if config.server_lr is not None and config.server_lr > default:
-        return (f"server_lr={config.server_lr} is above {config.algorithm}'s default "
-                f"{default}; lr={config.lr}")
-    return f"lr={config.lr}"
-
-
-# A run whose mean train loss over an evaluation interval exceeds this many times the loss of
-# a uniform guess, log(num_classes), has blown up while staying finite (normalized models at
-# a huge lr sit at chance with losses that grow with lr). Legitimate runs stay within a few
-# times log K (the demo and the paper's settings below 1.5x); dividing by tau allows for the
-# larger logits of a temperature below 1.
-EXPLODED_LOSS_FACTOR = 100.0
-
-
-def loss_exploded(train_loss: float, num_classes: int, tau: float) -> bool:
-    bound = EXPLODED_LOSS_FACTOR * math.log(max(num_classes, 2)) / min(tau, 1.0)
-    return train_loss > bound
 
 
 def is_writer() -> bool:
@@ -330,17 +161,6 @@ def agree_across_processes(block_cap: int, stopping: bool) -> tuple[int, bool]:
     return int(votes[:, 0].min()), bool(votes[:, 1].max())
 
 
-def _check_checkpoint_meta(meta: dict, config: Config, workdir: str) -> None:
-    from fedln_jax import __version__
-    if not isinstance(meta.get("config"), dict) or not isinstance(meta.get("progress"), dict):
-        raise FedlnError(f"a checkpoint in {workdir!r} lacks its config; use a new workdir")
-    compare_configs(meta["config"], config, f"the checkpoint at round {meta.get('round')}")
-    if meta.get("fedln_jax_version") != __version__:
-        print(f"warning: the checkpoint was written by fedln_jax {meta.get('fedln_jax_version')}, "
-              f"this is {__version__}; results may differ from an uninterrupted run",
-              file=sys.stderr)
-
-
 class RunFiles:
     """One run's workdir as its program trains: metrics rows, checkpoints, summary.
 
@@ -361,6 +181,9 @@ class RunFiles:
         self.elapsed_before = float(self.progress.get("elapsed_seconds", 0.0))
         self.session_start = session_start
         self.history = [row for row in read_metrics(workdir) if row["round"] <= self.start_round]
+        self.board = None   # TensorBoard events (config key tensorboard)
+        if is_writer() and exp.config.tensorboard:
+            self.board = RunBoard(workdir, self.start_round)
         if is_writer():
             self.root.mkdir(parents=True, exist_ok=True)
             write_json(self.root / "config.json", exp.config.to_dict())
@@ -376,6 +199,8 @@ class RunFiles:
         row["elapsed_seconds"] = round(self.elapsed(), 3)
         self.history.append(row)
         self._write_metrics()
+        if self.board is not None:
+            self.board.add_row(row)
 
     def _write_metrics(self) -> None:
         if is_writer():
@@ -383,7 +208,6 @@ class RunFiles:
                        "".join(json.dumps(r) + "\n" for r in self.history))
 
     def save(self, state, round_: int, loss_sum: float, rounds_in_sum: int) -> None:
-        from fedln_jax import __version__
         meta = {"fedln_jax_version": __version__, "config": self.exp.config.to_dict(),
                 "progress": {"train_loss_sum": loss_sum, "rounds_in_sum": rounds_in_sum,
                              "elapsed_seconds": round(self.elapsed(), 3)}}
@@ -401,6 +225,8 @@ class RunFiles:
                                  **self.program_info, **extra)
         if is_writer():
             write_json(self.root / "summary.json", self.summary)
+        if self.board is not None:
+            self.board.close()
 
 
 def restore_runs(managers: list, program: Program, configs: list[Config],
@@ -411,7 +237,7 @@ def restore_runs(managers: list, program: Program, configs: list[Config],
     while True:
         restored = [checkpoint.restore_latest(
             m, program.take(program.fresh, r),
-            lambda meta, c=c, w=w: _check_checkpoint_meta(meta, c, w), max_step=bound)
+            lambda meta, c=c, w=w: check_checkpoint_meta(meta, c, w), max_step=bound)
             for r, (m, c, w) in enumerate(zip(managers, configs, workdirs))]
         rounds = [x.round if x else 0 for x in restored]
         if len(set(rounds)) == 1:
@@ -419,24 +245,24 @@ def restore_runs(managers: list, program: Program, configs: list[Config],
         bound = min(rounds)
 
 
-def train_program(group: list[Experiment], workdirs: list[str], log, quiet: bool,
+def train_program(members: list[Experiment], workdirs: list[str], log, quiet: bool,
                   resume_bound: int | None = None) -> list[dict]:
     """Train the runs of one program in fused blocks of rounds, evaluating, checkpointing and
     stopping at the rounds the config asks (and at SIGTERM/SIGINT); returns their summaries."""
-    config, runs = group[0].config, len(group)
+    config, runs = members[0].config, len(members)
     devices = mesh_devices(config)
-    program = build_program(group, devices)
+    program = build_program(members, devices)
     with _StopSignal() as stop, contextlib.ExitStack() as stack:
         managers = [checkpoint.open_manager(w, exp.config.keep_checkpoints)
-                    for exp, w in zip(group, workdirs)]
+                    for exp, w in zip(members, workdirs)]
         for manager in managers:
             stack.callback(manager.close)
-        restored = restore_runs(managers, program, [exp.config for exp in group], workdirs,
+        restored = restore_runs(managers, program, [exp.config for exp in members], workdirs,
                                 resume_bound)
         start = time.time()
         info = {"runs_vectorized": runs, "device_layout": list(program.mesh.devices.shape)}
         files = [RunFiles(exp, w, m, r, start, info)
-                 for exp, w, m, r in zip(group, workdirs, managers, restored)]
+                 for exp, w, m, r in zip(members, workdirs, managers, restored)]
         start_round = files[0].start_round
         log(f"fedln-jax: {config.dataset}, {config.num_clients} clients ({config.partition}), "
             f"model {config.resolved_model}, norm {config.norm}, {len(devices)} "
@@ -447,7 +273,7 @@ def train_program(group: list[Experiment], workdirs: list[str], log, quiet: bool
         if start_round:
             log(f"resuming from the checkpoint at round {start_round} of {config.rounds}")
         elif runs == 1:
-            log(format_class_counts(group[0].counts_CK))
+            log(format_class_counts(members[0].counts_CK))
         state = program.join([x.state for x in restored]) if restored[0] else program.fresh
         _train_loop(program, files, state, stop, quiet)
         summaries = [f.summary for f in files]
@@ -476,7 +302,6 @@ def _train_loop(program: Program, files: list[RunFiles], state, stop: _StopSigna
     rounds_in_sum = int(files[0].progress.get("rounds_in_sum", 0))
     features_fn = None
     if config.analysis_every:
-        from fedln_jax.analysis import make_feature_fn
         features_fn = make_feature_fn(files[0].exp.model, files[0].exp.spec.pixel_scale)
     active = list(range(runs))
     bar = tqdm(total=config.rounds, initial=start_round, unit="round",
@@ -514,11 +339,10 @@ def _train_loop(program: Program, files: list[RunFiles], state, stop: _StopSigna
                 if features_fn and (done % config.analysis_every == 0 or done == config.rounds):
                     row.update(training_analysis(exp, features_fn, program.take(state, r)))
                 files[r].add_row(row)
-                if loss_exploded(row["train_loss"], exp.num_classes, exp.config.tau):
-                    files[r].finish("diverged", done, diverged_at_round=done, diverged_because=(
-                        f"mean train loss {row['train_loss']:.3g} over the evaluation interval, "
-                        f"over {EXPLODED_LOSS_FACTOR:g} x log(num_classes) (a uniform guess "
-                        f"scores {math.log(exp.num_classes):.2f})"))
+                exploded = loss_exploded(row["train_loss"], exp.num_classes, exp.config.tau)
+                if exploded:
+                    files[r].finish("diverged", done, diverged_at_round=done,
+                                    diverged_because=exploded)
             active = [r for r in active if files[r].summary is None]
             if not active:
                 break
@@ -548,10 +372,9 @@ def _train_loop(program: Program, files: list[RunFiles], state, stop: _StopSigna
         files[r].finish("completed", done)
 
 
-def training_analysis(exp: Experiment, features_fn, state: engine.ServerState) -> dict:
+def training_analysis(exp: Experiment, features_fn, state: ServerState) -> dict:
     """The analyses logged into a metrics row when `analysis_every` is set."""
-    from fedln_jax import analysis
-    report = analysis.model_report(exp, features_fn, state.params, state.model_state)
+    report = model_report(exp, features_fn, state.params, state.model_state)
     return {k: report[k] for k in ("feature_norm_per_class", "head_norm_per_class",
                                    "singular_values")}
 

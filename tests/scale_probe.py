@@ -39,6 +39,7 @@ def main() -> None:
     if code:
         sys.exit(code)
     import jax
+
     from fedln_jax.config import Config, parse_overrides
     single = {k: v for k, v in items.items() if "," not in v}
     config = Config(**parse_overrides([f"{k}={v}" for k, v in single.items()])).validate()
@@ -52,13 +53,16 @@ def round_collectives(config) -> tuple[list, int]:
     """Cross-device operations XLA put into the compiled round (proof the clients are
     sharded), and the round's chunk width."""
     import re
+
     import jax
-    from fedln_jax import engine
+
     from fedln_jax.experiment import build_experiment, hparams_of, initial_state, mesh_devices
+    from fedln_jax.placement import client_mesh, replicate
+    from fedln_jax.round import make_round_fn
     exp = build_experiment(config)
-    mesh = engine.client_mesh(mesh_devices(config))
-    args = engine.replicate((initial_state(exp), hparams_of(config), exp.data), mesh)
-    text = jax.jit(engine.make_round_fn(exp.apply_fn, exp.spec, exp.algorithm, mesh)).lower(
+    mesh = client_mesh(mesh_devices(config))
+    args = replicate((initial_state(exp), hparams_of(config), exp.data), mesh)
+    text = jax.jit(make_round_fn(exp.apply_fn, exp.spec, exp.algorithm, mesh)).lower(
         *args).compile().as_text()
     found = re.findall(r"\b(all-reduce|all-gather|reduce-scatter|all-to-all)\b", text)
     return sorted(set(found)), exp.spec.chunk_size

@@ -9,29 +9,29 @@ import numpy as np
 import optax
 import pytest
 
-from fedln_jax import engine
 from fedln_jax.algorithms import (ALGORITHM_NAMES, REGISTRY, ClientContext, calibration_margins,
-                                  decorrelation_penalty, get_algorithm, restriction_scales,
-                                  scale_by_server_moments)
+                                  decorrelation_penalty, get_algorithm, init_client_states,
+                                  restriction_scales, scale_by_server_moments)
 from fedln_jax.algorithms.fedbn import local_layers
+from fedln_jax.client import make_client_update
 from fedln_jax.config import Config
 from fedln_jax.errors import FedlnError
+from fedln_jax.evaluation import client_accuracy, make_eval_fn, make_personalized_eval_fn
 from fedln_jax.experiment import build_experiment, hparams_of, initial_state
+from fedln_jax.placement import client_mesh, replicate
+from fedln_jax.reference import make_loop_round
+from fedln_jax.round import (make_multi_round_fn, make_round_fn, round_key, sample_cohort,
+                             server_update)
+from fedln_jax.state import RoundSpec, ServerState, make_data
+
+from conftest import max_diff, tiny_round_config
 
 NORMS = ["none", "bn", "gn", "ln", "fn"]
 
 
 def tiny_config(**kw):
-    base = dict(dataset="synthetic", model="mlp", num_clients=4, clients_per_round=3,
-                local_steps=2, batch_size=8, partition="n_class", classes_per_client=2,
-                lr=0.05, client_chunk_size=2)
-    base.update(kw)
-    return Config(**base).validate()
-
-
-def max_diff(a, b):
-    return max([float(jnp.abs(x - y).max()) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))]
-               + [0.0])
+    return tiny_round_config(**{"model": "mlp", "classes_per_client": 2, "client_chunk_size": 2,
+                                **kw})
 
 
 # ----------------------------------------------------------------------------- hand-checked pieces
@@ -41,7 +41,7 @@ def max_diff(a, b):
 X_SB = jnp.array([[[1.0, 2.0]]])       # 1 step, batch of 1
 Y_SB = jnp.array([[0]])
 GRAD = np.array([[-0.5, 0.5], [-1.0, 1.0]])
-SPEC1 = engine.RoundSpec(num_clients=1, cohort_size=1, local_steps=1, batch_size=1, max_epochs=1,
+SPEC1 = RoundSpec(num_clients=1, cohort_size=1, local_steps=1, batch_size=1, max_epochs=1,
                          pixel_scale=1.0, chunk_size=1, momentum=0.0, weight_decay=0.0)
 
 
@@ -56,7 +56,7 @@ def context(start_params, hparams, client_state=(), server=(), counts=(1.0, 1.0)
 
 
 def one_local_step(name, ctx, params=None):
-    update = engine.make_client_update(linear_apply, SPEC1, get_algorithm(name))
+    update = make_client_update(linear_apply, SPEC1, get_algorithm(name))
     params = {"w": jnp.zeros((2, 2))} if params is None else params
     new, _, loss = update(params, {}, X_SB, Y_SB, ctx.hparams["lr"], ctx)
     return np.asarray(new["w"]), float(loss)
@@ -129,10 +129,10 @@ def server_steps(name, hparams, means):
     alg = get_algorithm(name)
     params = {"w": jnp.array([1.0, 2.0])}
     tx = alg.server_tx(hparams)
-    state = engine.ServerState(params, {}, tx.init(params), (), jnp.int32(0), jax.random.PRNGKey(0))
+    state = ServerState(params, {}, tx.init(params), (), jnp.int32(0), jax.random.PRNGKey(0))
     out = []
     for mean in means:
-        state = engine.server_update(state, {"w": jnp.array(mean)}, {}, tx, hparams["server_lr"])
+        state = server_update(state, {"w": jnp.array(mean)}, {}, tx, hparams["server_lr"])
         out.append(np.asarray(state.params["w"]))
     return out
 
@@ -190,7 +190,7 @@ def test_personalized_accuracy_uses_each_clients_own_recall():
     correct_CK = np.array([[8.0, 0.0], [2.0, 6.0]])    # client 0's model, client 1's model
     total_K = np.array([10.0, 10.0])
     weights_CK = np.array([[1.0, 0.0], [0.0, 1.0]])
-    acc = engine.client_accuracy(correct_CK, total_K, weights_CK)
+    acc = client_accuracy(correct_CK, total_K, weights_CK)
     assert acc["test_accuracy"] == pytest.approx((0.8 + 0.6) / 2)
 
 
@@ -200,7 +200,7 @@ def test_personalized_accuracy_uses_each_clients_own_recall():
 def one_vmapped_round(config, state=None):
     exp = build_experiment(config)
     state = initial_state(exp) if state is None else state
-    return jax.jit(engine.make_round_fn(exp.apply_fn, exp.spec, exp.algorithm))(
+    return jax.jit(make_round_fn(exp.apply_fn, exp.spec, exp.algorithm))(
         state, hparams_of(config), exp.data)[0]
 
 
@@ -229,8 +229,8 @@ def quadratic_problem(curvatures, optima, steps, lr):
     x = np.array([[[[a, b]]] for a, b in zip(curvatures, optima) for _ in range(n)], np.uint8)
     y = np.zeros(len(x), np.int32)
     clients = [np.arange(i * n, (i + 1) * n) for i in range(len(curvatures))]
-    data = engine.make_data(x, y, clients, num_classes=1)
-    spec = engine.RoundSpec(num_clients=len(curvatures), cohort_size=len(curvatures),
+    data = make_data(x, y, clients, num_classes=1)
+    spec = RoundSpec(num_clients=len(curvatures), cohort_size=len(curvatures),
                             local_steps=steps, batch_size=n, max_epochs=steps, pixel_scale=1.0,
                             chunk_size=1, momentum=0.0, weight_decay=0.0)
 
@@ -254,14 +254,14 @@ def test_scaffold_removes_fedavgs_client_drift_on_heterogeneous_quadratics():
     for name in ("fedavg", "scaffold"):
         alg = get_algorithm(name)._replace(client_loss=quadratic_loss)
         params = {"w": jnp.float32(0.0)}
-        state = engine.ServerState(params, {}, optax.identity().init(params),
-                                   engine.init_client_states(alg, params, {}, 2), jnp.int32(0),
+        state = ServerState(params, {}, optax.identity().init(params),
+                                   init_client_states(alg, params, {}, 2), jnp.int32(0),
                                    jax.random.PRNGKey(0))
         chex.clear_trace_counter()
         run = jax.jit(chex.assert_max_traces(
-            engine.make_multi_round_fn(engine.make_round_fn(apply_fn, spec, alg)), n=1))
+            make_multi_round_fn(make_round_fn(apply_fn, spec, alg)), n=1))
         # placed as the round's outputs are, so the second call reuses the first compilation
-        state, hp, dd = engine.replicate((state, hparams, data), engine.client_mesh())
+        state, hp, dd = replicate((state, hparams, data), client_mesh())
         state, _ = run(state, hp, dd, jnp.int32(150))
         state, _ = run(state, hp, dd, jnp.int32(50))      # client states round-trip: no retrace
         final[name] = float(state.params["w"])
@@ -279,8 +279,8 @@ NORM_OF["fedbn"] = "bn"
 def test_vmapped_round_equals_reference_loop_with_partial_participation(name):
     config = tiny_config(algorithm=name, norm=NORM_OF[name])
     exp = build_experiment(config)
-    vec = jax.jit(engine.make_round_fn(exp.apply_fn, exp.spec, exp.algorithm))
-    ref = engine.make_reference_round(exp.apply_fn, exp.spec, exp.algorithm)
+    vec = jax.jit(make_round_fn(exp.apply_fn, exp.spec, exp.algorithm))
+    ref = make_loop_round(exp.apply_fn, exp.spec, exp.algorithm)
     hp = hparams_of(config)
     state = initial_state(exp)
     for _ in range(2):     # the second round starts from non-trivial client/server states
@@ -290,7 +290,7 @@ def test_vmapped_round_equals_reference_loop_with_partial_participation(name):
                         (b.params, b.model_state, b.client_states, b.opt_state)) < 1e-5
         assert abs(float(ma["train_loss"]) - float(mb["train_loss"])) < 1e-5
         if jax.tree.leaves(state.client_states):
-            cohort = np.asarray(engine.sample_cohort(engine.round_key(state), exp.spec))
+            cohort = np.asarray(sample_cohort(round_key(state), exp.spec))
             idle = sorted(set(range(config.num_clients)) - set(cohort))
             assert len(idle) == 1
             moved = [max_diff(jax.tree.map(lambda s: s[c], a.client_states),
@@ -307,7 +307,7 @@ def test_every_algorithm_runs_with_every_normalizer(name, norm):
                          local_steps=1, batch_size=4)
     exp = build_experiment(config)
     with jax.disable_jit():
-        state, metrics = engine.make_round_fn(exp.apply_fn, exp.spec, exp.algorithm)(
+        state, metrics = make_round_fn(exp.apply_fn, exp.spec, exp.algorithm)(
             initial_state(exp), hparams_of(config), exp.data)
     assert np.isfinite(float(metrics["train_loss"]))
     assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state))
@@ -317,12 +317,12 @@ def test_fedbn_evaluates_each_client_with_its_own_bn_layers():
     config = tiny_config(algorithm="fedbn", norm="bn", clients_per_round=None)
     exp = build_experiment(config)
     state = one_vmapped_round(config)
-    evaluate = engine.make_personalized_eval_fn(exp.apply_fn, exp.algorithm, exp.num_classes,
+    evaluate = make_personalized_eval_fn(exp.apply_fn, exp.algorithm, exp.num_classes,
                                                 exp.spec.pixel_scale)
     out = jax.jit(evaluate)(state.params, state.model_state, state.client_states, exp.x_test,
                             exp.y_test)
     assert out["correct_CK"].shape == (4, exp.num_classes)
-    global_eval = engine.make_eval_fn(exp.apply_fn, exp.num_classes, exp.spec.pixel_scale)
+    global_eval = make_eval_fn(exp.apply_fn, exp.num_classes, exp.spec.pixel_scale)
     for c in (0, 3):
         own = jax.tree.map(lambda s: s[c], state.client_states)
         params, mstate = exp.algorithm.client_start(state.params, state.model_state, own)
@@ -332,7 +332,7 @@ def test_fedbn_evaluates_each_client_with_its_own_bn_layers():
 
 def test_make_data_counts_examples_per_client_and_class():
     y = np.array([0, 1, 1, 2, 2, 2])
-    data = engine.make_data(np.zeros((6, 1, 1, 1), np.uint8), y, [np.array([0, 1]), np.array([2, 3, 4, 5])],
+    data = make_data(np.zeros((6, 1, 1, 1), np.uint8), y, [np.array([0, 1]), np.array([2, 3, 4, 5])],
                             num_classes=4)
     np.testing.assert_array_equal(data.class_counts_CK, [[1, 1, 0, 0], [0, 1, 3, 0]])
 

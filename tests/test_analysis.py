@@ -9,9 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedln_jax import analysis, engine, experiment, train
+from fedln_jax import analysis, evaluation, experiment, train
 from fedln_jax.cli import main
 from fedln_jax.config import Config
+from fedln_jax.reference import make_loop_round
+
+from conftest import weighted_mean
 
 
 def test_feature_norm_per_class():
@@ -52,9 +55,9 @@ def test_local_train_is_the_engines_local_training(algorithm):
     exp = experiment.build_experiment(Config(**TINY, algorithm=algorithm).validate())
     state = experiment.initial_state(exp)
     hp = experiment.hparams_of(exp.config)
-    ref, _ = engine.make_reference_round(exp.apply_fn, exp.spec, exp.algorithm)(state, hp, exp.data)
+    ref, _ = make_loop_round(exp.apply_fn, exp.spec, exp.algorithm)(state, hp, exp.data)
     probes = [analysis.local_train(exp, state, c, exp.spec.local_steps)[0] for c in range(3)]
-    mean = engine.weighted_mean(jax.tree.map(lambda *a: jnp.stack(a), *probes),
+    mean = weighted_mean(jax.tree.map(lambda *a: jnp.stack(a), *probes),
                                 exp.data.counts_C.astype(jnp.float32))
     diff = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), mean, ref.params)
     assert max(jax.tree.leaves(diff)) < 1e-6
@@ -67,8 +70,8 @@ def test_analysis_loads_the_latest_checkpoint(tmp_path):
     assert source == "checkpoints/2" and int(state.round) == 2
     assert state.model_state["batch_stats"]
     # the loaded model reproduces the logged final accuracy
-    result = jax.device_get(jax.jit(experiment.evaluation_fn(exp))(state, exp.x_test, exp.y_test))
-    row = experiment.evaluation_row(exp, result, 2, 0.0)
+    result = jax.device_get(jax.jit(evaluation.evaluation_fn(exp))(state, exp.x_test, exp.y_test))
+    row = evaluation.evaluation_row(exp, result, 2, 0.0)
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert row["test_accuracy"] == summary["final_test_accuracy"]
 

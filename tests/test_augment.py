@@ -5,11 +5,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedln_jax import engine
+from fedln_jax.client import AUGMENT_TAG, gather_client_batches
 from fedln_jax.config import Config
 from fedln_jax.data.augment import (augment_round, crop_padding, interpolation_matrix,
                                     random_crop_flip, random_resized_crop, resolve_augmentation)
 from fedln_jax.experiment import build_experiment, hparams_of, initial_state
+from fedln_jax.reference import make_loop_round
+from fedln_jax.round import client_keys, make_round_fn, round_key
+
+from conftest import tiny_round_config
 
 
 def ramp(h, w, c=1):
@@ -85,11 +89,8 @@ def test_resolve_augmentation_defaults_per_dataset():
 
 
 def tiny(**kw):
-    base = dict(dataset="synthetic", num_clients=4, clients_per_round=3, local_steps=2,
-                batch_size=8, partition="n_class", classes_per_client=3, lr=0.05,
-                augment="crop_flip", client_chunk_size=2)
-    base.update(kw)
-    return Config(**base).validate()
+    return tiny_round_config(**{"classes_per_client": 3, "augment": "crop_flip",
+                                "client_chunk_size": 2, **kw})
 
 
 def test_augmentation_depends_on_round_client_and_step_only():
@@ -97,20 +98,20 @@ def test_augmentation_depends_on_round_client_and_step_only():
     assert exp.spec.augment == "crop_flip"
     plain = build_experiment(tiny(augment="false"))
     state = initial_state(exp)
-    gather = jax.jit(engine.gather_client_batches, static_argnums=1)
-    keys = engine.client_keys(engine.round_key(state), jnp.arange(4, dtype=jnp.int32))
+    gather = jax.jit(gather_client_batches, static_argnums=1)
+    keys = client_keys(round_key(state), jnp.arange(4, dtype=jnp.int32))
     x0, y0 = gather(exp.data, exp.spec, keys[0], jnp.int32(0))
     x0_plain, y0_plain = gather(plain.data, plain.spec, keys[0], jnp.int32(0))
     np.testing.assert_array_equal(y0, y0_plain)            # same batches; only pixels change
     assert not np.array_equal(x0, x0_plain)
     again, _ = gather(exp.data, exp.spec, keys[0], jnp.int32(0))
     np.testing.assert_array_equal(x0, again)               # same (seed, round, client)
-    next_round = engine.client_keys(engine.round_key(state._replace(round=jnp.int32(1))),
+    next_round = client_keys(round_key(state._replace(round=jnp.int32(1))),
                                     jnp.arange(4, dtype=jnp.int32))
     x0_r1, _ = gather(exp.data, exp.spec, next_round[0], jnp.int32(0))
     assert not np.array_equal(x0, x0_r1)
     # the same images under two clients' keys get different crops
-    augment = jax.jit(lambda k, x: augment_round(jax.random.fold_in(k, engine.AUGMENT_TAG), x,
+    augment = jax.jit(lambda k, x: augment_round(jax.random.fold_in(k, AUGMENT_TAG), x,
                                                  "crop_flip"))
     x_SB = x0_plain
     views = [np.asarray(augment(keys[c], x_SB)) for c in range(4)]
@@ -122,8 +123,8 @@ def test_augmentation_depends_on_round_client_and_step_only():
 def test_vectorized_round_equals_reference_loop_with_augmentation(mode, norm):
     config = tiny(augment=mode, norm=norm)
     exp = build_experiment(config)
-    vec = jax.jit(engine.make_round_fn(exp.apply_fn, exp.spec, exp.server_tx))
-    ref = engine.make_reference_round(exp.apply_fn, exp.spec, exp.server_tx)
+    vec = jax.jit(make_round_fn(exp.apply_fn, exp.spec, exp.algorithm))
+    ref = make_loop_round(exp.apply_fn, exp.spec, exp.algorithm)
     hp, state = hparams_of(config), initial_state(exp)
     a, ma = vec(state, hp, exp.data)
     b, mb = ref(state, hp, exp.data)
@@ -133,7 +134,7 @@ def test_vectorized_round_equals_reference_loop_with_augmentation(mode, norm):
     assert abs(float(ma["train_loss"]) - float(mb["train_loss"])) < 1e-5
     # and augmentation changed the training (same seed, augment off)
     off = build_experiment(tiny(augment="false", norm=norm))
-    c, _ = jax.jit(engine.make_round_fn(off.apply_fn, off.spec, off.server_tx))(
+    c, _ = jax.jit(make_round_fn(off.apply_fn, off.spec, off.algorithm))(
         initial_state(off), hp, off.data)
     assert max(float(jnp.abs(p - q).max()) for p, q in
                zip(jax.tree.leaves(a.params), jax.tree.leaves(c.params))) > 1e-4

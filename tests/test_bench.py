@@ -45,16 +45,18 @@ def _check_record(record, engine):
     for key in KEYS[:6]:
         assert isinstance(record[key], float) and math.isfinite(record[key]) and record[key] >= 0, key
     assert record["round_seconds_median"] > 0 and record["matmul_peak_gflops"] > 0
-    flops = 3 * 2 * 4 * train_flops_per_example("small_cnn", (8, 8, 1), 10)
+    flops = 3 * 2 * 4 * train_flops_per_example("small_cnn", (8, 8, 1), 10,
+                                                record["conv_features"], record["dense_features"])
     assert math.isclose(record["gflops_per_second"] * record["round_seconds_median"], flops / 1e9)
     assert math.isclose(record["client_steps_per_second"] * record["round_seconds_median"], 3 * 2)
 
 
 def test_bench_cli_prints_one_json_object_last():
-    proc = subprocess.run([sys.executable, "-m", "fedln_jax.cli", "bench", *TINY],
-                          capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "fedln_jax.cli", "bench", *TINY,
+                           "--conv-features", "8/12"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     record = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert record["conv_features"] == "8/12"   # the FLOPs checked below are of these widths
     _check_record(record, "vectorized")
 
 
@@ -77,11 +79,25 @@ def test_fused_rounds_per_call():
 
 @pytest.mark.parametrize("args", [["--clients", "0"], ["--rounds", "0"], ["--chunk-size", "-1"],
                                   ["--rounds-per-call", "0"],
-                                  ["--engine", "loop", "--rounds-per-call", "2"]])
+                                  ["--engine", "loop", "--rounds-per-call", "2"],
+                                  ["--conv-impl", "cudnn"], ["--chunk-policy", "wide"]])
 def test_bench_bad_input(args, capsys):
     assert main(["bench", "--model", "small_cnn", *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and err.count("\n") == 1
+
+
+def test_conv_impl_and_chunk_policy_are_recorded():
+    """Both formulations and both chunk policies run on any backend and say what they ran."""
+    narrow = run_bench("small_cnn", clients=2, local_steps=1, batch_size=4, rounds=1,
+                       matmul_size=128, conv_impl="lax", chunk_policy="narrow")
+    cohort = run_bench("small_cnn", clients=2, local_steps=1, batch_size=4, rounds=1,
+                       matmul_size=128, conv_impl="patches", chunk_policy="cohort")
+    assert (narrow["conv_impl"], narrow["chunk_size"], narrow["chunk_policy"]) == ("lax", 1, "narrow")
+    assert (cohort["conv_impl"], cohort["chunk_size"], cohort["chunk_policy"]) == ("patches", 2, "cohort")
+    assert narrow["backend"] == jax.default_backend() and narrow["device_kind"]
+    # the same rounds from the same state, whatever the formulation and the chunk width
+    assert abs(narrow["train_loss"] - cohort["train_loss"]) < 1e-5
 
 
 def test_run_bench_unknown_engine():

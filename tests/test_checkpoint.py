@@ -13,10 +13,13 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from fedln_jax import checkpoint, engine, experiment, program, train
+from fedln_jax import checkpoint, experiment, program, train
 from fedln_jax.cli import main
 from fedln_jax.config import Config
 from fedln_jax.errors import FedlnError, Interrupted
+from fedln_jax.placement import client_mesh, replicate
+from fedln_jax.state import ServerState
+from fedln_jax.workdir import compare_configs
 
 TINY = dict(dataset="synthetic", num_clients=4, classes_per_client=3, local_steps=2,
             batch_size=8, rounds=8, eval_every=2, checkpoint_every=2)
@@ -51,7 +54,7 @@ def steps(workdir) -> list[int]:
 def final_state(workdir, config: Config):
     """The newest checkpoint's ServerState, restored against the config's target."""
     exp = experiment.build_experiment(config)
-    target = engine.replicate(experiment.initial_state(exp), engine.client_mesh())
+    target = replicate(experiment.initial_state(exp), client_mesh())
     restored = checkpoint.restore_latest(checkpoint.open_manager(workdir, 3), target,
                                          lambda meta: None)
     return restored.state
@@ -86,17 +89,17 @@ def test_checkpoint_rounds_every_k_and_the_last():
 
 def test_compare_configs_allows_same_or_raised_rounds_only():
     old = tiny().to_dict()
-    train.compare_configs(old, tiny(), "w")
-    train.compare_configs(old, tiny(rounds=20), "w")
+    compare_configs(old, tiny(), "w")
+    compare_configs(old, tiny(rounds=20), "w")
     with pytest.raises(FedlnError, match=r"differs in: rounds; rounds: 8 -> 4\).*only be raised"):
-        train.compare_configs(old, tiny(rounds=4), "w")
+        compare_configs(old, tiny(rounds=4), "w")
     with pytest.raises(FedlnError, match=r"differs in: lr, norm, rounds;"):
-        train.compare_configs(old, tiny(rounds=20, lr=0.5, norm="fn"), "w")
+        compare_configs(old, tiny(rounds=20, lr=0.5, norm="fn"), "w")
     # How rounds are laid out or saved may change on resume (e.g. on another machine).
-    train.compare_configs(old, tiny(rounds=20, client_chunk_size=2, num_devices=1,
+    compare_configs(old, tiny(rounds=20, client_chunk_size=2, num_devices=1,
                                     checkpoint_every=5, keep_checkpoints=1), "w")
     with pytest.raises(FedlnError, match=r"differs in: lr;"):
-        train.compare_configs(old, tiny(client_chunk_size=2, lr=0.5), "w")
+        compare_configs(old, tiny(client_chunk_size=2, lr=0.5), "w")
 
 
 def test_tree_mismatch_names_the_leaf_shape_and_dtype():
@@ -118,12 +121,12 @@ def test_state_with_per_client_state_and_server_optimizer_round_trips_exactly(tm
     import optax
     params = {"dense": {"kernel": jnp.arange(6.0).reshape(3, 2) / 7}}
     tx = optax.chain(optax.scale_by_adam(), optax.scale(-1.0))
-    state = engine.ServerState(
+    state = ServerState(
         params=params, model_state={"batch_stats": {"mean": jnp.full((2,), 0.25)}},
         opt_state=tx.init(params),
         client_states={"c_i": jax.random.normal(jax.random.PRNGKey(1), (5, 3, 2))},
         round=jnp.int32(3), key=jax.random.PRNGKey(7))
-    state = engine.replicate(state, engine.client_mesh())
+    state = replicate(state, client_mesh())
     manager = checkpoint.open_manager(str(tmp_path), 2)
     assert checkpoint.save(manager, state, {"progress": {}}) > 0
     assert checkpoint.save(manager, state, {"progress": {}}) is None     # round 3 already saved
@@ -219,7 +222,7 @@ def test_restore_skips_a_damaged_newest_checkpoint(tmp_path, reference, damage):
     damage(os.path.join(workdir, "checkpoints", "8"))
     warnings = []
     exp = experiment.build_experiment(tiny())
-    target = engine.replicate(experiment.initial_state(exp), engine.client_mesh())
+    target = replicate(experiment.initial_state(exp), client_mesh())
     restored = checkpoint.restore_latest(checkpoint.open_manager(workdir, 3), target,
                                          lambda meta: None, warn=warnings.append)
     assert restored.round == 6 and int(restored.state.round) == 6

@@ -21,10 +21,13 @@ def merged(base, overrides):
 def test_run_end_to_end_writes_every_workdir_file(tmp_path):
     workdir = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "fedln_jax.cli", "run", "--workdir", str(workdir),
-                           "--quiet", "norm=fn", *TINY], capture_output=True, text=True)
+                           "--quiet", "norm=fn", "conv_features=8/12", "tensorboard=true",
+                           *TINY],
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     config = json.loads((workdir / "config.json").read_text())
     assert config["norm"] == "fn" and config["rounds"] == 4 and config["dataset"] == "synthetic"
+    assert config["conv_features"] == "8/12" and config["dense_features"] == ""
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [2, 4]
     assert all(0.0 <= r["test_accuracy"] <= 1.0 and r["train_loss"] > 0 for r in rows)
@@ -33,6 +36,12 @@ def test_run_end_to_end_writes_every_workdir_file(tmp_path):
     assert summary["final_test_accuracy"] == rows[-1]["test_accuracy"]
     clients = json.loads((workdir / "clients.json").read_text())
     assert len(clients["class_counts"]) == 4 and sum(clients["examples_per_client"]) == 400
+    from test_tensorboard import read_events, scalars   # the events hold the metrics rows
+    events = scalars(read_events(workdir / "tensorboard"))
+    for r in rows:
+        assert events[("test/accuracy", r["round"])] == pytest.approx(r["test_accuracy"])
+        assert events[("train/loss", r["round"])] == pytest.approx(r["train_loss"])
+        assert events[("recall/class_0", r["round"])] == pytest.approx(r["per_class_recall"][0])
 
 
 BAD = [
@@ -61,6 +70,11 @@ BAD = [
     (["algorithm=fedrs", "fedrs_alpha=0"], "fedrs_alpha must be in (0, 1]"),
     (["algorithm=fedrs", "fedrs_alpha=1.5"], "fedrs_alpha must be in (0, 1]"),
     (["algorithm=fedyogi", "server_tau=0"], "server_tau must be > 0"),
+    (["conv_features=0/32"], "every width must be >= 1"),
+    (["dense_features=-4/8"], "every width must be >= 1"),
+    (["conv_features=16.5/32"], "every width must be a positive integer"),
+    (["conv_features=16/32/64"], "has 3 entries"),
+    (["model=mlp", "conv_features=16/32"], "conv_features applies to model cnn, small_cnn only"),
 ]
 
 

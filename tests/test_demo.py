@@ -1,10 +1,12 @@
 """`fedln-jax demo` (the README's main command), shortened: every (norm, seed) run, the
 seeds of a normalizer trained as one vectorized program, the table, results.json and the plot;
-and the algorithm comparison table built the same way."""
+and the algorithm comparison, a figure config run by the same path."""
 import json
 import os
 
 from fedln_jax.cli import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_demo_runs_the_headline_comparison(tmp_path, capsys):
@@ -32,15 +34,25 @@ def test_demo_bad_arguments_one_error_line(tmp_path, capsys):
     assert not (tmp_path / "d").exists()
 
 
-def test_algorithm_comparison_table_vectorizes_seeds(tmp_path, capsys):
-    from fedln_jax.compare import run_comparison
-    text = run_comparison(str(tmp_path / "cmp"), algorithms=("fedavg", "fedprox"), norms=("ln",),
-                          classes=(1,), seeds=(0, 1), rounds=1, quiet=True)
+def test_algorithm_comparison_table_vectorizes_seeds(tmp_path):
+    # The comparison is a figure config; a few of its cells, through `fedln-jax figure`'s path.
+    import dataclasses
+
+    from fedln_jax.config import load_config_module
+    from fedln_jax.figures import figure_of_module, run_figure
+    path = os.path.join(ROOT, "experiments", "configs", "algorithms_digits.py")
+    module = load_config_module(path)
+    figure = dataclasses.replace(figure_of_module(module, path), runs=module.get_runs(
+        algorithms=("fedavg", "fedprox"), norms=("ln",), classes=(1,)))
+    run_figure(figure, str(tmp_path / "cmp"), ["rounds=1", "eval_every=1"], seeds=(0, 1),
+               quiet=True)
+    text = (tmp_path / "cmp" / "table.md").read_text()
     runs = sorted(os.listdir(tmp_path / "cmp" / "runs"))
     assert runs == ["fedavg_bn_1class_seed0", "fedavg_bn_1class_seed1", "fedavg_ln_1class_seed0",
                     "fedavg_ln_1class_seed1", "fedprox_ln_1class_seed0", "fedprox_ln_1class_seed1"]
     summary = json.loads((tmp_path / "cmp" / "runs" / runs[0] / "summary.json").read_text())
     assert summary["runs_vectorized"] == 2
-    table = json.loads((tmp_path / "cmp" / "results.json").read_text())["table"]
+    table = {f"{c['series']}/{c['x'].replace(' ', '/').replace('-class', '')}": c["last3_mean"]
+             for c in json.loads((tmp_path / "cmp" / "results.json").read_text())["table"]}
     assert set(table) == {"fedavg/bn/1", "fedavg/ln/1", "fedprox/ln/1"}
     assert f"| fedprox | {table['fedprox/ln/1']:.3f} |" in text

@@ -6,29 +6,28 @@ import numpy as np
 import optax
 import pytest
 
-from fedln_jax import engine
+from fedln_jax.client import client_batch_indices, epochs_needed
 from fedln_jax.config import Config
+from fedln_jax.evaluation import client_accuracy, make_eval_fn
 from fedln_jax.experiment import build_experiment, hparams_of, initial_state
+from fedln_jax.placement import client_mesh, default_chunk_size, replicate
+from fedln_jax.reference import make_loop_round
+from fedln_jax.round import all_finite, make_block_fn, make_multi_round_fn, make_round_fn
+from fedln_jax.state import RoundSpec, ServerState
+
+from conftest import max_diff, tiny_round_config
 
 
 def tiny_config(**kw):
-    base = dict(dataset="synthetic", num_clients=4, clients_per_round=3, local_steps=2,
-                batch_size=8, rounds=2, eval_every=1, partition="n_class", classes_per_client=3,
-                lr=0.05)
-    base.update(kw)
-    return Config(**base).validate()
-
-
-def max_diff(a, b):
-    return max(float(jnp.abs(x - y).max()) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    return tiny_round_config(**{"rounds": 2, "eval_every": 1, "classes_per_client": 3, **kw})
 
 
 def run_both(config, rounds=2, mesh=None):
     """Both engines step from the same state each round (so float32 rounding differences of one
     round are compared, not their chaotic growth over many rounds)."""
     exp = build_experiment(config)
-    vec = jax.jit(engine.make_round_fn(exp.apply_fn, exp.spec, exp.server_tx, mesh))
-    ref = engine.make_reference_round(exp.apply_fn, exp.spec, exp.server_tx)
+    vec = jax.jit(make_round_fn(exp.apply_fn, exp.spec, exp.algorithm, mesh))
+    ref = make_loop_round(exp.apply_fn, exp.spec, exp.algorithm)
     hp = hparams_of(config)
     state = initial_state(exp)
     for _ in range(rounds):
@@ -60,9 +59,9 @@ def test_chunked_equals_unchunked():
 def test_round_is_compiled_once():
     config = tiny_config()
     exp = build_experiment(config)
-    round_fn = engine.make_round_fn(exp.apply_fn, exp.spec, exp.server_tx)
-    run_rounds = jax.jit(chex.assert_max_traces(engine.make_multi_round_fn(round_fn), n=1))
-    state, hp = engine.replicate((initial_state(exp), hparams_of(config)), engine.client_mesh())
+    round_fn = make_round_fn(exp.apply_fn, exp.spec, exp.algorithm)
+    run_rounds = jax.jit(chex.assert_max_traces(make_multi_round_fn(round_fn), n=1))
+    state, hp = replicate((initial_state(exp), hparams_of(config)), client_mesh())
     for n in (1, 3, 2):
         state, loss = run_rounds(state, hp, exp.data, jnp.int32(n))
     assert int(state.round) == 6 and np.isfinite(float(loss))
@@ -71,9 +70,9 @@ def test_round_is_compiled_once():
 def test_multi_round_equals_single_rounds():
     config = tiny_config()
     exp = build_experiment(config)
-    round_fn = engine.make_round_fn(exp.apply_fn, exp.spec, exp.server_tx)
+    round_fn = make_round_fn(exp.apply_fn, exp.spec, exp.algorithm)
     state, hp = initial_state(exp), hparams_of(config)
-    fused, _ = jax.jit(engine.make_multi_round_fn(round_fn))(state, hp, exp.data, jnp.int32(3))
+    fused, _ = jax.jit(make_multi_round_fn(round_fn))(state, hp, exp.data, jnp.int32(3))
     single = state
     for _ in range(3):
         single, _ = jax.jit(round_fn)(single, hp, exp.data)
@@ -87,7 +86,7 @@ def test_one_client_full_batch_one_step_is_centralized_sgd():
     n = int(exp.data.counts_C[0])
     assert n == 400  # 40 train examples per class x 10 classes: the batch is the whole client
     state = initial_state(exp)
-    new, _ = jax.jit(engine.make_round_fn(exp.apply_fn, exp.spec, exp.server_tx))(
+    new, _ = jax.jit(make_round_fn(exp.apply_fn, exp.spec, exp.algorithm))(
         state, hparams_of(config), exp.data)
     x = exp.data.x.astype(jnp.float32) * exp.spec.pixel_scale
 
@@ -101,28 +100,28 @@ def test_one_client_full_batch_one_step_is_centralized_sgd():
 
 
 def test_batches_are_full_shuffles_of_the_clients_own_examples():
-    spec = engine.RoundSpec(num_clients=1, cohort_size=1, local_steps=4, batch_size=4,
-                            max_epochs=engine.epochs_needed(10, 4, 4), pixel_scale=1.0,
+    spec = RoundSpec(num_clients=1, cohort_size=1, local_steps=4, batch_size=4,
+                            max_epochs=epochs_needed(10, 4, 4), pixel_scale=1.0,
                             chunk_size=1, momentum=0.0, weight_decay=0.0)
     idx_row = jnp.array(list(range(100, 110)) + [0, 0], jnp.int32)  # 10 examples, padded to 12
     key = jax.random.PRNGKey(3)
-    ix = np.asarray(engine.client_batch_indices(key, idx_row, jnp.int32(10), spec))
+    ix = np.asarray(client_batch_indices(key, idx_row, jnp.int32(10), spec))
     assert ix.shape == (4, 4)
     assert set(ix.ravel()) <= set(range(100, 110))
     # 10 // 4 = 2 full batches per epoch: steps (0,1) are one shuffle, (2,3) the next.
     assert len(set(ix[:2].ravel())) == 8 and len(set(ix[2:].ravel())) == 8
-    again = np.asarray(engine.client_batch_indices(key, idx_row, jnp.int32(10), spec))
+    again = np.asarray(client_batch_indices(key, idx_row, jnp.int32(10), spec))
     np.testing.assert_array_equal(ix, again)
-    other = np.asarray(engine.client_batch_indices(jax.random.PRNGKey(4), idx_row, jnp.int32(10), spec))
+    other = np.asarray(client_batch_indices(jax.random.PRNGKey(4), idx_row, jnp.int32(10), spec))
     assert not np.array_equal(ix, other)
 
 
 def test_client_smaller_than_batch_wraps_around_its_examples():
-    spec = engine.RoundSpec(num_clients=1, cohort_size=1, local_steps=2, batch_size=8,
-                            max_epochs=engine.epochs_needed(3, 2, 8), pixel_scale=1.0,
+    spec = RoundSpec(num_clients=1, cohort_size=1, local_steps=2, batch_size=8,
+                            max_epochs=epochs_needed(3, 2, 8), pixel_scale=1.0,
                             chunk_size=1, momentum=0.0, weight_decay=0.0)
     idx_row = jnp.array([7, 8, 9, 0, 0], jnp.int32)
-    ix = np.asarray(engine.client_batch_indices(jax.random.PRNGKey(0), idx_row, jnp.int32(3), spec))
+    ix = np.asarray(client_batch_indices(jax.random.PRNGKey(0), idx_row, jnp.int32(3), spec))
     assert ix.shape == (2, 8) and set(ix.ravel()) == {7, 8, 9}
 
 
@@ -130,7 +129,7 @@ def test_client_accuracy_weights_recall_by_client_classes():
     correct = np.array([5.0, 0.0, 10.0])
     total = np.array([10.0, 10.0, 10.0])            # recall 0.5, 0.0, 1.0
     weights = np.array([[1.0, 0.0, 0.0], [0.0, 0.5, 0.5]], np.float32)
-    acc = engine.client_accuracy(correct, total, weights)
+    acc = client_accuracy(correct, total, weights)
     assert acc["test_accuracy"] == pytest.approx((0.5 + 0.5) / 2)
     assert acc["test_accuracy_pooled"] == pytest.approx(0.5)
     assert acc["per_class_recall"] == pytest.approx([0.5, 0.0, 1.0])
@@ -140,7 +139,7 @@ def test_eval_counts_match_plain_argmax():
     config = tiny_config()
     exp = build_experiment(config)
     state = initial_state(exp)
-    evaluate = engine.make_eval_fn(exp.apply_fn, exp.num_classes, exp.spec.pixel_scale, batch_size=7)
+    evaluate = make_eval_fn(exp.apply_fn, exp.num_classes, exp.spec.pixel_scale, batch_size=7)
     result = jax.jit(evaluate)(state.params, state.model_state, exp.x_test, exp.y_test)
     logits, _ = exp.apply_fn(state.params, state.model_state,
                              exp.x_test.astype(jnp.float32) * exp.spec.pixel_scale, False)
@@ -177,7 +176,7 @@ def test_bfloat16_round_runs_and_stays_close_to_float32(norm):
         config = tiny_config(norm=norm, dtype=dtype)
         exp = build_experiment(config)
         state = initial_state(exp)
-        new, metrics = jax.jit(engine.make_round_fn(exp.apply_fn, exp.spec, exp.server_tx))(
+        new, metrics = jax.jit(make_round_fn(exp.apply_fn, exp.spec, exp.algorithm))(
             state, hparams_of(config), exp.data)
         rounds[dtype] = (state, new, float(metrics["train_loss"]))
     (s32, n32, l32), (s16, n16, l16) = rounds["float32"], rounds["bfloat16"]
@@ -193,7 +192,7 @@ def test_bfloat16_round_runs_and_stays_close_to_float32(norm):
 
 def test_default_chunk_size_per_backend():
     expected = 1 if jax.default_backend() == "cpu" else 25
-    assert engine.default_chunk_size(100, 4) == expected
+    assert default_chunk_size(100, 4) == expected
 
 
 def test_local_momentum_and_weight_decay_round_equals_reference_loop():
@@ -206,7 +205,7 @@ def test_local_momentum_and_weight_decay_round_equals_reference_loop():
 
 
 def one_round(exp, spec, hparams):
-    round_fn = jax.jit(engine.make_round_fn(exp.apply_fn, spec, exp.server_tx))
+    round_fn = jax.jit(make_round_fn(exp.apply_fn, spec, exp.algorithm))
     return round_fn(initial_state(exp), hparams, exp.data)[0].params
 
 
@@ -244,23 +243,23 @@ def test_block_stops_at_the_first_round_with_a_non_finite_client_state():
         blown = state.round + 1 >= data   # from this round on, a client state is NaN
         client = jnp.where(blown, jnp.nan, 0.0) * jnp.ones(3)
         return state._replace(round=state.round + 1, client_states={"c": client}), \
-            {"train_loss": jnp.float32(1.0), "client_states_finite": engine.all_finite(client)}
+            {"train_loss": jnp.float32(1.0), "client_states_finite": all_finite(client)}
 
-    state = engine.ServerState(params={"w": jnp.ones(2)}, model_state={}, opt_state=(),
+    state = ServerState(params={"w": jnp.ones(2)}, model_state={}, opt_state=(),
                                client_states={"c": jnp.zeros(3)}, round=jnp.int32(0),
                                key=jnp.zeros(2, jnp.uint32))
-    run_block = jax.jit(engine.make_block_fn(fake_round))
+    run_block = jax.jit(make_block_fn(fake_round))
     out, loss_sum, bad = run_block(state, {}, jnp.int32(3), jnp.int32(10), jnp.float32(0))
     assert int(bad) == 3 and int(out.round) == 3 and float(loss_sum) == 3.0
     out, loss_sum, bad = run_block(state, {}, jnp.int32(99), jnp.int32(10), jnp.float32(0))
     assert int(bad) == -1 and int(out.round) == 10
-    stops_not = jax.jit(engine.make_block_fn(fake_round, stop_at_nonfinite=False))
+    stops_not = jax.jit(make_block_fn(fake_round, stop_at_nonfinite=False))
     assert int(stops_not(state, {}, jnp.int32(3), jnp.int32(10), jnp.float32(0))[0].round) == 10
 
 
 def test_round_reports_whether_its_cohorts_client_states_are_finite():
     exp = build_experiment(tiny_config(algorithm="scaffold"))
-    round_fn = jax.jit(engine.make_round_fn(exp.apply_fn, exp.spec, exp.algorithm))
+    round_fn = jax.jit(make_round_fn(exp.apply_fn, exp.spec, exp.algorithm))
     state = initial_state(exp)
     _, metrics = round_fn(state, hparams_of(exp.config), exp.data)
     assert bool(metrics["client_states_finite"])

@@ -11,9 +11,10 @@ import chex
 import jax
 import pytest
 
-from fedln_jax import checkpoint, engine, experiment
+from fedln_jax import checkpoint, experiment
 from fedln_jax.cli import main
 from fedln_jax.config import Config
+from fedln_jax.placement import client_mesh, replicate
 from fedln_jax.train import run
 
 TINY = dict(dataset="synthetic", num_clients=4, classes_per_client=3, local_steps=2,
@@ -43,7 +44,7 @@ def final_state(run_dir):
     with open(os.path.join(run_dir, "config.json")) as f:
         config = Config(**json.load(f)).validate()
     exp = experiment.build_experiment(config)
-    target = engine.replicate(experiment.initial_state(exp), engine.client_mesh())
+    target = replicate(experiment.initial_state(exp), client_mesh())
     return checkpoint.restore_latest(checkpoint.open_manager(run_dir, 3), target,
                                      lambda meta: None).state
 

@@ -5,14 +5,17 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
-from fedln_jax import engine
+from fedln_jax.algorithms import get_algorithm
+from fedln_jax.client import make_apply_fn
 from fedln_jax.errors import FedlnError
 from fedln_jax.models import (NORM_PRESETS, build_model, feature_dim, num_norm_positions,
                               resnet_norm_layers)
+from fedln_jax.round import make_round_fn
+from fedln_jax.state import RoundSpec, init_state, make_data
 
+FEDAVG = get_algorithm("fedavg")
 _O0 = {"xla_backend_optimization_level": 0}  # compile fast; see tests/test_models.py
 
 
@@ -71,20 +74,20 @@ def cifar_like():
     y = np.repeat(np.arange(2, dtype=np.int32), 6)
     x = rng.integers(0, 256, (12, 32, 32, 3)).astype(np.uint8)
     x[y == 1, :16] //= 4  # some class signal
-    return engine.make_data(x, y, [np.arange(6), np.arange(6, 12)])
+    return make_data(x, y, [np.arange(6), np.arange(6, 12)])
 
 
 @pytest.mark.parametrize("norm", NORM_PRESETS)
 def test_every_norm_trains_a_round(norm, cifar_like):
     """Build, one vmapped FedAvg round (2 clients x 2 steps), eval; shapes and finiteness."""
     model = build_model("resnet18_tiny", norm, 3)
-    apply_fn = engine.make_apply_fn(model)
-    spec = engine.RoundSpec(num_clients=2, cohort_size=2, local_steps=2, batch_size=3,
-                            max_epochs=1, pixel_scale=1 / 255, chunk_size=1, momentum=0.0,
-                            weight_decay=0.0)
-    state = engine.init_state(model, jnp.zeros((1, 32, 32, 3)), 0, optax.identity())
-    round_fn = engine.make_round_fn(apply_fn, spec, optax.identity())
+    apply_fn = make_apply_fn(model)
+    spec = RoundSpec(num_clients=2, cohort_size=2, local_steps=2, batch_size=3,
+                     max_epochs=1, pixel_scale=1 / 255, chunk_size=1, momentum=0.0,
+                     weight_decay=0.0)
     hp = {"lr": jnp.float32(0.05), "server_lr": jnp.float32(1.0)}
+    state = init_state(model, jnp.zeros((1, 32, 32, 3)), 0, FEDAVG, hparams=hp, num_clients=2)
+    round_fn = make_round_fn(apply_fn, spec, FEDAVG)
     x = cifar_like.x[:4].astype(jnp.float32) / 255
 
     def f(state, data):

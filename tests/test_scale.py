@@ -15,9 +15,10 @@ import time
 import numpy as np
 import pytest
 
-from fedln_jax import checkpoint, engine, experiment
+from fedln_jax import checkpoint, experiment
 from fedln_jax.cli import main
 from fedln_jax.config import Config
+from fedln_jax.placement import client_mesh, replicate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROBE = os.path.join(ROOT, "tests", "scale_probe.py")
@@ -100,7 +101,7 @@ def final_params(workdir):
     with open(os.path.join(workdir, "config.json")) as f:
         config = Config(**json.load(f)).validate()
     exp = experiment.build_experiment(config)
-    target = engine.replicate(experiment.initial_state(exp), engine.client_mesh())
+    target = replicate(experiment.initial_state(exp), client_mesh())
     restored = checkpoint.restore_latest(checkpoint.open_manager(workdir, 3), target,
                                          lambda meta: None)
     assert restored.round == config.rounds

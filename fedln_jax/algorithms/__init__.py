@@ -11,6 +11,7 @@ from fedln_jax.algorithms.fedprox import fedprox
 from fedln_jax.algorithms.fedrs import fedrs, restriction_scales
 from fedln_jax.algorithms.fedyogi import fedyogi
 from fedln_jax.algorithms.scaffold import scaffold
+from fedln_jax.errors import FedlnError
 
 REGISTRY = {a.name: a for a in (fedavg(), fedprox(), scaffold(), fedavgm(), fedadam(), fedyogi(),
                                 fedlc(), fedrs(), feddecorr(), fedbn())}
@@ -22,7 +23,6 @@ OWNED_HPARAMS = {key: tuple(a.name for a in REGISTRY.values() if key in a.hparam
 
 
 def get_algorithm(name: str) -> Algorithm:
-    from fedln_jax.errors import FedlnError
     if name not in REGISTRY:
         raise FedlnError(f"unknown algorithm {name!r}; expected one of {', '.join(ALGORITHM_NAMES)}")
     return REGISTRY[name]

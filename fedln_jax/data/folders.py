@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from fedln_jax.data.dataset import Dataset, from_split
 from fedln_jax.errors import FedlnError
 
 DEFAULT_IMAGE_SIZE = 64
@@ -127,8 +128,6 @@ def tinyimagenet_files(root: str) -> tuple[list[str], list[str], list[str], list
 def load_tinyimagenet(data_dir: str, *, image_size: int = 0):
     """TinyImageNet: 200 classes (train folders in sorted wnid order), the official val split
     as the test set; train ordered by class then file name."""
-    from fedln_jax.data.sources import Dataset
-
     size = _image_size(image_size)
     root = _find_root(data_dir, "tinyimagenet", ("tiny-imagenet-200",), TINY_LAYOUT)
     wnids, train_paths, train_wnids, val_paths, val_wnids = tinyimagenet_files(root)
@@ -178,8 +177,6 @@ def load_pacs(data_dir: str, *, image_size: int = 0, test_domain: str = "", seed
               test_fraction: float = 0.2):
     """PACS: with `test_domain` set, train on the other domains and test on that one;
     with it empty, a stratified (by class) split of all domains' images, fixed by `seed`."""
-    from fedln_jax.data.sources import Dataset, _from_split
-
     size = _image_size(image_size)
     root = _find_root(data_dir, "pacs", ("PACS", "pacs", "kfold", os.path.join("PACS", "kfold")),
                       PACS_LAYOUT)
@@ -190,8 +187,8 @@ def load_pacs(data_dir: str, *, image_size: int = 0, test_domain: str = "", seed
     if not test_domain:
         paths = [p for d in domains for p in files[d][0]]
         labels = np.array([y for d in domains for y in files[d][1]], np.int32)
-        return _from_split("pacs", decode_images(paths, size), labels, len(classes), 1.0 / 255.0,
-                           seed, test_fraction)
+        return from_split("pacs", decode_images(paths, size), labels, len(classes), 1.0 / 255.0,
+                          seed, test_fraction)
     train_domains = [d for d in domains if d != test_domain]
     if not train_domains:
         raise FedlnError(f"pacs_domain={test_domain!r} leaves no domain to train on in {root}")

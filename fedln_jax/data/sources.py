@@ -3,7 +3,7 @@
 `load_dataset(name, ...)` dispatches through `_LOADERS`, a dict from dataset name to a
 loader function `loader(data_dir, seed, test_fraction, options) -> Dataset`.  Bundled
 datasets (`digits`, `synthetic`) need no download; `cifar10` and `cifar100` come through
-tensorflow_datasets (`fedln_jax.data.tfds_source`, imported only when asked for);
+tensorflow_datasets (`fedln_jax.data.tfds_source`, which imports it only when asked for);
 `tinyimagenet` and `pacs` are image folders decoded with Pillow (`fedln_jax.data.folders`).
 Loaders ignore `test_fraction` when the dataset has an official test split.
 """
@@ -15,28 +15,10 @@ from typing import Callable
 
 import numpy as np
 
+from fedln_jax.data.dataset import Dataset, check_test_fraction, from_split
+from fedln_jax.data.folders import load_pacs, load_tinyimagenet
+from fedln_jax.data.tfds_source import load_tfds
 from fedln_jax.errors import FedlnError
-
-
-@dataclasses.dataclass(frozen=True)
-class Dataset:
-    """An image classification dataset held in memory.
-
-    Images are uint8 `[N, H, W, C]`; labels are int32 `[N]` in `[0, num_classes)`.
-    Pixels in [0, 1] are obtained as `x.astype(np.float32) * pixel_scale`.
-    """
-
-    name: str
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    num_classes: int
-    pixel_scale: float
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return tuple(int(d) for d in self.x_train.shape[1:])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,59 +39,6 @@ Loader = Callable[[str, int, float, LoadOptions], Dataset]
 
 
 # ---------------------------------------------------------------------------------------
-# Helpers
-
-
-def _check_test_fraction(test_fraction: float) -> float:
-    # A programmer-error guard: the user's test_fraction is checked once, in Config.validate.
-    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) \
-            or not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must be a number in (0, 1), got {test_fraction!r}")
-    return float(test_fraction)
-
-
-def stratified_split(labels: np.ndarray, *, seed: int, test_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """Split indices into (train, test), stratified by class and fixed by `seed`.
-
-    For each class (in increasing label order) its indices are permuted with a numpy
-    Generator seeded by `seed`, and `round(test_fraction * n_c)` of them go to test, clamped
-    so that a class with at least 2 examples keeps at least one example on each side.
-    The train indices are then shuffled (same Generator); the test indices are sorted.
-    """
-    tf = _check_test_fraction(test_fraction)
-    labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    train_parts, test_parts = [], []
-    for c in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        n = idx.size
-        n_test = int(round(tf * n))
-        if n >= 2:
-            n_test = min(max(n_test, 1), n - 1)
-        else:
-            n_test = 0
-        test_parts.append(idx[:n_test])
-        train_parts.append(idx[n_test:])
-    train = rng.permutation(np.concatenate(train_parts)).astype(np.int64)
-    test = np.sort(np.concatenate(test_parts)).astype(np.int64)
-    return train, test
-
-
-def _from_split(name: str, x: np.ndarray, y: np.ndarray, num_classes: int, pixel_scale: float,
-                seed: int, test_fraction: float) -> Dataset:
-    train, test = stratified_split(y, seed=seed, test_fraction=test_fraction)
-    return Dataset(
-        name=name,
-        x_train=np.ascontiguousarray(x[train]),
-        y_train=y[train].astype(np.int32),
-        x_test=np.ascontiguousarray(x[test]),
-        y_test=y[test].astype(np.int32),
-        num_classes=num_classes,
-        pixel_scale=pixel_scale,
-    )
-
-
-# ---------------------------------------------------------------------------------------
 # Loaders
 
 
@@ -120,7 +49,7 @@ def _load_digits(data_dir: str, seed: int, test_fraction: float, options: LoadOp
     bunch = load_digits()
     images = np.rint(np.asarray(bunch.images)).astype(np.uint8)[..., None]  # [N, 8, 8, 1]
     labels = np.asarray(bunch.target).astype(np.int32)
-    return _from_split("digits", images, labels, 10, 1.0 / 16.0, seed, test_fraction)
+    return from_split("digits", images, labels, 10, 1.0 / 16.0, seed, test_fraction)
 
 
 SYNTHETIC_CLASSES = 10
@@ -141,26 +70,22 @@ def _load_synthetic(data_dir: str, seed: int, test_fraction: float, options: Loa
     base = np.where(prototypes[labels], 180.0, 40.0)
     noisy = base + rng.normal(0.0, 30.0, size=base.shape)
     images = np.clip(np.rint(noisy), 0, 255).astype(np.uint8)[..., None]
-    return _from_split("synthetic", images, labels, c, 1.0 / 255.0, seed, test_fraction)
+    return from_split("synthetic", images, labels, c, 1.0 / 255.0, seed, test_fraction)
 
 
 def _load_cifar10(data_dir: str, seed: int, test_fraction: float, options: LoadOptions) -> Dataset:
-    from fedln_jax.data.tfds_source import load_tfds
     return load_tfds("cifar10", 10, data_dir, download=options.download)
 
 
 def _load_cifar100(data_dir: str, seed: int, test_fraction: float, options: LoadOptions) -> Dataset:
-    from fedln_jax.data.tfds_source import load_tfds
     return load_tfds("cifar100", 100, data_dir, download=options.download)
 
 
 def _load_tinyimagenet(data_dir: str, seed: int, test_fraction: float, options: LoadOptions) -> Dataset:
-    from fedln_jax.data.folders import load_tinyimagenet
     return load_tinyimagenet(data_dir, image_size=options.image_size)
 
 
 def _load_pacs(data_dir: str, seed: int, test_fraction: float, options: LoadOptions) -> Dataset:
-    from fedln_jax.data.folders import load_pacs
     return load_pacs(data_dir, image_size=options.image_size, test_domain=options.pacs_domain,
                      seed=seed, test_fraction=test_fraction)
 
@@ -208,6 +133,6 @@ def load_dataset(name: str, *, data_dir: str = "", seed: int = 0, test_fraction:
     loader = _LOADERS.get(key)
     if loader is None:
         raise FedlnError(f"unknown dataset {name!r}; known datasets: {', '.join(_LOADERS)}")
-    _check_test_fraction(test_fraction)
+    check_test_fraction(test_fraction)
     options = LoadOptions() if options is None else options
     return _validate(loader(data_dir, int(seed), float(test_fraction), options))

@@ -19,6 +19,7 @@ import shutil
 
 import numpy as np
 
+from fedln_jax.data.dataset import Dataset
 from fedln_jax.errors import FedlnError
 
 FILE_FORMAT = "array_record"   # the random-access format data_source reads
@@ -120,8 +121,6 @@ def load_tfds(name: str, num_classes: int, data_dir: str = "", *, download: bool
 
 
 def _load(tfds, name: str, num_classes: int, root: str, download: bool):
-    from fedln_jax.data.sources import Dataset
-
     root_existed, before = os.path.isdir(root), _paths_under(root)
     try:
         sources = {s: _open_source(tfds, name, s, root) for s in ("train", "test")}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from fedln_jax.errors import FedlnError
-from fedln_jax.models.cnn import ARCHS, MLP, ConvNet
+from fedln_jax.models.cnn import ARCHS, MLP, WIDTH_FIELDS, ConvNet, parse_features, resolve_arch
 from fedln_jax.models.flops import forward_macs, train_flops_per_example
 from fedln_jax.models.layers import CONV_IMPLS, Conv, conv2d, max_pool2, resolve_conv_impl
 from fedln_jax.models.resnet import RESNET_WIDTHS, ResNet
@@ -27,12 +27,13 @@ def num_norm_positions(name: str) -> int:
     return len(ARCHS[name]["widths"])
 
 
-def feature_dim(name: str) -> int:
-    """Dimension d of the penultimate feature phi of model `name`."""
+def feature_dim(name: str, dense_features="") -> int:
+    """Dimension d of the penultimate feature phi of model `name` (with the widths of the
+    dense_features config key, when set)."""
     _check_name(name)
     if name in RESNET_WIDTHS:
         return RESNET_WIDTHS[name][-1]
-    return ARCHS[name]["widths"][-1]
+    return resolve_arch(name, dense_features=dense_features)["widths"][-1]
 
 
 def resnet_norm_layers(norm: str, norm_layers: str = "", gn_groups: int = 4) -> tuple[str, str]:
@@ -50,6 +51,25 @@ def resnet_norm_layers(norm: str, norm_layers: str = "", gn_groups: int = 4) -> 
     return (expand_norm_layers(norm, 1, "", gn_groups)[0], "none")
 
 
+def resolve_resnet_widths(name, conv_features, dense_features) -> None:
+    """The ResNets have fixed widths: a width key set for one is an error, not ignored."""
+    for key, value in (("conv_features", conv_features), ("dense_features", dense_features)):
+        if (value.strip() if isinstance(value, str) else len(value)):
+            raise FedlnError(f"{key} applies to model {', '.join(WIDTH_FIELDS[key])} only, "
+                             f"not {name!r}")
+
+
+def model_widths(name: str, conv_features="", dense_features="") -> tuple[int, ...]:
+    """Width at each normalized position of model `name` with the width keys applied
+    (FedlnError on a bad width list); Config.validate calls it so a bad list is refused
+    before anything runs."""
+    _check_name(name)
+    if name in RESNET_WIDTHS:
+        resolve_resnet_widths(name, conv_features, dense_features)
+        return tuple(RESNET_WIDTHS[name])
+    return resolve_arch(name, conv_features, dense_features)["widths"]
+
+
 def _check_name(name):
     if name not in MODEL_NAMES:
         raise FedlnError(f"unknown model {name!r}; expected one of {', '.join(MODEL_NAMES)}")
@@ -57,7 +77,8 @@ def _check_name(name):
 
 def build_model(name: str, norm: str, num_classes: int, *, norm_layers: str = "",
                 norm_position: str = "after", gn_groups: int = 4, tau: float = 1.0,
-                conv_impl: str = "auto", dtype: str = "float32"):
+                conv_impl: str = "auto", dtype: str = "float32", conv_features="",
+                dense_features=""):
     """Build a flax Linen model (bias-free everywhere except the ResNet head).
 
     Args:
@@ -73,6 +94,8 @@ def build_model(name: str, norm: str, num_classes: int, *, norm_layers: str = ""
         variables work with every choice.
       dtype: compute dtype, "float32" or "bfloat16" (for GPU/TPU). Parameters, normalizer
         statistics and logits stay float32 either way.
+      conv_features: widths of the convs of cnn/small_cnn, "32,64" or (32, 64); "" = the model's.
+      dense_features: widths of the hidden dense layers of cnn/small_cnn/mlp; "" = the model's.
 
     Returns:
       A Linen module: `apply(variables, x, train=..., return_features=...)`, x float32 NHWC.
@@ -90,6 +113,7 @@ def build_model(name: str, norm: str, num_classes: int, *, norm_layers: str = ""
         raise FedlnError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
     conv, pool = resolve_conv_impl(conv_impl)
     if name in RESNET_WIDTHS:
+        resolve_resnet_widths(name, conv_features, dense_features)
         if dtype != "float32":
             raise FedlnError(f"model {name!r} runs in float32 only (dtype={dtype!r} is not supported)")
         widths = RESNET_WIDTHS[name]
@@ -99,7 +123,7 @@ def build_model(name: str, norm: str, num_classes: int, *, norm_layers: str = ""
         check_width(feature, widths[-1])
         return ResNet(num_classes=num_classes, norm_layers=(hidden, feature), widths=widths,
                       norm_position=norm_position, tau=tau, conv_impl=conv)
-    arch = ARCHS[name]
+    arch = resolve_arch(name, conv_features, dense_features)
     widths = arch["widths"]
     specs = expand_norm_layers(norm, len(widths), norm_layers, gn_groups)
     for spec, width in zip(specs, widths):
@@ -116,5 +140,5 @@ __all__ = [
     "expand_norm_layers", "parse_primitive", "check_width", "num_norm_positions", "feature_dim",
     "ConvNet", "MLP", "ResNet", "resnet_norm_layers", "Conv", "conv2d", "max_pool2",
     "resolve_conv_impl", "Normalizer", "apply_norm", "group_norm", "forward_macs",
-    "train_flops_per_example",
+    "train_flops_per_example", "model_widths", "parse_features", "resolve_arch",
 ]

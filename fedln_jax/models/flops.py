@@ -2,18 +2,20 @@
 from __future__ import annotations
 
 from fedln_jax.errors import FedlnError
-from fedln_jax.models.cnn import ARCHS, MLP, ConvNet
+from fedln_jax.models.cnn import ARCHS, MLP, ConvNet, resolve_arch
 
 
 def _conv_out(size: int, k: int, padding: str) -> int:
     return size if padding == "SAME" else size - k + 1
 
 
-def forward_macs(name: str, input_shape: tuple[int, int, int], num_classes: int) -> int:
-    """Multiply-accumulates of one example's forward pass through the convs and dense layers."""
+def forward_macs(name: str, input_shape: tuple[int, int, int], num_classes: int,
+                 conv_features="", dense_features="") -> int:
+    """Multiply-accumulates of one example's forward pass through the convs and dense layers
+    (with the widths of the conv_features / dense_features config keys, "" = the model's)."""
     if name not in ARCHS:
         raise FedlnError(f"unknown model {name!r}; expected one of {', '.join(ARCHS)}")
-    arch = ARCHS[name]
+    arch = resolve_arch(name, conv_features, dense_features)
     h, w, c = input_shape
     macs = 0
     if arch["cls"] is ConvNet:
@@ -34,6 +36,7 @@ def forward_macs(name: str, input_shape: tuple[int, int, int], num_classes: int)
     return macs
 
 
-def train_flops_per_example(name: str, input_shape: tuple[int, int, int], num_classes: int) -> int:
+def train_flops_per_example(name: str, input_shape: tuple[int, int, int], num_classes: int,
+                            conv_features="", dense_features="") -> int:
     """Forward + backward FLOPs of one training example: 3 x forward MACs x 2."""
-    return 6 * forward_macs(name, input_shape, num_classes)
+    return 6 * forward_macs(name, input_shape, num_classes, conv_features, dense_features)

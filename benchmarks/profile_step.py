@@ -1,0 +1,200 @@
+"""Where the time of one training step of the paper CNN goes, per op, in JAX (XLA:CPU) and PyTorch.
+
+    python benchmarks/profile_step.py --lib jax   [--conv-impl patches] [--steps 10]
+    python benchmarks/profile_step.py --lib torch [--channels-last]
+
+One client, batch 32 (the bench's shapes), forward + backward + SGD update, jitted (JAX) or
+eager (PyTorch). JAX: a `jax.profiler` trace of `--steps` steps, read back with
+`jax.profiler.ProfileData`; the host thread events XLA:CPU emits per executed op (thunk) are
+summed by name. PyTorch: `torch.profiler` with its per-operator self CPU time. Both print the
+top ops as a table, times per step in milliseconds, and the share of the step.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BATCH = 32
+
+
+def jax_profile(steps: int, conv_impl: str, top: int) -> None:
+    sys.path.insert(0, ROOT)
+    import glob
+
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from fedln_jax.client import make_apply_fn
+    from fedln_jax.models import build_model
+
+    net = build_model("cnn", "none", 10, conv_impl=conv_impl)
+    apply_fn = make_apply_fn(net)
+    params = net.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+    x = jax.random.uniform(jax.random.key(1), (BATCH, 32, 32, 3))
+    y = jax.random.randint(jax.random.key(2), (BATCH,), 0, 10)
+
+    def loss_fn(p):
+        logits, _ = apply_fn(p, {}, x, True)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    @jax.jit
+    def step(p):
+        grads = jax.grad(loss_fn)(p)
+        return jax.tree.map(lambda a, g: a - 0.01 * g, p, grads)
+
+    params = step(params)
+    jax.block_until_ready(params)
+    wall = []
+    for _ in range(3):
+        start = time.perf_counter()
+        params = jax.block_until_ready(step(params))
+        wall.append(time.perf_counter() - start)
+    out_dir = tempfile.mkdtemp(prefix="fedln_profile_")
+    with jax.profiler.trace(out_dir):
+        for _ in range(steps):
+            params = jax.block_until_ready(step(params))
+    path = glob.glob(os.path.join(out_dir, "**", "*.xplane.pb"), recursive=True)[0]
+    data = jax.profiler.ProfileData.from_file(path)
+    # Per-op thunk events of XLA:CPU carry the HLO op name; the executable-level events
+    # (the whole step) are recognised by their length and left out of the sum.
+    totals = collections.Counter()
+    counts = collections.Counter()
+    step_events = []
+    for plane in data.planes:
+        for line in plane.lines:
+            for event in line.events:
+                name = event.name
+                # Python-tracer frames ($file:line), the thread pool's waits and the
+                # executable-level events (the whole step) are not ops.
+                if name.startswith(("$", "jit_step", "PjitFunction", "PjRt", "Thunk", "TfrtCpu",
+                                    "SlinkyThreadPool")):
+                    continue
+                totals[(line.name, name)] += event.duration_ns
+                counts[(line.name, name)] += 1
+    step_ms = statistics.median(wall) * 1e3
+    print(f"jax {jax.__version__}, conv_impl={conv_impl}: step {step_ms:.1f} ms (median of 3, "
+          f"outside the trace); {steps} steps traced")
+    by_op = collections.Counter()
+    for (line, name), ns in totals.items():
+        by_op[name] += ns
+    hlo = step.lower(params).compile().as_text()
+    described = describe_hlo_ops(hlo)
+    print("| op (HLO name) | what it computes (output shape; fused ops) | ms per step | share of step |")
+    print("|---|---|---|---|")
+    for name, ns in by_op.most_common(top):
+        print(f"| {name} | {described.get(name, '')} | {ns / steps / 1e6:.2f} "
+              f"| {ns / steps / 1e6 / step_ms:.0%} |")
+    categories = collections.Counter()
+    for name, ns in by_op.items():
+        categories[op_category(described.get(name, ""))] += ns
+    for cat, ns in categories.most_common():
+        print(f"| **{cat}** | (sum) | {ns / steps / 1e6:.2f} | {ns / steps / 1e6 / step_ms:.0%} |")
+    print(f"| all ops | | {sum(by_op.values()) / steps / 1e6:.2f} "
+          f"| {sum(by_op.values()) / steps / 1e6 / step_ms:.0%} |")
+    if "--hlo" in sys.argv:
+        print(hlo)
+
+
+def op_category(description: str) -> str:
+    """A coarse class of an op from its description (output shape; opcode: fused opcodes)."""
+    kinds = description.split(";", 1)[-1]
+    if "convolution" in kinds:
+        return "convolution"
+    if "dot" in kinds:
+        return "matmul (dot)"
+    if "concatenate" in kinds or "slice" in kinds or "pad" in kinds:
+        return "im2col and its gradient (slice, concatenate, pad)"
+    if "maximum" in kinds or "select" in kinds or "compare" in kinds:
+        return "ReLU, max-pool and their gradients"
+    return "other"
+
+
+def describe_hlo_ops(hlo: str) -> dict:
+    """{instruction name: 'shape; opcodes of its fused computation'} from optimized HLO text."""
+    import re
+    computations, current = {}, None
+    for line in hlo.splitlines():
+        head = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
+        if head and not line.startswith(" "):
+            current = head.group(1)
+            computations[current] = []
+            continue
+        op = re.match(r"^\s+(?:ROOT )?%?([\w.\-]+) = (\S+) (\w[\w\-]*)\(", line)
+        if op and current:
+            computations[current].append((op.group(1), op.group(2), op.group(3), line))
+    out = {}
+    for ops in computations.values():
+        for name, shape, opcode, line in ops:
+            called = re.search(r"calls=%?([\w.\-]+)", line)
+            kinds = ""
+            if called and called.group(1) in computations:
+                inner = [o[2] for o in computations[called.group(1)]
+                         if o[2] not in ("parameter", "constant", "bitcast", "broadcast")]
+                kinds = ", ".join(dict.fromkeys(inner))
+            out[name] = f"{shape}; {opcode}" + (f": {kinds}" if kinds else "")
+    return out
+
+
+def torch_profile(steps: int, channels_last: bool, top: int) -> None:
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import torch
+    import torch.nn.functional as F
+    from torch.profiler import ProfilerActivity, profile
+    from vs_torch import torch_paper_cnn
+
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = torch_paper_cnn().to(memory_format=fmt)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x = torch.rand(BATCH, 3, 32, 32).contiguous(memory_format=fmt)
+    y = torch.randint(0, 10, (BATCH,))
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    for _ in range(3):
+        step()
+    wall = []
+    for _ in range(3):
+        start = time.perf_counter()
+        step()
+        wall.append(time.perf_counter() - start)
+    step_ms = statistics.median(wall) * 1e3
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    print(f"torch {torch.__version__}, {'channels_last' if channels_last else 'NCHW'}: step "
+          f"{step_ms:.1f} ms (median of 3, outside the profiler); {steps} steps profiled, "
+          f"{torch.get_num_threads()} threads")
+    rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    print("| op | ms per step (self CPU) | share of step |")
+    print("|---|---|---|")
+    for e in rows[:top]:
+        ms = e.self_cpu_time_total / steps / 1e3
+        print(f"| {e.key} | {ms:.2f} | {ms / step_ms:.0%} |")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--lib", choices=("jax", "torch"), required=True)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--conv-impl", default="patches")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--hlo", action="store_true", help="also print the optimized HLO (jax)")
+    args = parser.parse_args()
+    if args.lib == "jax":
+        jax_profile(args.steps, args.conv_impl, args.top)
+    else:
+        torch_profile(args.steps, args.channels_last, args.top)
+
+
+if __name__ == "__main__":
+    main()
