@@ -179,14 +179,20 @@ def load_run(workdir: str):
     except (OSError, ValueError, TypeError):
         raise FedlnError(f"{path} is unreadable or not a fedln-jax config") from None
     exp = experiment.build_experiment(config)
-    manager = (checkpoint.open_manager(workdir, config.keep_checkpoints)
+    # Read-only: the run may be in progress (or be someone else's); reading never deletes,
+    # renames or clears anything in checkpoints/.
+    manager = (checkpoint.open_manager(workdir, config.keep_checkpoints, read_only=True)
                if checkpoint.checkpoint_dir(workdir).exists() else None)
     if manager is None or not manager.all_steps():
         raise FedlnError(f"{workdir!r} holds no checkpoint of the model (the run did not reach "
                          f"its first checkpoint)")
     template = replicate(experiment.initial_state(exp), client_mesh())
-    restored = checkpoint.restore_latest(
-        manager, template, lambda meta: check_checkpoint_meta(meta, config, workdir))
+    try:
+        restored = checkpoint.restore_latest(
+            manager, template, lambda meta: check_checkpoint_meta(meta, config, workdir),
+            delete=False)
+    finally:
+        manager.close()
     if restored is None:
         raise FedlnError(f"{workdir!r} holds no readable checkpoint of the model")
     return exp, restored.state, f"checkpoints/{restored.round}"

@@ -9,10 +9,17 @@ previous checkpoint usable and no partial step visible.
 
 Restoring checks the stored tree against the target built from the current config (structure,
 shapes and dtypes) before reading any array: a mismatch is a FedlnError, never a silent cast.
-A step whose files cannot be read is reported as corrupt and the next older one is tried.
+The meta item holds a sha256 of the saved arrays (`state_checksum`), verified after the
+arrays are read: orbax's compressed chunks carry no checksum of their own, so a flipped byte
+would otherwise restore as a wrong number. A step whose files cannot be read or whose arrays
+do not match their checksum is reported in one warning line and the next older one is tried.
+A manager opened with read_only=True (analysis) never deletes, renames or creates anything.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import logging
 import os
 import sys
 import time
@@ -23,7 +30,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from fedln_jax.errors import FedlnError
+from fedln_jax.errors import FedlnError, StorageError
 
 FORMAT_VERSION = 1
 # Test-only hook: FEDLN_TEST_PAUSE="EVENT:ROUND:SECONDS:DIR" makes the run touch
@@ -69,13 +76,14 @@ def checkpoint_dir(workdir: str) -> epath.Path:
     return epath.Path(workdir) / "checkpoints"
 
 
-def open_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
+def open_manager(workdir: str, keep: int, read_only: bool = False) -> ocp.CheckpointManager:
     """A synchronous manager (saves of this run's small states take tens of milliseconds,
-    measured in docs/checkpoints.md) that keeps the newest `keep` steps and clears leftover temporary
-    directories of interrupted saves."""
+    measured in docs/checkpoints.md) that keeps the newest `keep` steps and clears leftover
+    temporary directories of interrupted saves; read_only: creates, clears and deletes
+    nothing (for reading a run that may be in progress)."""
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=True, enable_async_checkpointing=False,
-        cleanup_tmp_directories=True)
+        max_to_keep=keep, create=not read_only, enable_async_checkpointing=False,
+        cleanup_tmp_directories=not read_only, read_only=read_only)
     registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
     state_handler, meta_handler = ocp.StandardCheckpointHandler(), _MetaHandler()
     registry.add("state", ocp.args.StandardSave, state_handler)
@@ -93,13 +101,80 @@ def save(manager: ocp.CheckpointManager, state, meta: dict) -> Optional[float]:
     step = int(jax.device_get(state.round))
     if step in manager.all_steps():
         return None
-    meta = {**meta, "format_version": FORMAT_VERSION, "round": step}
-    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                               meta=ocp.args.JsonSave(meta)), force=True)
-    manager.wait_until_finished()
+    meta = {**meta, "format_version": FORMAT_VERSION, "round": step,
+            "state_sha256": state_checksum(state)}
+    try:
+        with quiet_orbax_logs():
+            manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                       meta=ocp.args.JsonSave(meta)), force=True)
+            manager.wait_until_finished()
+    except (OSError, ValueError, RuntimeError) as exc:   # disk full, quota, I/O (via tensorstore)
+        before = [s for s in manager.all_steps() if s < step]
+        kept = (f"the checkpoint of round {max(before)} is intact" if before
+                else "no earlier checkpoint was saved")
+        raise StorageError(f"could not save the checkpoint of round {step} in "
+                           f"{manager.directory} ({_first_line(exc)}); {kept}: free space and "
+                           f"run the same command again to resume") from None
     seconds = time.perf_counter() - start
     pause_for_test("saved", step)
     return seconds
+
+
+def state_checksum(state) -> str:
+    """sha256 over every leaf's path, dtype, shape and bytes, in sorted path order (a canonical
+    order: the same state gives the same digest in any process and after a restore)."""
+    digest = hashlib.sha256()
+    for path, leaf in sorted(((_path(p), leaf) for p, leaf in
+                              jax.tree_util.tree_flatten_with_path(state)[0]), key=lambda t: t[0]):
+        array = _host_array(leaf)
+        digest.update(f"{path}:{array.dtype.str}:{array.shape};".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def _host_array(leaf) -> np.ndarray:
+    if isinstance(leaf, jax.Array):
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)
+        if not leaf.is_fully_addressable:   # sharded over processes: every process hashes all
+            from jax.experimental import multihost_utils
+            return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+    return np.asarray(jax.device_get(leaf))
+
+
+@contextlib.contextmanager
+def quiet_orbax_logs():
+    """Orbax logs the failures it re-raises (tracebacks of tens to hundreds of lines) through
+    absl; the caller reports them in one line, so silence those loggers meanwhile."""
+    loggers = [logging.getLogger(name) for name in ("absl", "orbax", "jax._src.distributed")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def _ignore_late_read_callbacks() -> None:
+    """After a failed read orbax closes its asyncio loop while tensorstore still completes the
+    other pending reads; each completion then raises 'Event loop is closed' in a tensorstore
+    thread, which Python prints as an unraisable-exception traceback (tens to hundreds of
+    lines, often after the run's last line). The read already failed and was reported in one
+    warning line: drop exactly those, pass anything else on."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_fedln_filter", False):
+        return
+
+    def hook(unraisable):
+        exc = unraisable.exc_value
+        if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook._fedln_filter = True
+    sys.unraisablehook = hook
 
 
 def abstract_like(tree):
@@ -121,15 +196,18 @@ def newest_step(workdir: str) -> int:
 
 
 def restore_latest(manager: ocp.CheckpointManager, target, check_meta,
-                   warn=None, max_step: Optional[int] = None) -> Optional[Restored]:
+                   warn=None, max_step: Optional[int] = None,
+                   delete: bool = True) -> Optional[Restored]:
     """Restore the newest readable step (at most max_step), or None if there is none.
 
     target: a pytree of arrays or ShapeDtypeStructs with the expected structure, shapes, dtypes
     and shardings. check_meta(meta) raises FedlnError if the checkpoint belongs to an
-    incompatible config or format. A corrupt step is warned about and skipped; steps newer than
-    the restored one are deleted, so the run can save them again.
+    incompatible config or format. A corrupt step is warned about and skipped; with delete,
+    steps newer than the restored one are deleted, so the run can save them again (analysis
+    passes delete=False: reading never removes anything).
     """
     warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
+    _ignore_late_read_callbacks()
     abstract = abstract_like(target)
     steps = sorted(manager.all_steps(), reverse=True)
     candidates = [s for s in steps if max_step is None or s <= max_step]
@@ -142,11 +220,13 @@ def restore_latest(manager: ocp.CheckpointManager, target, check_meta,
         except CorruptCheckpoint as exc:
             warn(f"checkpoint at round {step} is unreadable ({exc}); trying an older one")
             continue
-        for newer in (s for s in steps if s > step):
-            manager.delete(newer)
+        if delete:
+            for newer in (s for s in steps if s > step):
+                manager.delete(newer)
         return restored
-    if steps:
-        warn("no readable checkpoint; starting from round 0")
+    if steps and delete:
+        if candidates:   # else the warning above said why they go
+            warn("no readable checkpoint; starting from round 0")
         for step in steps:
             manager.delete(step)
     return None
@@ -154,8 +234,9 @@ def restore_latest(manager: ocp.CheckpointManager, target, check_meta,
 
 def _restore_step(manager, step: int, abstract, check_meta) -> Restored:
     try:
-        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-        stored = manager.item_metadata(step)["state"]
+        with quiet_orbax_logs():
+            meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+            stored = manager.item_metadata(step)["state"]
     except Exception as exc:  # orbax/tensorstore raise many types for missing or torn files
         raise CorruptCheckpoint(_first_line(exc)) from None
     if not isinstance(meta, dict) or stored is None:
@@ -171,13 +252,17 @@ def _restore_step(manager, step: int, abstract, check_meta) -> Restored:
         raise FedlnError(f"checkpoint at round {step} does not fit this run's state ({mismatch}); "
                          f"use a new workdir")
     try:
-        state = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract))).state
+        with quiet_orbax_logs():
+            state = manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract))).state
         round_ = int(jax.device_get(state.round))
     except Exception as exc:
         raise CorruptCheckpoint(_first_line(exc)) from None
     if round_ != step or meta.get("round") != step:
         raise CorruptCheckpoint(f"step {step} holds round {round_}")
+    # Checkpoints written before checksums existed have none; every save now stores one.
+    if "state_sha256" in meta and state_checksum(state) != meta["state_sha256"]:
+        raise CorruptCheckpoint("its arrays do not match the checksum saved with them")
     return Restored(state=state, meta=meta, round=step)
 
 

@@ -1,4 +1,5 @@
-"""Console script `fedln-jax`: run | demo | sweep | bench | analyze | figure | config. Bad input: one `error:` line on stderr, exit 2."""
+"""Console script `fedln-jax`: run | demo | sweep | bench | analyze | figure | config. Bad input: one `error:` line on stderr, exit 2.
+A file-system fault under a running run (disk full, I/O error): one `error:` line, exit 1."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +7,7 @@ import os
 import sys
 
 from fedln_jax.bench import ENGINES, INPUT_SHAPES
-from fedln_jax.errors import DivergedError, FedlnError, Interrupted
+from fedln_jax.errors import DivergedError, FedlnError, Interrupted, StorageError
 from fedln_jax.models import DTYPES, NORM_PRESETS
 
 
@@ -117,6 +118,12 @@ def main(argv=None) -> int:
     except DivergedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
+    except StorageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:   # the file system failed somewhere unforeseen: still one line
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except FedlnError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -127,6 +134,11 @@ def main(argv=None) -> int:
 
 def _dispatch(args) -> int:
     # Lazy imports, for start-up time: the one exception to module-top imports (test_architecture).
+    if getattr(args, "workdir", None) is not None and args.command != "analyze":
+        from fedln_jax.lock import check_path
+        check_path(args.workdir)   # before anything (data, compilation) is spent on it
+    if args.command == "analyze" and not args.workdir.strip():
+        raise FedlnError("--workdir is empty; name a run's workdir")
     if hasattr(args, "cache_dir"):   # bench measures compilation: it never reads the cache
         from fedln_jax import compile_cache
         compile_cache.enable(args.cache_dir)

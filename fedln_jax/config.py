@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.machinery
 import importlib.util
 import json
+import math
 import os
 import types
 import typing
@@ -30,6 +32,12 @@ def _field(default: Any, *, choices=None, value: bool = False, resumable: bool =
     """
     return dataclasses.field(default=default, metadata={"choices": choices, "value": value,
                                                         "resumable": resumable})
+
+# The root PRNG key holds the seed in one uint32 word: 2**32 would wrap around to seed 0.
+MAX_SEED = 2**32 - 1
+# At most half of each class is held out: beyond that the split trains on a handful of
+# examples per class (and at 0.999 on one), which is a typo rather than an experiment.
+MAX_TEST_FRACTION = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,9 +129,14 @@ class Config:
         return self.num_clients if self.clients_per_round is None else self.clients_per_round
 
     def validate(self) -> "Config":
-        """Raise FedlnError naming the first problem; return self when valid."""
+        """Raise FedlnError naming the first problem; return self when valid. This is the one
+        check of user input: the library below trusts a validated Config."""
         for f in dataclasses.fields(self):
             _check_type(f.name, getattr(self, f.name), _field_types()[f.name])
+            value = getattr(self, f.name)
+            # inf/nan (or 1e400, parsed as inf) would only surface rounds later as "diverged"
+            if isinstance(value, float) and not math.isfinite(value):
+                raise FedlnError(f"{f.name} must be a finite number, got {value!r}")
         for f in dataclasses.fields(self):
             allowed, value = f.metadata.get("choices"), getattr(self, f.name)
             if allowed is not None and value not in allowed:
@@ -152,8 +165,12 @@ class Config:
         if not 0 < self.fedrs_alpha <= 1:
             raise FedlnError(f"fedrs_alpha must be in (0, 1], got {self.fedrs_alpha}")
         self._check_algorithm_hparams()
-        if not self.test_fraction < 1:
-            raise FedlnError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        if not self.test_fraction <= MAX_TEST_FRACTION:
+            raise FedlnError(f"test_fraction must be in (0, {MAX_TEST_FRACTION}] (the held-out "
+                             f"share of each class), got {self.test_fraction}")
+        if not self.seed <= MAX_SEED:
+            raise FedlnError(f"seed must be in 0..{MAX_SEED} (it seeds a 32-bit PRNG key), "
+                             f"got {self.seed}")
         if self.clients_per_round is not None and not 1 <= self.clients_per_round <= self.num_clients:
             raise FedlnError(f"clients_per_round must be in 1..num_clients={self.num_clients}, "
                              f"got {self.clients_per_round}")
@@ -243,7 +260,11 @@ def parse_value(key: str, text: str) -> Any:
     if key not in config_keys():
         raise FedlnError(f"unknown config key {key!r}; known keys: {', '.join(config_keys())}")
     base, optional = _unwrap_optional(_field_types()[key])
-    if optional and text.lower() in ("none", "null", "all", "auto", ""):
+    if text == "" and base is not str:
+        # `clients_per_round=` would otherwise silently mean the default
+        raise FedlnError(f"{key}= has no value" + (f"; write {key}=none for the default"
+                                                   if optional else ""))
+    if optional and text.lower() in ("none", "null", "all", "auto"):
         return None
     try:
         if base is bool:
@@ -268,21 +289,49 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise FedlnError(f"override {item!r} is not of the form KEY=VALUE")
+        if key.strip() in out:
+            raise FedlnError(f"config key {key.strip()!r} is given twice")
         out[key.strip()] = parse_value(key.strip(), text.strip())
     return out
 
 
 def load_config_module(path: str):
-    """Execute a Python config file and return it as a module (errors as one FedlnError)."""
+    """Execute a Python config file (whatever its extension) and return it as a module; any
+    failure, sys.exit() included, is one FedlnError."""
     if not os.path.isfile(path):
         raise FedlnError(f"config file {path!r} does not exist")
-    spec = importlib.util.spec_from_file_location("_fedln_user_config", path)
+    # An explicit source loader: spec_from_file_location finds no loader for `.txt` and such.
+    loader = importlib.machinery.SourceFileLoader("_fedln_user_config", path)
+    spec = importlib.util.spec_from_loader(loader.name, loader)
     module = importlib.util.module_from_spec(spec)
     try:
-        spec.loader.exec_module(module)
-    except Exception as exc:  # a user file: report, do not trace back
-        raise FedlnError(f"config file {path!r} failed to load: {exc}") from None
+        loader.exec_module(module)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # a user file: report, do not trace back (or exit)
+        raise FedlnError(f"config file {path!r} failed to load: {_describe(exc)}") from None
     return module
+
+
+def call_config_function(module, name: str, path: str):
+    """module.name() of a loaded config file; a missing, non-callable or failing function
+    (or one that wants arguments) is one FedlnError."""
+    function = getattr(module, name, None)
+    if function is None:
+        raise FedlnError(f"config file {path!r} defines no {name}()")
+    if not callable(function):
+        raise FedlnError(f"{name} in {path!r} is not a function")
+    try:
+        return function()
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
+        raise FedlnError(f"{name}() in {path!r} failed: {_describe(exc)}") from None
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def load_config_file(path: str) -> Config:
@@ -292,12 +341,10 @@ def load_config_file(path: str) -> Config:
 
 def config_of_module(module, path: str) -> Config:
     """The Config of a loaded config file's get_config()."""
-    if not hasattr(module, "get_config"):
-        raise FedlnError(f"config file {path!r} defines no get_config()")
-    loaded = module.get_config()
+    loaded = call_config_function(module, "get_config", path)
     if isinstance(loaded, Config):
         return loaded
-    if isinstance(loaded, dict):
+    if isinstance(loaded, dict) and all(isinstance(k, str) for k in loaded):
         return Config().replace(**loaded)
     raise FedlnError(f"get_config() in {path!r} must return a Config or a dict")
 

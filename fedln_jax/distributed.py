@@ -46,10 +46,19 @@ def settings(coordinator: Optional[str] = None, num_processes: Optional[int] = N
         raise FedlnError("multi-process runs need --coordinator, --num-processes and "
                          f"--process-id (or {', '.join(ENV.values())}); missing: "
                          + ", ".join(missing))
+    check_address(given["coordinator"])
     if given["num_processes"] < 1 or not 0 <= given["process_id"] < given["num_processes"]:
         raise FedlnError(f"process_id must be in 0..num_processes-1, got process_id="
                          f"{given['process_id']}, num_processes={given['num_processes']}")
     return given
+
+
+def check_address(address: str) -> None:
+    """HOST:PORT with a non-empty host and a port in 1..65535 (jax would fail deep inside)."""
+    host, sep, port = address.strip().rpartition(":")
+    if not sep or not host or any(c.isspace() for c in host) or not port.isdigit() \
+            or not 0 < int(port) < 65536:
+        raise FedlnError(f"--coordinator must be HOST:PORT with a port in 1..65535, got {address!r}")
 
 
 def initialize(coordinator: Optional[str] = None, num_processes: Optional[int] = None,

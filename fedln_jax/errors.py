@@ -13,6 +13,11 @@ class DivergedError(FedlnError):
         self.round = round_
 
 
+class StorageError(FedlnError):
+    """The file system failed under a running run (disk full, I/O error) (CLI exit status 1).
+    What was saved before stays usable; the message says what survived."""
+
+
 class Interrupted(Exception):
     """SIGTERM or SIGINT stopped a run at a round boundary after saving a checkpoint
     (CLI exit status 128 + signal number, as a shell reports a signal)."""

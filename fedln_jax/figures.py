@@ -32,9 +32,10 @@ import os
 import sys
 import time
 
-from fedln_jax import plots, results, train
+from fedln_jax import lock, plots, results, train
 from fedln_jax.analysis import analyze_run
-from fedln_jax.config import Config, config_of_module, load_config_module, parse_overrides
+from fedln_jax.config import (Config, call_config_function, config_of_module, load_config_module,
+                              parse_overrides)
 from fedln_jax.errors import DivergedError, FedlnError
 from fedln_jax.workdir import finished_summary, read_metrics, write_json
 
@@ -60,7 +61,15 @@ def figure_of_module(module, source: str) -> Figure:
     if not hasattr(module, "get_runs"):
         raise FedlnError(f"{source} defines no get_runs(); it is a single-run config: use "
                          f"`fedln-jax run --config {source}`")
-    runs = module.get_runs()
+    runs = call_config_function(module, "get_runs", source)
+    if not isinstance(runs, (list, tuple)) or not runs:
+        raise FedlnError(f"get_runs() in {source!r} must return a non-empty list of dicts, got "
+                         f"{type(runs).__name__}")
+    for k, r in enumerate(runs):
+        if not isinstance(r, dict) or not isinstance(r.get("name"), str) or not r["name"] \
+                or "series" not in r or not isinstance(r.get("overrides", {}), dict):
+            raise FedlnError(f"get_runs() in {source!r}: entry {k} must be a dict with a non-empty "
+                             f"'name' string, a 'series' (and 'overrides' a dict), got {r!r:.80}")
     names = [r["name"] for r in runs]
     if not names or len(set(names)) != len(names):
         raise FedlnError(f"{source}: get_runs() must return runs with unique names")
@@ -112,6 +121,7 @@ def run_figure(figure: Figure | str, workdir: str, overrides=(), *, seeds=None,
         figure = load_figure(figure)
     options = figure.options
     extra = parse_overrides(list(overrides))
+    lock.check_own(workdir, ("runs", "results.json"), "a figure's runs")
     seeds = tuple(options.get("seeds", (0,)) if seeds is None else seeds)
     if not seeds:
         raise FedlnError(f"{figure.source}: a figure needs at least one seed")

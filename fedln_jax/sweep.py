@@ -18,13 +18,13 @@ import re
 import sys
 from typing import Any
 
-from fedln_jax import results
+from fedln_jax import lock, results
 from fedln_jax.config import Config, build_config, parse_value
 from fedln_jax.errors import FedlnError
 from fedln_jax.program import cut, program_key
 from fedln_jax.experiment import build_experiment
 from fedln_jax.plots import _pyplot
-from fedln_jax.train import is_writer, run_group
+from fedln_jax.train import check_runs, is_writer, run_group
 from fedln_jax.workdir import finished_summary, write_json
 
 
@@ -106,6 +106,10 @@ def run_sweep(workdir: str, config_file: str | None, items: list[str], *,
     if dry_run:
         print(describe_plan(runs, todo, groups, max_runs_per_program))
         return []
+    lock.check_own(workdir, ("sweep.json",), "a sweep")
+    # Every run is checked (an impossible partition, a foreign run directory) before the
+    # sweep writes anything; the experiments built here are the ones trained.
+    experiments = dict(zip(todo, check_runs([runs[i][1] for i in todo], [dirs[i] for i in todo])))
     if is_writer():
         os.makedirs(workdir, exist_ok=True)
         write_json(os.path.join(workdir, "sweep.json"), {
@@ -116,7 +120,8 @@ def run_sweep(workdir: str, config_file: str | None, items: list[str], *,
         log(f"sweep: program {g + 1}/{len(groups)}: {len(picked)} run(s) vectorized: "
             + ", ".join(runs[i][0] for i in picked))
         run_group([runs[i][1] for i in picked], [dirs[i] for i in picked], quiet=quiet,
-                  max_runs_per_program=max_runs_per_program)
+                  max_runs_per_program=max_runs_per_program,
+                  experiments=[experiments[i] for i in picked])
     if not is_writer():   # the other processes of a multi-process sweep only compute
         return []
     rows = collect(runs, dirs, list(grid))

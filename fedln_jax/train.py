@@ -18,7 +18,8 @@ import numpy as np
 from etils import epath
 from tqdm.auto import tqdm
 
-from fedln_jax import checkpoint
+from fedln_jax import checkpoint, lock
+from fedln_jax.divergence import diverged_message, loss_exploded
 from fedln_jax.analysis import make_feature_fn, model_report
 from fedln_jax.config import Config
 from fedln_jax.errors import DivergedError, FedlnError, Interrupted
@@ -28,8 +29,8 @@ from fedln_jax.program import Program, build_program, plan_programs
 from fedln_jax.state import ServerState
 from fedln_jax.tensorboard_events import RunBoard
 from fedln_jax.version import __version__
-from fedln_jax.workdir import (check_checkpoint_meta, check_workdir, read_metrics, write_json,
-                               write_text)
+from fedln_jax.workdir import (check_checkpoint_meta, check_runs, finished_summary,
+                               read_metrics, resume_plan, write_json, write_text)
 
 
 def evaluation_rounds(config: Config) -> list[int]:
@@ -104,7 +105,8 @@ def run(config: Config, workdir: str, *, quiet: bool = False) -> dict:
 
 
 def run_group(configs: list[Config], workdirs: list[str], *, quiet: bool = False,
-              max_runs_per_program: int | None = None) -> list[dict]:
+              max_runs_per_program: int | None = None,
+              experiments: list[Experiment] | None = None) -> list[dict]:
     """Train several experiments, each into its own workdir; returns their summaries in order.
 
     Runs that differ only in VALUE_KEYS (with equal array shapes, resuming from the same
@@ -114,31 +116,28 @@ def run_group(configs: list[Config], workdirs: list[str], *, quiet: bool = False
     `diverged` while the others of its program go on; SIGTERM/SIGINT raise Interrupted after
     every unfinished run of the running program has saved a checkpoint.
     max_runs_per_program bounds how many runs one program stacks (memory grows with it).
+    experiments: those of `check_runs(configs, workdirs)`, when the caller checked first.
     """
     if max_runs_per_program is not None and max_runs_per_program < 1:
         raise FedlnError(f"max runs per program must be >= 1, got {max_runs_per_program}")
-    if len(configs) != len(workdirs) or len(set(map(os.path.abspath, workdirs))) != len(workdirs):
-        raise FedlnError("run_group needs one distinct workdir per config")
-    experiments = build_experiments(configs)   # input errors surface here
-    for config, workdir in zip(configs, workdirs):
-        check_workdir(workdir, config)
+    if experiments is None:
+        experiments = check_runs(configs, workdirs)
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
-    summaries: list[dict | None] = [None] * len(configs)
-    starts = [checkpoint.newest_step(w) for w in workdirs]
-    for member_ids in plan_programs(experiments, starts, max_runs_per_program):
-        outs = train_program([experiments[i] for i in member_ids],
-                             [workdirs[i] for i in member_ids], log, quiet)
-        for i, summary in zip(member_ids, outs):
-            summaries[i] = summary
+    # A finished run (its summary says so and its final checkpoint is there) is reported as
+    # it is, never rewritten: its workdir may be read-only, or be read by another process.
+    summaries: list[dict | None] = [
+        finished_summary(w, c) if checkpoint.newest_step(w) == c.rounds else None
+        for c, w in zip(configs, workdirs)]
+    todo = [i for i, s in enumerate(summaries) if s is None]
+    with lock.hold([workdirs[i] for i in todo] if is_writer() else []):
+        for member_ids, bound in resume_plan([experiments[i] for i in todo],
+                                             [workdirs[i] for i in todo], max_runs_per_program):
+            member_ids = [todo[i] for i in member_ids]
+            outs = train_program([experiments[i] for i in member_ids],
+                                 [workdirs[i] for i in member_ids], log, quiet, bound)
+            for i, summary in zip(member_ids, outs):
+                summaries[i] = summary
     return summaries
-
-
-def diverged_message(config: Config, summary: dict) -> str:
-    saved = summary.get("last_checkpoint_round")
-    kept = (f"the last good checkpoint is round {saved}" if saved
-            else "no checkpoint was saved before it")
-    return (f"training diverged at round {summary['diverged_at_round']}: non-finite loss or "
-            f"parameters (lr={config.lr}); {kept}")
 
 
 def is_writer() -> bool:
@@ -231,11 +230,10 @@ class RunFiles:
 
 
 def restore_runs(managers: list, program: Program, configs: list[Config],
-                 workdirs: list[str]) -> list:
-    """Each run's newest readable checkpoint (None for a new run), all at one round (runs of a
-    program advance in lockstep): if one run must fall back (a damaged newest step), the
-    others follow it."""
-    bound = None
+                 workdirs: list[str], bound: int | None = None) -> list:
+    """Each run's newest readable checkpoint at most at round `bound` (None for a new run),
+    all at one round (runs of a program advance in lockstep): if one run must fall back (a
+    damaged newest step), the others follow it."""
     while True:
         restored = [checkpoint.restore_latest(
             m, program.take(program.fresh, r),
@@ -247,7 +245,8 @@ def restore_runs(managers: list, program: Program, configs: list[Config],
         bound = min(rounds)
 
 
-def train_program(members: list[Experiment], workdirs: list[str], log, quiet: bool) -> list[dict]:
+def train_program(members: list[Experiment], workdirs: list[str], log, quiet: bool,
+                  resume_bound: int | None = None) -> list[dict]:
     """Train the runs of one program in fused blocks of rounds, evaluating, checkpointing and
     stopping at the rounds the config asks (and at SIGTERM/SIGINT); returns their summaries."""
     config, runs = members[0].config, len(members)
@@ -258,7 +257,8 @@ def train_program(members: list[Experiment], workdirs: list[str], log, quiet: bo
                     for exp, w in zip(members, workdirs)]
         for manager in managers:
             stack.callback(manager.close)
-        restored = restore_runs(managers, program, [exp.config for exp in members], workdirs)
+        restored = restore_runs(managers, program, [exp.config for exp in members], workdirs,
+                                resume_bound)
         start = time.time()
         info = {"runs_vectorized": runs, "device_layout": list(program.mesh.devices.shape)}
         files = [RunFiles(exp, w, m, r, start, info)
@@ -339,6 +339,13 @@ def _train_loop(program: Program, files: list[RunFiles], state, stop: _StopSigna
                 if features_fn and (done % config.analysis_every == 0 or done == config.rounds):
                     row.update(training_analysis(exp, features_fn, program.take(state, r)))
                 files[r].add_row(row)
+                exploded = loss_exploded(row["train_loss"], exp.num_classes, exp.config.tau)
+                if exploded:
+                    files[r].finish("diverged", done, diverged_at_round=done,
+                                    diverged_because=exploded)
+            active = [r for r in active if files[r].summary is None]
+            if not active:
+                break
             checkpoint.pause_for_test("metrics", done)
             loss_sum, losses_R = program.scalars([0.0] * runs), np.zeros(runs, np.float32)
             rounds_in_sum = 0

@@ -4,14 +4,17 @@ to resume. The files themselves are listed in docs/checkpoints.md."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
 from etils import epath
 
-from fedln_jax import checkpoint
+from fedln_jax import checkpoint, lock
 from fedln_jax.config import Config, diff_keys, resumable_keys, with_defaults
 from fedln_jax.errors import FedlnError
+from fedln_jax.experiment import Experiment, build_experiments
+from fedln_jax.program import plan_programs
 from fedln_jax.version import __version__
 
 # Keys a resumed run may change (declared on the Config fields, `resumable=True`): they decide
@@ -52,6 +55,7 @@ def check_workdir(workdir: str, config: Config) -> dict | None:
         if checkpoint.checkpoint_dir(workdir).exists():
             raise FedlnError(f"workdir {workdir!r} has checkpoints but no config.json; "
                              f"use a new workdir")
+        lock.check_own(workdir, ("config.json",), "a run")
         return None
     try:
         previous = json.loads(path.read_text())
@@ -60,7 +64,26 @@ def check_workdir(workdir: str, config: Config) -> dict | None:
     if not isinstance(previous, dict):
         raise FedlnError(f"{path} is not a JSON object; use a new workdir")
     compare_configs(previous, config, f"workdir {workdir!r}")
+    check_metrics_cover(workdir, previous)
     return previous
+
+
+def check_metrics_cover(workdir: str, previous: dict) -> None:
+    """Refuse a run whose metrics.jsonl lost rows its newest checkpoint has passed (a deleted
+    or truncated file): resuming would rewrite summary.json without them."""
+    step = checkpoint.newest_step(workdir)
+    every = previous.get("eval_every")
+    if not step or not isinstance(every, int) or every < 1:
+        return
+    expected = set(range(every, step + 1, every))
+    if previous.get("rounds") == step:
+        expected.add(step)
+    missing = sorted(expected - {row["round"] for row in read_metrics(workdir)})
+    if missing:
+        rounds = ", ".join(map(str, missing[:5])) + (", ..." if len(missing) > 5 else "")
+        raise FedlnError(f"{epath.Path(workdir) / 'metrics.jsonl'} lacks the rows of round(s) "
+                         f"{rounds}, which its checkpoint at round {step} has passed (the file "
+                         f"was deleted or truncated); restore it or use a new workdir")
 
 
 def write_json(path, obj: Any) -> None:
@@ -117,3 +140,34 @@ def check_checkpoint_meta(meta: dict, config: Config, workdir: str) -> None:
         print(f"warning: the checkpoint was written by fedln_jax {meta.get('fedln_jax_version')}, "
               f"this is {__version__}; results may differ from an uninterrupted run",
               file=sys.stderr)
+
+
+def check_runs(configs: list[Config], workdirs: list[str]) -> list[Experiment]:
+    """Every check of the runs' input and workdirs, before anything is written; returns the
+    built experiments (data, partition, model: where impossible settings fail)."""
+    if len(configs) != len(workdirs) or len(set(map(os.path.abspath, workdirs))) != len(workdirs):
+        raise FedlnError("run_group needs one distinct workdir per config")
+    for workdir in workdirs:
+        lock.check_path(workdir)
+    experiments = build_experiments(configs)   # input errors surface here
+    for config, workdir in zip(configs, workdirs):
+        check_workdir(workdir, config)
+    return experiments
+
+
+def resume_plan(experiments: list[Experiment], workdirs: list[str],
+                max_runs: int | None) -> list[tuple[list[int], int | None]]:
+    """The programs to run and the round each resumes from (None: a new program).
+
+    Runs that began together (their workdirs hold config.json) are grouped as they were
+    first, whatever rounds their checkpoints reached, and resume from the oldest of those
+    rounds: a program killed between its runs' saves resumes as the same program, so its
+    train_loss (whose float32 rounding depends on how many runs are vectorized) is
+    bit-identical to an uninterrupted run's. New runs form programs of their own."""
+    begun = [int((epath.Path(w) / "config.json").exists()) for w in workdirs]
+    plan = []
+    for member_ids in plan_programs(experiments, begun, max_runs):
+        bound = (min(checkpoint.newest_step(workdirs[i]) for i in member_ids)
+                 if begun[member_ids[0]] else None)
+        plan.append((member_ids, bound))
+    return plan

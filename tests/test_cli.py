@@ -12,6 +12,12 @@ TINY = ["dataset=synthetic", "num_clients=4", "classes_per_client=3", "local_ste
         "batch_size=8", "rounds=4", "eval_every=2"]
 
 
+def merged(base, overrides):
+    """base KEY=VALUE items with the overridden keys replaced (a key given twice is refused)."""
+    keys = {item.partition("=")[0] for item in overrides}
+    return [item for item in base if item.partition("=")[0] not in keys] + list(overrides)
+
+
 def test_run_end_to_end_writes_every_workdir_file(tmp_path):
     workdir = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "fedln_jax.cli", "run", "--workdir", str(workdir),
@@ -86,7 +92,7 @@ def test_bad_input_one_error_line_exit_2_workdir_untouched(tmp_path, capsys, fin
     shutil.copytree(finished_run, workdir)
     before = snapshot(workdir)
     capsys.readouterr()
-    assert main(["run", "--workdir", str(workdir), "--quiet", *TINY, *overrides]) == 2
+    assert main(["run", "--workdir", str(workdir), "--quiet", *merged(TINY, overrides)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and fragment in err[0], err
     assert snapshot(workdir) == before

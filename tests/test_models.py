@@ -323,15 +323,12 @@ def test_reduced_ln(name):
     (("resnet50", "none", 10), {}),
     (("cnn", "batchnorm", 10), {}),
     (("cnn", "gn", 10), {"gn_groups": 5}),              # 5 does not divide 64
-    (("cnn", "gn", 10), {"gn_groups": 0}),
     (("small_cnn", "none", 10), {"norm_layers": "gn3,none,none,none"}),  # 3 does not divide 16
     (("cnn", "none", 10), {"norm_layers": "ln,ln"}),    # wrong length
     (("mlp", "none", 10), {"norm_layers": "ln,ln,ln,ln"}),
     (("cnn", "none", 10), {"norm_layers": "ln,ln,ln,foo"}),
     (("cnn", "none", 10), {"norm_layers": "ln,ln,ln,scaleabc"}),
     (("cnn", "none", 10), {"norm_position": "middle"}),
-    (("cnn", "none", 10), {"tau": 0.0}),
-    (("cnn", "none", 10), {"tau": "hot"}),
     (("cnn", "none", 10), {"conv_impl": "cudnn"}),
     (("cnn", "none", 0), {}),
 ])
@@ -339,6 +336,13 @@ def test_bad_input_raises(args, kwargs):
     with pytest.raises(FedlnError) as e:
         build_model(*args, **kwargs)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("kwargs", [{"gn_groups": 0}, {"tau": 0.0}, {"tau": "hot"}])
+def test_values_config_checks_are_programmer_errors_in_the_library(kwargs):
+    # The user's gn_groups and tau are checked once, in Config.validate (tests/test_config.py)
+    with pytest.raises(ValueError):
+        build_model("cnn", "gn" if "gn_groups" in kwargs else "none", 10, **kwargs)
 
 
 def _one_class_gd_trajectory(norm, steps=60, lr=0.05):

@@ -201,8 +201,6 @@ def test_expand_presets():
 
 @pytest.mark.parametrize("args", [
     ("xn", 4, "", 4),               # unknown preset
-    ("gn", 4, "", 0),               # groups < 1
-    ("gn", 4, "", 2.0),             # groups not an int
     ("none", 4, "ln,ln,ln", 4),     # wrong length
     ("none", 2, "ln,foo", 4),       # unknown primitive
     ("none", 2, "ln,scaleX", 4),    # bad number
@@ -210,6 +208,17 @@ def test_expand_presets():
 ])
 def test_expand_errors(args):
     with pytest.raises(FedlnError):
+        expand_norm_layers(*args)
+
+
+@pytest.mark.parametrize("args", [
+    ("gn", 4, "", 0),               # groups < 1
+    ("gn", 4, "", 2.0),             # groups not an int
+])
+def test_expand_programmer_errors(args):
+    """gn_groups is user input checked once, in Config.validate; below it a bad value is a
+    programmer error."""
+    with pytest.raises(ValueError):
         expand_norm_layers(*args)
 
 

@@ -7,7 +7,6 @@ import dataclasses
 
 import numpy as np
 
-from fedln_jax.errors import FedlnError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,13 +31,11 @@ class Dataset:
 
 
 def check_test_fraction(test_fraction: float) -> float:
-    try:
-        tf = float(test_fraction)
-    except (TypeError, ValueError):
-        raise FedlnError(f"test_fraction must be a number in (0, 1), got {test_fraction!r}") from None
-    if not (0.0 < tf < 1.0):
-        raise FedlnError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
-    return tf
+    # A programmer-error guard: the user's test_fraction is checked once, in Config.validate.
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) \
+            or not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be a number in (0, 1), got {test_fraction!r}")
+    return float(test_fraction)
 
 
 def stratified_split(labels: np.ndarray, *, seed: int, test_fraction: float) -> tuple[np.ndarray, np.ndarray]:

@@ -124,12 +124,9 @@ def _n_class(labels: np.ndarray, num_clients: int, n: int, num_classes: int) -> 
 
 def _dirichlet(labels: np.ndarray, num_clients: int, num_classes: int, beta, seed: int,
                min_examples: int, max_redraws: int) -> list[np.ndarray]:
-    try:
-        beta = float(beta)
-    except (TypeError, ValueError):
-        raise FedlnError(f"dirichlet_beta must be a positive number, got {beta!r}") from None
-    if not (np.isfinite(beta) and beta > 0):
-        raise FedlnError(f"dirichlet_beta must be a positive number, got {beta!r}")
+    # A programmer-error guard: the user's dirichlet_beta is checked once, in Config.validate.
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not (np.isfinite(beta) and beta > 0):
+        raise ValueError(f"dirichlet_beta must be a positive number, got {beta!r}")
     asked = (f"{num_clients} clients, beta={beta:g}, min_examples={min_examples}, "
              f"{labels.size} examples")
     if num_clients * min_examples > labels.size:

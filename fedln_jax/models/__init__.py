@@ -106,12 +106,10 @@ def build_model(name: str, norm: str, num_classes: int, *, norm_layers: str = ""
         raise FedlnError(f"num_classes must be a positive integer, got {num_classes!r}")
     if norm_position not in NORM_POSITIONS:
         raise FedlnError(f"unknown norm_position {norm_position!r}; expected after or before")
-    try:
-        tau = float(tau)
-    except (TypeError, ValueError):
-        raise FedlnError(f"tau must be a positive number, got {tau!r}") from None
-    if not (math.isfinite(tau) and tau > 0):
-        raise FedlnError(f"tau must be a positive number, got {tau!r}")
+    # A programmer-error guard: the user's tau is checked once, in Config.validate.
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not (math.isfinite(tau) and tau > 0):
+        raise ValueError(f"tau must be a positive number, got {tau!r}")
+    tau = float(tau)
     if dtype not in DTYPES:
         raise FedlnError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
     conv, pool = resolve_conv_impl(conv_impl)

@@ -269,8 +269,9 @@ def preset(norm: str, gn_groups: int = 4) -> tuple[str, Optional[str]]:
     """(layers, feature) primitive names of preset `norm`; FedlnError if unknown."""
     if norm not in NORM_PRESETS:
         raise FedlnError(f"unknown norm {norm!r}; expected one of {', '.join(NORM_PRESETS)}")
+    # A programmer-error guard: the user's gn_groups is checked once, in Config.validate.
     if isinstance(gn_groups, bool) or not isinstance(gn_groups, int) or gn_groups < 1:
-        raise FedlnError(f"gn_groups must be a positive integer, got {gn_groups!r}")
+        raise ValueError(f"gn_groups must be a positive integer, got {gn_groups!r}")
     return NORM_PRESETS[norm].expand(gn_groups)
 
 
