@@ -11,18 +11,17 @@ import os
 import resource
 import subprocess
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def measure(clients: int, chunk: str, rounds: int) -> dict:
     import jax
-    import jax.numpy as jnp
     from fedln_jax.config import Config
     from fedln_jax.experiment import build_experiment, hparams_of, initial_state, mesh_devices
     from fedln_jax.placement import client_mesh, replicate
     from fedln_jax.round import make_multi_round_fn, make_round_fn
+    from round_timing import time_rounds
 
     config = Config(dataset="digits", partition="n_class", classes_per_client=1,
                     num_clients=clients, local_steps=10, batch_size=32, lr=0.01,
@@ -34,14 +33,7 @@ def measure(clients: int, chunk: str, rounds: int) -> dict:
     run_rounds = jax.jit(make_multi_round_fn(
         make_round_fn(exp.apply_fn, exp.spec, exp.algorithm, mesh)), donate_argnums=0)
     rss_before_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    start = time.perf_counter()
-    state, loss = run_rounds(state, hp, data, jnp.int32(1))
-    loss.block_until_ready()
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    state, loss = run_rounds(state, hp, data, jnp.int32(rounds))
-    loss.block_until_ready()
-    per_round = (time.perf_counter() - start) / rounds
+    state, loss, first, per_round = time_rounds(run_rounds, state, hp, data, rounds)
     return {"clients_per_round": clients, "chunk_size": exp.spec.chunk_size,
             "devices": len(mesh.devices.ravel()), "compile_plus_first_round_s": round(first, 2),
             "round_s": round(per_round, 3), "client_updates_per_s": round(clients / per_round, 1),

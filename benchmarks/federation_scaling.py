@@ -53,6 +53,7 @@ def measure(num_clients: int, algorithm_name: str, rounds: int) -> dict:
     from fedln_jax.client import make_apply_fn
     from fedln_jax.placement import client_mesh
     from fedln_jax.round import make_multi_round_fn, make_round_fn
+    from round_timing import time_rounds
     from fedln_jax.state import RoundSpec, init_state, make_data
     from fedln_jax.algorithms import get_algorithm
     from fedln_jax.models import build_model
@@ -82,14 +83,7 @@ def measure(num_clients: int, algorithm_name: str, rounds: int) -> dict:
     mesh = client_mesh()
     run_rounds = jax.jit(make_multi_round_fn(
         make_round_fn(make_apply_fn(net), spec, algorithm, mesh)), donate_argnums=0)
-    start = time.perf_counter()
-    state, loss = run_rounds(state, hparams, data, jnp.int32(1))
-    loss.block_until_ready()
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    state, loss = run_rounds(state, hparams, data, jnp.int32(rounds))
-    loss.block_until_ready()
-    round_s = (time.perf_counter() - start) / rounds
+    state, loss, first, round_s = time_rounds(run_rounds, state, hparams, data, rounds)
     data_mib, state_mib = tree_mib(data), tree_mib(state.client_states)
     peak = peak_rss_mib()
     return {"algorithm": algorithm_name, "num_clients": num_clients, "cohort": COHORT,

@@ -24,8 +24,8 @@ from fedln_jax.analysis import make_feature_fn, model_report
 from fedln_jax.config import Config
 from fedln_jax.errors import DivergedError, FedlnError, Interrupted
 from fedln_jax.evaluation import evaluation_row
-from fedln_jax.experiment import Experiment, build_experiments, mesh_devices
-from fedln_jax.program import Program, build_program, plan_programs
+from fedln_jax.experiment import Experiment, mesh_devices
+from fedln_jax.program import Program, build_program
 from fedln_jax.state import ServerState
 from fedln_jax.tensorboard_events import RunBoard
 from fedln_jax.version import __version__
