@@ -254,8 +254,6 @@ def test_weights_one_class_all_covered_is_plain_accuracy(synth):
         ((10,), dict(scheme="nope", num_classes=3)),
         ((0,), dict(scheme="iid", num_classes=3)),
         ((2.5,), dict(scheme="iid", num_classes=3)),
-        ((2,), dict(scheme="dirichlet", num_classes=3, dirichlet_beta=0.0)),
-        ((2,), dict(scheme="dirichlet", num_classes=3, dirichlet_beta=-1.0)),
         ((2,), dict(scheme="dirichlet", num_classes=3, min_examples=-1)),
         ((2,), dict(scheme="n_class", num_classes=3, classes_per_client=0)),
         ((2,), dict(scheme="iid", num_classes=2)),  # label 2 out of range
@@ -266,6 +264,15 @@ def test_partition_bad_inputs(args, kwargs):
     labels = np.array([0, 1, 2, 0, 1, 2])
     with pytest.raises(FedlnError):
         partition(labels, *args, **kwargs)
+
+
+@pytest.mark.parametrize("beta", [0.0, -1.0])
+def test_partition_bad_beta_is_a_programmer_error(beta):
+    """dirichlet_beta is user input checked once, in Config.validate; below it a bad value is a
+    programmer error."""
+    with pytest.raises(ValueError):
+        partition(np.array([0, 1, 2, 0, 1, 2]), 2, scheme="dirichlet", num_classes=3,
+                  dirichlet_beta=beta)
 
 
 def test_bad_labels_and_counts():
