@@ -28,7 +28,7 @@ from fedln_jax.evaluation import test_batches
 from fedln_jax.experiment import hparams_of
 from fedln_jax.placement import client_mesh, replicate
 from fedln_jax.round import client_keys, round_key
-from fedln_jax.state import ServerState
+from fedln_jax.state import ServerState, derive_server_context
 from fedln_jax.workdir import check_checkpoint_meta, write_json
 
 # ----------------------------------------------------------------------------- pure functions
@@ -130,11 +130,10 @@ def local_train(exp, state: ServerState, client: int, steps: int):
 
     @jax.jit
     def probe(state, data, hparams):
-        server = exp.algorithm.server_context(state.client_states, data.counts_C.astype(jnp.float32))
         own_state = jax.tree.map(lambda s_C: s_C[client], state.client_states)
         x_SB, y_SB = gather_client_batches(data, spec, key, jnp.int32(client))
         params, model_state, _, loss = client_round(
-            state.params, state.model_state, own_state, server,
+            state.params, state.model_state, own_state, state.server_context,
             client_class_counts(data)[client], x_SB, y_SB, hparams)
         return params, model_state, loss
 
@@ -190,7 +189,7 @@ def load_run(workdir: str):
     try:
         restored = checkpoint.restore_latest(
             manager, template, lambda meta: check_checkpoint_meta(meta, config, workdir),
-            delete=False)
+            delete=False, derive_server_context=derive_server_context(exp.algorithm, exp.data))
     finally:
         manager.close()
     if restored is None:

@@ -197,14 +197,16 @@ def newest_step(workdir: str) -> int:
 
 def restore_latest(manager: ocp.CheckpointManager, target, check_meta,
                    warn=None, max_step: Optional[int] = None,
-                   delete: bool = True) -> Optional[Restored]:
+                   delete: bool = True, derive_server_context=None) -> Optional[Restored]:
     """Restore the newest readable step (at most max_step), or None if there is none.
 
     target: a pytree of arrays or ShapeDtypeStructs with the expected structure, shapes, dtypes
     and shardings. check_meta(meta) raises FedlnError if the checkpoint belongs to an
     incompatible config or format. A corrupt step is warned about and skipped; with delete,
     steps newer than the restored one are deleted, so the run can save them again (analysis
-    passes delete=False: reading never removes anything).
+    passes delete=False: reading never removes anything). derive_server_context(state) ->
+    server context: for a checkpoint written before ServerState.server_context existed, its
+    value from the restored client states (placed like the target's).
     """
     warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
     _ignore_late_read_callbacks()
@@ -216,7 +218,7 @@ def restore_latest(manager: ocp.CheckpointManager, target, check_meta,
              f"other runs of its program resume from round {max_step}")
     for step in candidates:
         try:
-            restored = _restore_step(manager, step, abstract, check_meta)
+            restored = _restore_step(manager, step, abstract, check_meta, derive_server_context)
         except CorruptCheckpoint as exc:
             warn(f"checkpoint at round {step} is unreadable ({exc}); trying an older one")
             continue
@@ -232,7 +234,7 @@ def restore_latest(manager: ocp.CheckpointManager, target, check_meta,
     return None
 
 
-def _restore_step(manager, step: int, abstract, check_meta) -> Restored:
+def _restore_step(manager, step: int, abstract, check_meta, derive_server_context) -> Restored:
     try:
         with quiet_orbax_logs():
             meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
@@ -248,13 +250,16 @@ def _restore_step(manager, step: int, abstract, check_meta) -> Restored:
     check_meta(meta)
     stored_tree = stored.tree if hasattr(stored, "tree") else stored
     mismatch = tree_mismatch(stored_tree, abstract)
+    read_as, derive = abstract, False
+    if mismatch and predates_server_context(stored_tree, abstract) and derive_server_context:
+        read_as, derive, mismatch = abstract._replace(server_context=()), True, ""
     if mismatch:
         raise FedlnError(f"checkpoint at round {step} does not fit this run's state ({mismatch}); "
                          f"use a new workdir")
     try:
         with quiet_orbax_logs():
             state = manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract))).state
+                state=ocp.args.StandardRestore(read_as))).state
         round_ = int(jax.device_get(state.round))
     except Exception as exc:
         raise CorruptCheckpoint(_first_line(exc)) from None
@@ -263,7 +268,18 @@ def _restore_step(manager, step: int, abstract, check_meta) -> Restored:
     # Checkpoints written before checksums existed have none; every save now stores one.
     if "state_sha256" in meta and state_checksum(state) != meta["state_sha256"]:
         raise CorruptCheckpoint("its arrays do not match the checksum saved with them")
+    if derive:
+        state = state._replace(server_context=jax.tree.map(
+            lambda value, want: jax.device_put(value, want.sharding),
+            derive_server_context(state), abstract.server_context))
     return Restored(state=state, meta=meta, round=step)
+
+
+def predates_server_context(stored_tree, abstract) -> bool:
+    """The stored state is the target's without its server context: a checkpoint written
+    before ServerState.server_context existed (the context is then derived, not read)."""
+    return (bool(jax.tree.leaves(getattr(abstract, "server_context", ())))
+            and not tree_mismatch(stored_tree, abstract._replace(server_context=())))
 
 
 def tree_mismatch(stored_tree, abstract) -> str:

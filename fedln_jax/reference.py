@@ -3,9 +3,9 @@ round (tests compare the two) and the benchmark's "loop" engine, as a PyTorch us
 write it (`fedln-jax bench --engine loop`).
 
 Same sampling, same per-client keys and batches, same local training as round.py: one jitted
-call per client gathers its batches, trains it from its own state, writes its new state back
-and adds its weighted result into a running sum (donated, so no copy); one more jitted call
-applies the server step.
+call per client gathers its batches, trains it from its own state and adds its weighted result
+into a running sum (donated, so no copy); one more jitted call applies the server step and
+writes the cohort's new client states back (round.update_client_side, as the round does).
 """
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import jax.numpy as jnp
 
 from fedln_jax.algorithms import Algorithm
 from fedln_jax.client import client_class_counts, gather_client_batches, make_client_round
-from fedln_jax.round import client_keys, round_key, sample_cohort, server_update
+from fedln_jax.round import (client_keys, round_key, sample_cohort, server_update,
+                             update_client_side)
 from fedln_jax.state import DeviceData, RoundSpec, ServerState
 
 
@@ -29,36 +30,36 @@ def make_loop_round(apply_fn: Callable, spec: RoundSpec, algorithm: Algorithm) -
     def cohort_of(state, data):
         rkey = round_key(state)
         cohort_M = sample_cohort(rkey, spec)
-        server = algorithm.server_context(state.client_states, data.counts_C.astype(jnp.float32))
-        return (cohort_M, client_keys(rkey, cohort_M),
-                data.counts_C[cohort_M].astype(jnp.float32), server)
+        return cohort_M, client_keys(rkey, cohort_M), data.counts_C[cohort_M].astype(jnp.float32)
 
-    def train_one(state, hparams, data, server, sums, client_states, key, client, weight):
+    def train_one(state, hparams, data, sums, key, client, weight):
         x_SB, y_SB = gather_client_batches(data, spec, key, client)
-        own_state = jax.tree.map(lambda s_C: s_C[client], client_states)
+        own_state = jax.tree.map(lambda s_C: s_C[client], state.client_states)
         params, model_state, new_own, loss = client_round(
-            state.params, state.model_state, own_state, server,
+            state.params, state.model_state, own_state, state.server_context,
             client_class_counts(data)[client], x_SB, y_SB, hparams)
         sums = jax.tree.map(lambda s, t: s + weight * t, sums, (params, model_state, loss))
-        client_states = jax.tree.map(lambda s_C, n: s_C.at[client].set(n), client_states, new_own)
-        return sums, client_states
+        return sums, new_own
 
-    train_one = jax.jit(train_one, donate_argnums=4)
+    train_one = jax.jit(train_one, donate_argnums=3)
 
     @jax.jit
-    def finish(state, hparams, sums, total, client_states):
-        mean_params, mean_mstate, mean_loss = jax.tree.map(lambda s: s / total, sums)
+    def finish(state, hparams, data, sums, cohort_M, weight_M, new_own_list):
+        mean_params, mean_mstate, mean_loss = jax.tree.map(lambda s: s / weight_M.sum(), sums)
         new_state = server_update(state, mean_params, mean_mstate, algorithm.server_tx(hparams),
                                   hparams["server_lr"])
-        return new_state._replace(client_states=client_states), {"train_loss": mean_loss}
+        new_cstate_M = jax.tree.map(lambda *own: jnp.stack(own), *new_own_list)
+        return update_client_side(new_state, state, algorithm, cohort_M, new_cstate_M, weight_M,
+                                  data), {"train_loss": mean_loss}
 
     def loop_round(state: ServerState, hparams: dict, data: DeviceData):
-        cohort_M, keys_M, weight_M, server = cohort_of(state, data)
+        cohort_M, keys_M, weight_M = cohort_of(state, data)
         sums = jax.tree.map(jnp.zeros_like, (state.params, state.model_state, jnp.float32(0)))
-        client_states = state.client_states
+        new_own_list = []
         for i in range(spec.cohort_size):
-            sums, client_states = train_one(state, hparams, data, server, sums, client_states,
-                                            keys_M[i], cohort_M[i], weight_M[i])
-        return finish(state, hparams, sums, weight_M.sum(), client_states)
+            sums, new_own = train_one(state, hparams, data, sums, keys_M[i], cohort_M[i],
+                                      weight_M[i])
+            new_own_list.append(new_own)
+        return finish(state, hparams, data, sums, cohort_M, weight_M, new_own_list)
 
     return loop_round

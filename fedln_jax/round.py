@@ -69,6 +69,19 @@ def scatter_client_states(client_states_C: Pytree, cohort_M: jax.Array, new_M: P
     return jax.tree.map(lambda s_C, n_M: s_C.at[cohort_M].set(n_M), client_states_C, new_M)
 
 
+def update_client_side(new_state: ServerState, old_state: ServerState, algorithm: Algorithm,
+                       cohort_M: jax.Array, new_cstate_M: Pytree, weight_M: jax.Array,
+                       data: DeviceData) -> ServerState:
+    """Write the cohort's new client states back and move the server context by their change."""
+    old_cstate_M = jax.tree.map(lambda s_C: s_C[cohort_M], old_state.client_states)
+    server_context = algorithm.update_server_context(
+        old_state.server_context, old_cstate_M, new_cstate_M, weight_M,
+        data.counts_C.sum().astype(jnp.float32))
+    return new_state._replace(
+        client_states=scatter_client_states(old_state.client_states, cohort_M, new_cstate_M),
+        server_context=server_context)
+
+
 # ----------------------------------------------------------------------------- server side
 
 
@@ -160,14 +173,13 @@ def make_round_fn(apply_fn: Callable, spec: RoundSpec, algorithm: Algorithm,
 
     def round_fn(state: ServerState, hparams: dict, data: DeviceData) -> tuple[ServerState, dict]:
         class_counts_CK = client_class_counts(data)
-        server = algorithm.server_context(state.client_states, data.counts_C.astype(jnp.float32))
 
         def train_client(key, client):
             x_SB, y_SB = gather_client_batches(data, spec, key, client)
             own_state = jax.tree.map(lambda s_C: s_C[client], state.client_states)
             params, model_state, new_own, loss = client_round(
-                state.params, state.model_state, own_state, server, class_counts_CK[client],
-                x_SB, y_SB, hparams)
+                state.params, state.model_state, own_state, state.server_context,
+                class_counts_CK[client], x_SB, y_SB, hparams)
             return (params, model_state, loss), new_own
 
         rkey = round_key(state)
@@ -177,11 +189,13 @@ def make_round_fn(apply_fn: Callable, spec: RoundSpec, algorithm: Algorithm,
             train_client, (client_keys(rkey, cohort_M), cohort_M), weight_M, width, lanes)
         new_state = server_update(state, mean_params, mean_mstate,
                                   algorithm.server_tx(hparams), hparams["server_lr"])
-        client_states = scatter_client_states(state.client_states, cohort_M, new_cstate_M)
-        # Only the cohort's client states changed: checking them (not all clients') keeps
-        # the divergence check's cost independent of num_clients.
-        return new_state._replace(client_states=client_states), {
-            "train_loss": mean_loss, "client_states_finite": all_finite(new_cstate_M)}
+        # Only the cohort's client states changed: updating the server context and checking
+        # finiteness from them (not from all clients') keeps a round's cost independent of
+        # num_clients.
+        new_state = update_client_side(new_state, state, algorithm, cohort_M, new_cstate_M,
+                                       weight_M, data)
+        return new_state, {"train_loss": mean_loss,
+                           "client_states_finite": all_finite(new_cstate_M)}
 
     return round_fn
 

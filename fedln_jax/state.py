@@ -36,7 +36,9 @@ class ServerState(NamedTuple):
     params / model_state: the global model (model_state holds BN `batch_stats`, or is empty).
     opt_state: the server optimizer's state. client_states: per-client algorithm state with a
     leading num_clients axis (empty for FedAvg). round: int32 rounds completed. key: the run's
-    root PRNG key (raw uint32), from the seed.
+    root PRNG key (raw uint32), from the seed. server_context: what every client of the next
+    round reads as ctx.server (SCAFFOLD's server variate; () for most algorithms), kept up to
+    date from the cohort's changes so a round never reads all clients' states.
     """
     params: Pytree
     model_state: Pytree
@@ -44,6 +46,7 @@ class ServerState(NamedTuple):
     client_states: Pytree
     round: jax.Array
     key: jax.Array
+    server_context: Pytree = ()   # last: checkpoints written before it existed lack it
 
 
 class RoundSpec(NamedTuple):
@@ -79,8 +82,11 @@ def make_data(x: np.ndarray, y: np.ndarray, client_indices: list[np.ndarray],
     y = np.asarray(y)
     num_classes = int(y.max()) + 1 if num_classes is None else num_classes
     class_counts = np.stack([np.bincount(y[ix], minlength=num_classes) for ix in client_indices])
-    return DeviceData(jnp.asarray(x), jnp.asarray(y, jnp.int32), jnp.asarray(table),
-                      jnp.asarray(counts), jnp.asarray(class_counts, jnp.float32))
+    # device_put copies the host array once; jnp.asarray held a second, transient copy
+    # (measured on CPU: +109 MiB vs +49 MiB for 49 MiB of uint8 images).
+    return DeviceData(jax.device_put(np.asarray(x)), jax.device_put(y.astype(np.int32)),
+                      jax.device_put(table), jax.device_put(counts),
+                      jax.device_put(class_counts.astype(np.float32)))
 
 
 def init_state(model, sample_x: jax.Array, seed: int, algorithm: Algorithm, *,
@@ -97,4 +103,19 @@ def init_state(model, sample_x: jax.Array, seed: int, algorithm: Algorithm, *,
                        opt_state=algorithm.server_tx(hparams).init(params),
                        client_states=init_client_states(algorithm, params, model_state,
                                                         num_clients),
-                       round=jnp.int32(0), key=key)
+                       round=jnp.int32(0), key=key,
+                       server_context=initial_server_context(algorithm, params, model_state))
+
+
+def initial_server_context(algorithm: Algorithm, params: Pytree, model_state: Pytree) -> Pytree:
+    """The server context of round 0. Every client starts from the same state, so any weighting
+    of the clients gives that state: the context of one client's copy is that of all of them."""
+    one_client = init_client_states(algorithm, params, model_state, 1)
+    return algorithm.server_context(one_client, jnp.ones(1))
+
+
+def derive_server_context(algorithm: Algorithm, data: DeviceData):
+    """state -> the algorithm's server context computed from all clients' states (for a
+    checkpoint written before ServerState kept it; O(num_clients), once)."""
+    weights_C = data.counts_C.astype(jnp.float32)
+    return jax.jit(lambda state: algorithm.server_context(state.client_states, weights_C))

@@ -26,7 +26,7 @@ from fedln_jax.errors import DivergedError, FedlnError, Interrupted
 from fedln_jax.evaluation import evaluation_row
 from fedln_jax.experiment import Experiment, mesh_devices
 from fedln_jax.program import Program, build_program
-from fedln_jax.state import ServerState
+from fedln_jax.state import ServerState, derive_server_context
 from fedln_jax.tensorboard_events import RunBoard
 from fedln_jax.version import __version__
 from fedln_jax.workdir import (check_checkpoint_meta, check_runs, finished_summary,
@@ -229,7 +229,7 @@ class RunFiles:
             self.board.close()
 
 
-def restore_runs(managers: list, program: Program, configs: list[Config],
+def restore_runs(managers: list, program: Program, members: list[Experiment],
                  workdirs: list[str], bound: int | None = None) -> list:
     """Each run's newest readable checkpoint at most at round `bound` (None for a new run),
     all at one round (runs of a program advance in lockstep): if one run must fall back (a
@@ -237,8 +237,9 @@ def restore_runs(managers: list, program: Program, configs: list[Config],
     while True:
         restored = [checkpoint.restore_latest(
             m, program.take(program.fresh, r),
-            lambda meta, c=c, w=w: check_checkpoint_meta(meta, c, w), max_step=bound)
-            for r, (m, c, w) in enumerate(zip(managers, configs, workdirs))]
+            lambda meta, c=exp.config, w=w: check_checkpoint_meta(meta, c, w), max_step=bound,
+            derive_server_context=derive_server_context(exp.algorithm, exp.data))
+            for r, (m, exp, w) in enumerate(zip(managers, members, workdirs))]
         rounds = [x.round if x else 0 for x in restored]
         if len(set(rounds)) == 1:
             return restored
@@ -257,8 +258,7 @@ def train_program(members: list[Experiment], workdirs: list[str], log, quiet: bo
                     for exp, w in zip(members, workdirs)]
         for manager in managers:
             stack.callback(manager.close)
-        restored = restore_runs(managers, program, [exp.config for exp in members], workdirs,
-                                resume_bound)
+        restored = restore_runs(managers, program, members, workdirs, resume_bound)
         start = time.time()
         info = {"runs_vectorized": runs, "device_layout": list(program.mesh.devices.shape)}
         files = [RunFiles(exp, w, m, r, start, info)

@@ -22,7 +22,7 @@ from fedln_jax.placement import client_mesh, replicate
 from fedln_jax.reference import make_loop_round
 from fedln_jax.round import (make_multi_round_fn, make_round_fn, round_key, sample_cohort,
                              server_update)
-from fedln_jax.state import RoundSpec, ServerState, make_data
+from fedln_jax.state import RoundSpec, ServerState, initial_server_context, make_data
 
 from conftest import max_diff, tiny_round_config
 
@@ -255,8 +255,8 @@ def test_scaffold_removes_fedavgs_client_drift_on_heterogeneous_quadratics():
         alg = get_algorithm(name)._replace(client_loss=quadratic_loss)
         params = {"w": jnp.float32(0.0)}
         state = ServerState(params, {}, optax.identity().init(params),
-                                   init_client_states(alg, params, {}, 2), jnp.int32(0),
-                                   jax.random.PRNGKey(0))
+                            init_client_states(alg, params, {}, 2), jnp.int32(0),
+                            jax.random.PRNGKey(0), initial_server_context(alg, params, {}))
         chex.clear_trace_counter()
         run = jax.jit(chex.assert_max_traces(
             make_multi_round_fn(make_round_fn(apply_fn, spec, alg)), n=1))
@@ -286,8 +286,9 @@ def test_vmapped_round_equals_reference_loop_with_partial_participation(name):
     for _ in range(2):     # the second round starts from non-trivial client/server states
         a, ma = vec(state, hp, exp.data)
         b, mb = ref(state, hp, exp.data)
-        assert max_diff((a.params, a.model_state, a.client_states, a.opt_state),
-                        (b.params, b.model_state, b.client_states, b.opt_state)) < 1e-5
+        assert max_diff((a.params, a.model_state, a.client_states, a.opt_state, a.server_context),
+                        (b.params, b.model_state, b.client_states, b.opt_state,
+                         b.server_context)) < 1e-5
         assert abs(float(ma["train_loss"]) - float(mb["train_loss"])) < 1e-5
         if jax.tree.leaves(state.client_states):
             cohort = np.asarray(sample_cohort(round_key(state), exp.spec))
@@ -367,3 +368,22 @@ def test_bad_algorithm_settings_are_rejected(overrides, fragment):
     with pytest.raises(FedlnError, match=None) as exc:
         Config(**overrides).validate()
     assert fragment in str(exc.value)
+
+
+def test_scaffold_running_server_variate_is_the_weighted_mean_of_all_variates():
+    """The round moves SCAFFOLD's server variate by the cohort's change alone (O(cohort), not
+    O(num_clients)); after rounds of partial participation it is still the example-weighted
+    mean of every client's variate, as computing it from all of them gives (float32 tolerance
+    1e-6), and it is not trivially zero."""
+    config = tiny_config(algorithm="scaffold", partition="dirichlet", dirichlet_beta=0.5)
+    exp = build_experiment(config)
+    assert exp.spec.cohort_size < exp.spec.num_clients
+    round_fn = jax.jit(make_round_fn(exp.apply_fn, exp.spec, exp.algorithm))
+    state, hp = initial_state(exp), hparams_of(config)
+    weights_C = exp.data.counts_C.astype(jnp.float32)
+    assert len(set(np.asarray(weights_C).tolist())) > 1      # unequal clients: weights matter
+    for _ in range(3):
+        state, _ = round_fn(state, hp, exp.data)
+        from_all = exp.algorithm.server_context(state.client_states, weights_C)
+        assert max_diff(state.server_context, from_all) < 1e-6
+    assert max(float(jnp.abs(v).max()) for v in jax.tree.leaves(state.server_context)) > 1e-3

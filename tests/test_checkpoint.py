@@ -11,6 +11,7 @@ import time
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from fedln_jax import checkpoint, experiment, program, train
@@ -18,7 +19,8 @@ from fedln_jax.cli import main
 from fedln_jax.config import Config
 from fedln_jax.errors import FedlnError, Interrupted
 from fedln_jax.placement import client_mesh, replicate
-from fedln_jax.state import ServerState
+from fedln_jax.algorithms import get_algorithm
+from fedln_jax.state import DeviceData, ServerState, derive_server_context
 from fedln_jax.workdir import compare_configs
 
 TINY = dict(dataset="synthetic", num_clients=4, classes_per_client=3, local_steps=2,
@@ -140,6 +142,35 @@ def test_state_with_per_client_state_and_server_optimizer_round_trips_exactly(tm
     chex.assert_trees_all_equal_structs(restored.state, state)
     assert type(restored.state.opt_state[0]) is type(state.opt_state[0])
     assert restored.state.client_states["c_i"].sharding == state.client_states["c_i"].sharding
+
+
+def test_a_checkpoint_from_before_the_server_context_restores_with_it_derived(tmp_path):
+    """Checkpoints written before ServerState kept SCAFFOLD's server variate lack it: they
+    restore, with the variate computed from the stored client variates (the example-weighted
+    mean), placed like the target. Without a way to derive it, the mismatch is an error."""
+    algorithm = get_algorithm("scaffold")
+    params = {"dense": {"kernel": jnp.arange(6.0).reshape(3, 2) / 7}}
+    variates_C = {"c": {"dense": {"kernel": jax.random.normal(jax.random.PRNGKey(1), (4, 3, 2))}}}
+    old = replicate(ServerState(params=params, model_state={}, opt_state=(),
+                                client_states=variates_C, round=jnp.int32(2),
+                                key=jax.random.PRNGKey(7)), client_mesh())
+    checkpoint.save(checkpoint.open_manager(str(tmp_path), 2), old, {})
+    target = old._replace(server_context=replicate(
+        {"c": {"dense": {"kernel": jnp.zeros((3, 2))}}}, client_mesh()))
+    counts_C = jnp.array([1, 2, 3, 10], jnp.int32)
+    data = DeviceData(x=jnp.zeros((1, 1)), y=jnp.zeros(1, jnp.int32),
+                      idx_C=jnp.zeros((4, 1), jnp.int32), counts_C=counts_C)
+    restored = checkpoint.restore_latest(
+        checkpoint.open_manager(str(tmp_path), 2), target, lambda meta: None,
+        derive_server_context=derive_server_context(algorithm, data))
+    expected = jnp.tensordot(counts_C / counts_C.sum(), variates_C["c"]["dense"]["kernel"], axes=1)
+    got = restored.state.server_context["c"]["dense"]["kernel"]
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-6)
+    assert got.sharding == target.server_context["c"]["dense"]["kernel"].sharding
+    chex.assert_trees_all_equal(restored.state.client_states, old.client_states)
+    with pytest.raises(FedlnError, match="does not fit this run's state"):
+        checkpoint.restore_latest(checkpoint.open_manager(str(tmp_path), 2), target,
+                                  lambda meta: None)
 
 
 # ----------------------------------------------------------------------------- in process

@@ -2,7 +2,10 @@
 
 An algorithm changes a FedAvg round at a few fixed points, and nowhere else:
 
-  round start   server_context(client_states_C, weights_C)   e.g. SCAFFOLD's server variate c
+  server state  server_context(client_states_C, weights_C)   e.g. SCAFFOLD's server variate c,
+                computed once from all clients (at the start, or for an old checkpoint), then
+                update_server_context(server, old_M, new_M, weights_M, total_weight) after
+                each round, from the cohort's states alone
   per client    client_start(params, model_state, client_state)  FedBN: overlay the local BN layers
                 client_loss(logits_BK, features_BD, y_B, ctx)     FedLC/FedRS/FedDecorr
                 client_tx(ctx)   chained before the client optimizer: FedProx, SCAFFOLD
@@ -21,6 +24,7 @@ them can be vmapped; the choice of algorithm is static (it selects code).
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -75,7 +79,13 @@ class Algorithm(NamedTuple):
         state of this client, same structure and shapes as before.
       server_context: (client_states_C, weights_C) -> pytree. Args: all clients' stacked
         states and their float32 training-example counts [num_clients]. Returns: what every
-        client of this round reads as ctx.server.
+        client of a round reads as ctx.server. Kept in ServerState.server_context: computed
+        from all clients only at the start (and for a checkpoint that predates the field).
+      update_server_context: (server, old_states_M, new_states_M, weights_M, total_weight)
+        -> pytree. Args: the round's server context, the cohort's client states before and
+        after the round (stacked [M, ...]), the cohort's example counts and the sum of all
+        clients' counts. Returns: the context for the next round, equal to server_context
+        of all clients' new states (up to rounding), in O(cohort) work.
       server_tx: (hparams) -> optax.GradientTransformation mapping the pseudo-gradient
         (params - weighted mean of client params) to a direction; the engine applies
         params - server_lr * direction. Its state shapes must not depend on hparams values.
@@ -91,6 +101,7 @@ class Algorithm(NamedTuple):
     client_tx: Callable
     update_client_state: Callable
     server_context: Callable
+    update_server_context: Callable
     server_tx: Callable
 
 
@@ -127,6 +138,11 @@ def no_server_context(client_states_C, weights_C):
     return ()
 
 
+def keep_server_context(server, old_states_M, new_states_M, weights_M, total_weight):
+    del old_states_M, new_states_M, weights_M, total_weight
+    return server
+
+
 def identity_client_tx(ctx):
     del ctx
     return optax.identity()
@@ -143,7 +159,8 @@ def make_algorithm(name: str, **overrides) -> Algorithm:
                   personalized_eval=False, init_client_state=no_client_state,
                   client_start=global_start, client_loss=default_client_loss,
                   client_tx=identity_client_tx, update_client_state=keep_client_state,
-                  server_context=no_server_context, server_tx=identity_server_tx)
+                  server_context=no_server_context, update_server_context=keep_server_context,
+                  server_tx=identity_server_tx)
     unknown = set(overrides) - set(fields)
     if unknown:
         raise TypeError(f"unknown Algorithm fields {sorted(unknown)}")
@@ -164,6 +181,15 @@ def add_to_gradient(make_offset: Callable[[Pytree], Pytree]) -> optax.GradientTr
 
 def init_client_states(algorithm: Algorithm, params: Pytree, model_state: Pytree,
                        num_clients: int) -> Pytree:
-    """Stack `num_clients` copies of one client's initial state along a new leading axis."""
+    """Stack `num_clients` copies of one client's initial state along a new leading axis.
+
+    A jitted broadcast writes the stacked array once; `jnp.repeat` outside jit held a second,
+    transient copy of it (measured: peak 2.6 GiB vs 1.5 GiB for 1.2 GiB of variates).
+    """
     one = algorithm.init_client_state(params, model_state)
-    return jax.tree.map(lambda a: jnp.repeat(jnp.asarray(a)[None], num_clients, axis=0), one)
+    return _stack_copies(one, num_clients)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _stack_copies(one: Pytree, num_clients: int) -> Pytree:
+    return jax.tree.map(lambda a: jnp.broadcast_to(a[None], (num_clients,) + jnp.shape(a)), one)

@@ -3,9 +3,10 @@
 Client i corrects every local gradient by c - c_i and, after K local steps at rate lr from
 the start model x to y_i, sets c_i <- c_i - c + (x - y_i) / (K lr). The variates of the
 sampled clients are written back every round (the reference implementation never updates
-them). The server variate c is the sample-count-weighted mean of all clients' c_i, computed at
-the start of each round: with zero initial variates this is the paper's running update
-c <- c + |S|/N mean(delta c_i) (equal client sizes), without a second copy to keep in sync.
+them). The server variate c is the sample-count-weighted mean of all clients' c_i. It is kept
+as a running sum, c <- c + sum_{i in S} n_i (c_i_new - c_i_old) / sum_j n_j (with equal client
+sizes the paper's c <- c + |S|/N mean(delta c_i)), so a round reads only its cohort's
+variates, never all num_clients of them.
 The server step is params - server_lr * (params - mean), server_lr the global step size.
 """
 import jax
@@ -22,6 +23,12 @@ def scaffold() -> Algorithm:
         p_C = weights_C / weights_C.sum()
         return {"c": jax.tree.map(lambda c_C: jnp.tensordot(p_C, c_C, axes=1), client_states_C["c"])}
 
+    def update_server_context(server, old_states_M, new_states_M, weights_M, total_weight):
+        share_M = weights_M / total_weight
+        return {"c": jax.tree.map(
+            lambda c, old_M, new_M: c + jnp.tensordot(share_M, new_M - old_M, axes=1),
+            server["c"], old_states_M["c"], new_states_M["c"])}
+
     def client_tx(ctx):
         correction = jax.tree.map(jnp.subtract, ctx.server["c"], ctx.client_state["c"])
         return add_to_gradient(lambda params: correction)
@@ -33,5 +40,6 @@ def scaffold() -> Algorithm:
         return {"c": c_new}
 
     return make_algorithm("scaffold", init_client_state=init_client_state,
-                          server_context=server_context, client_tx=client_tx,
+                          server_context=server_context,
+                          update_server_context=update_server_context, client_tx=client_tx,
                           update_client_state=update_client_state)
