@@ -49,8 +49,9 @@ def make_loop_round(apply_fn: Callable, spec: RoundSpec, algorithm: Algorithm) -
         new_state = server_update(state, mean_params, mean_mstate, algorithm.server_tx(hparams),
                                   hparams["server_lr"])
         new_cstate_M = jax.tree.map(lambda *own: jnp.stack(own), *new_own_list)
-        return update_client_side(new_state, state, algorithm, cohort_M, new_cstate_M, weight_M,
-                                  data), {"train_loss": mean_loss}
+        old_cstate_M = jax.tree.map(lambda s_C: s_C[cohort_M], state.client_states)
+        return update_client_side(new_state, state, algorithm, cohort_M, old_cstate_M,
+                                  new_cstate_M, weight_M, data), {"train_loss": mean_loss}
 
     def loop_round(state: ServerState, hparams: dict, data: DeviceData):
         cohort_M, keys_M, weight_M = cohort_of(state, data)

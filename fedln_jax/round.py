@@ -70,10 +70,10 @@ def scatter_client_states(client_states_C: Pytree, cohort_M: jax.Array, new_M: P
 
 
 def update_client_side(new_state: ServerState, old_state: ServerState, algorithm: Algorithm,
-                       cohort_M: jax.Array, new_cstate_M: Pytree, weight_M: jax.Array,
-                       data: DeviceData) -> ServerState:
-    """Write the cohort's new client states back and move the server context by their change."""
-    old_cstate_M = jax.tree.map(lambda s_C: s_C[cohort_M], old_state.client_states)
+                       cohort_M: jax.Array, old_cstate_M: Pytree, new_cstate_M: Pytree,
+                       weight_M: jax.Array, data: DeviceData) -> ServerState:
+    """Write the cohort's new client states back and move the server context by their change
+    (old_cstate_M: the cohort's states before the round, as its clients read them)."""
     server_context = algorithm.update_server_context(
         old_state.server_context, old_cstate_M, new_cstate_M, weight_M,
         data.counts_C.sum().astype(jnp.float32))
@@ -180,20 +180,20 @@ def make_round_fn(apply_fn: Callable, spec: RoundSpec, algorithm: Algorithm,
             params, model_state, new_own, loss = client_round(
                 state.params, state.model_state, own_state, state.server_context,
                 class_counts_CK[client], x_SB, y_SB, hparams)
-            return (params, model_state, loss), new_own
+            return (params, model_state, loss), (own_state, new_own)
 
         rkey = round_key(state)
         cohort_M = sample_cohort(rkey, spec)
         weight_M = data.counts_C[cohort_M].astype(jnp.float32)
-        (mean_params, mean_mstate, mean_loss), new_cstate_M = map_weighted_mean(
+        (mean_params, mean_mstate, mean_loss), (old_cstate_M, new_cstate_M) = map_weighted_mean(
             train_client, (client_keys(rkey, cohort_M), cohort_M), weight_M, width, lanes)
         new_state = server_update(state, mean_params, mean_mstate,
                                   algorithm.server_tx(hparams), hparams["server_lr"])
         # Only the cohort's client states changed: updating the server context and checking
         # finiteness from them (not from all clients') keeps a round's cost independent of
         # num_clients.
-        new_state = update_client_side(new_state, state, algorithm, cohort_M, new_cstate_M,
-                                       weight_M, data)
+        new_state = update_client_side(new_state, state, algorithm, cohort_M, old_cstate_M,
+                                       new_cstate_M, weight_M, data)
         return new_state, {"train_loss": mean_loss,
                            "client_states_finite": all_finite(new_cstate_M)}
 
