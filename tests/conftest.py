@@ -1,14 +1,38 @@
 import os
+import shutil
+import tempfile
 
 # Tests run on the CPU; keep XLA from grabbing every core's worth of threads per test process.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# The command line turns on a persistent compilation cache in the user's cache directory: tests
-# (and the subprocesses they start) must not write there. test_compile_cache.py turns it on in
-# a temporary directory.
-os.environ["FEDLN_JAX_CACHE_DIR"] = "off"
+
+# One persistent compilation cache for the whole test session, in a temporary directory that
+# the session's first process (plain pytest, or the xdist controller) makes and removes; the
+# xdist workers and every `fedln-jax` subprocess inherit it through the environment. Many
+# tests compile the same tiny round in-process and again in a subprocess: the second time it
+# is read from disk. Never the user's cache directory (test_compile_cache.py checks that with
+# directories of its own).
+SESSION_CACHE_VAR = "FEDLN_TEST_SESSION_CACHE"
+_OWNS_SESSION_CACHE = SESSION_CACHE_VAR not in os.environ
+if _OWNS_SESSION_CACHE:
+    os.environ[SESSION_CACHE_VAR] = tempfile.mkdtemp(prefix="fedln_test_jax_cache_")
+os.environ["FEDLN_JAX_CACHE_DIR"] = os.environ[SESSION_CACHE_VAR]
+
+import pytest  # noqa: E402
+
+from fedln_jax import compile_cache  # noqa: E402
+
+compile_cache.enable()
 
 
-import pytest
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto` (pyproject.toml): one worker per core this process may use, at most 4 (each
+    worker is a JAX process of up to ~1 GB, and XLA already threads within a worker)."""
+    return max(1, min(len(os.sched_getaffinity(0)), 4))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _OWNS_SESSION_CACHE and not hasattr(session.config, "workerinput"):
+        shutil.rmtree(os.environ[SESSION_CACHE_VAR], ignore_errors=True)
 
 
 def _snapshot(path):
