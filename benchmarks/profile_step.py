@@ -1,6 +1,6 @@
 """Where the time of one training step of the paper CNN goes, per op, in JAX (XLA:CPU) and PyTorch.
 
-    python benchmarks/profile_step.py --lib jax   [--conv-impl patches] [--steps 10]
+    python benchmarks/profile_step.py --lib jax   [--conv-impl patches] [--steps 10] [--scanned 5]
     python benchmarks/profile_step.py --lib torch [--channels-last]
 
 One client, batch 32 (the bench's shapes), forward + backward + SGD update, jitted (JAX) or
@@ -23,7 +23,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH = 32
 
 
-def jax_profile(steps: int, conv_impl: str, top: int) -> None:
+def jax_profile(steps: int, conv_impl: str, top: int, scanned: int = 0) -> None:
+    """Per-op profile of one training step; with scanned = S > 0, of S local steps in a
+    `lax.scan` under a width-1 `vmap`, as the round runs them (times per step)."""
     sys.path.insert(0, ROOT)
     import glob
 
@@ -36,17 +38,23 @@ def jax_profile(steps: int, conv_impl: str, top: int) -> None:
     net = build_model("cnn", "none", 10, conv_impl=conv_impl)
     apply_fn = make_apply_fn(net)
     params = net.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
-    x = jax.random.uniform(jax.random.key(1), (BATCH, 32, 32, 3))
-    y = jax.random.randint(jax.random.key(2), (BATCH,), 0, 10)
+    local_steps = max(scanned, 1)
+    x = jax.random.uniform(jax.random.key(1), (1, local_steps, BATCH, 32, 32, 3))
+    y = jax.random.randint(jax.random.key(2), (1, local_steps, BATCH), 0, 10)
 
-    def loss_fn(p):
-        logits, _ = apply_fn(p, {}, x, True)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-    @jax.jit
-    def step(p):
+    def sgd_step(p, batch):
+        def loss_fn(p):
+            logits, _ = apply_fn(p, {}, batch[0], True)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]).mean()
         grads = jax.grad(loss_fn)(p)
-        return jax.tree.map(lambda a, g: a - 0.01 * g, p, grads)
+        return jax.tree.map(lambda a, g: a - 0.01 * g, p, grads), None
+
+    if scanned:
+        client = lambda p, xs, ys: jax.lax.scan(sgd_step, p, (xs, ys))[0]
+        step = jax.jit(lambda p: jax.tree.map(lambda a: a[0], jax.vmap(
+            client, in_axes=(None, 0, 0))(p, x, y)))
+    else:
+        step = jax.jit(lambda p: sgd_step(p, (x[0, 0], y[0, 0]))[0])
 
     params = step(params)
     jax.block_until_ready(params)
@@ -64,41 +72,37 @@ def jax_profile(steps: int, conv_impl: str, top: int) -> None:
     # Per-op thunk events of XLA:CPU carry the HLO op name; the executable-level events
     # (the whole step) are recognised by their length and left out of the sum.
     totals = collections.Counter()
-    counts = collections.Counter()
-    step_events = []
     for plane in data.planes:
         for line in plane.lines:
             for event in line.events:
                 name = event.name
-                # Python-tracer frames ($file:line), the thread pool's waits and the
-                # executable-level events (the whole step) are not ops.
-                if name.startswith(("$", "jit_step", "PjitFunction", "PjRt", "Thunk", "TfrtCpu",
-                                    "SlinkyThreadPool")):
+                # Python-tracer frames ($file:line), the thread pool's waits, the
+                # executable-level events (the whole step) and the scan's while loop are
+                # not ops.
+                if name.startswith(("$", "jit_", "PjitFunction", "PjRt", "Thunk", "TfrtCpu",
+                                    "SlinkyThreadPool", "while")):
                     continue
-                totals[(line.name, name)] += event.duration_ns
-                counts[(line.name, name)] += 1
-    step_ms = statistics.median(wall) * 1e3
-    print(f"jax {jax.__version__}, conv_impl={conv_impl}: step {step_ms:.1f} ms (median of 3, "
-          f"outside the trace); {steps} steps traced")
-    by_op = collections.Counter()
-    for (line, name), ns in totals.items():
-        by_op[name] += ns
-    hlo = step.lower(params).compile().as_text()
-    described = describe_hlo_ops(hlo)
+                totals[name] += event.duration_ns
+    per_step = steps * local_steps
+    step_ms = statistics.median(wall) / local_steps * 1e3
+    what = (f"{scanned} local steps scanned under a width-1 vmap" if scanned else "one step")
+    print(f"jax {jax.__version__}, conv_impl={conv_impl}, {what}: {step_ms:.1f} ms per step "
+          f"(median of 3, outside the trace); {steps} calls traced")
+    described = describe_hlo_ops(step.lower(params).compile().as_text())
     print("| op (HLO name) | what it computes (output shape; fused ops) | ms per step | share of step |")
     print("|---|---|---|---|")
-    for name, ns in by_op.most_common(top):
-        print(f"| {name} | {described.get(name, '')} | {ns / steps / 1e6:.2f} "
-              f"| {ns / steps / 1e6 / step_ms:.0%} |")
+    for name, ns in totals.most_common(top):
+        print(f"| {name} | {described.get(name, '')} | {ns / per_step / 1e6:.2f} "
+              f"| {ns / per_step / 1e6 / step_ms:.0%} |")
     categories = collections.Counter()
-    for name, ns in by_op.items():
+    for name, ns in totals.items():
         categories[op_category(described.get(name, ""))] += ns
     for cat, ns in categories.most_common():
-        print(f"| **{cat}** | (sum) | {ns / steps / 1e6:.2f} | {ns / steps / 1e6 / step_ms:.0%} |")
-    print(f"| all ops | | {sum(by_op.values()) / steps / 1e6:.2f} "
-          f"| {sum(by_op.values()) / steps / 1e6 / step_ms:.0%} |")
+        print(f"| **{cat}** | (sum) | {ns / per_step / 1e6:.2f} | {ns / per_step / 1e6 / step_ms:.0%} |")
+    print(f"| all ops | | {sum(totals.values()) / per_step / 1e6:.2f} "
+          f"| {sum(totals.values()) / per_step / 1e6 / step_ms:.0%} |")
     if "--hlo" in sys.argv:
-        print(hlo)
+        print(step.lower(params).compile().as_text())
 
 
 def op_category(description: str) -> str:
@@ -189,9 +193,12 @@ def main():
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--hlo", action="store_true", help="also print the optimized HLO (jax)")
+    parser.add_argument("--scanned", type=int, default=0, metavar="S",
+                        help="jax: profile S local steps in a lax.scan under a width-1 vmap, "
+                             "as the round runs them (default: one unscanned step)")
     args = parser.parse_args()
     if args.lib == "jax":
-        jax_profile(args.steps, args.conv_impl, args.top)
+        jax_profile(args.steps, args.conv_impl, args.top, args.scanned)
     else:
         torch_profile(args.steps, args.channels_last, args.top)
 
