@@ -17,7 +17,9 @@ A manager opened with read_only=True (analysis) never deletes, renames or create
 """
 from __future__ import annotations
 
+import collections
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -249,10 +251,12 @@ def _restore_step(manager, step: int, abstract, check_meta, derive_server_contex
                          f"use a new workdir")
     check_meta(meta)
     stored_tree = stored.tree if hasattr(stored, "tree") else stored
-    mismatch = tree_mismatch(stored_tree, abstract)
-    read_as, derive = abstract, False
-    if mismatch and predates_server_context(stored_tree, abstract) and derive_server_context:
-        read_as, derive, mismatch = abstract._replace(server_context=()), True, ""
+    legacy = predates_server_context(stored_tree, abstract)
+    read_as = without_server_context(abstract) if legacy else abstract
+    mismatch = tree_mismatch(stored_tree, read_as)
+    if not mismatch and legacy and jax.tree.leaves(abstract.server_context) \
+            and derive_server_context is None:
+        mismatch = "missing server_context, and no way to derive it was given"
     if mismatch:
         raise FedlnError(f"checkpoint at round {step} does not fit this run's state ({mismatch}); "
                          f"use a new workdir")
@@ -262,13 +266,20 @@ def _restore_step(manager, step: int, abstract, check_meta, derive_server_contex
                 state=ocp.args.StandardRestore(read_as))).state
         round_ = int(jax.device_get(state.round))
     except Exception as exc:
+        if "tree structures do not match" in str(exc):
+            # A state of another shape (an empty node tree_mismatch cannot see), not damage:
+            # falling back would delete every step of a run that another version can read.
+            raise FedlnError(f"checkpoint at round {step} does not fit this run's state "
+                             f"({_first_line(exc)}); use a new workdir") from None
         raise CorruptCheckpoint(_first_line(exc)) from None
+    if legacy:
+        state = type(abstract)(**state._asdict(), server_context=())
     if round_ != step or meta.get("round") != step:
         raise CorruptCheckpoint(f"step {step} holds round {round_}")
     # Checkpoints written before checksums existed have none; every save now stores one.
     if "state_sha256" in meta and state_checksum(state) != meta["state_sha256"]:
         raise CorruptCheckpoint("its arrays do not match the checksum saved with them")
-    if derive:
+    if legacy and derive_server_context is not None:
         state = state._replace(server_context=jax.tree.map(
             lambda value, want: jax.device_put(value, want.sharding),
             derive_server_context(state), abstract.server_context))
@@ -276,10 +287,22 @@ def _restore_step(manager, step: int, abstract, check_meta, derive_server_contex
 
 
 def predates_server_context(stored_tree, abstract) -> bool:
-    """The stored state is the target's without its server context: a checkpoint written
-    before ServerState.server_context existed (the context is then derived, not read)."""
-    return (bool(jax.tree.leaves(getattr(abstract, "server_context", ())))
-            and not tree_mismatch(stored_tree, abstract._replace(server_context=())))
+    """A checkpoint written before ServerState.server_context existed: its stored state has
+    every field of the target's but that one (the context is then derived, not read)."""
+    return ("server_context" in getattr(abstract, "_fields", ())
+            and isinstance(stored_tree, dict) and "server_context" not in stored_tree)
+
+
+@functools.lru_cache(maxsize=None)
+def _state_type_without(fields: tuple) -> type:
+    return collections.namedtuple("ServerStateBeforeServerContext", fields)
+
+
+def without_server_context(abstract):
+    """The target as the older checkpoints stored it: the same fields, less server_context
+    (orbax compares the tree's structure, empty nodes included)."""
+    fields = tuple(f for f in abstract._fields if f != "server_context")
+    return _state_type_without(fields)(**{f: getattr(abstract, f) for f in fields})
 
 
 def tree_mismatch(stored_tree, abstract) -> str:

@@ -144,33 +144,58 @@ def test_state_with_per_client_state_and_server_optimizer_round_trips_exactly(tm
     assert restored.state.client_states["c_i"].sharding == state.client_states["c_i"].sharding
 
 
-def test_a_checkpoint_from_before_the_server_context_restores_with_it_derived(tmp_path):
-    """Checkpoints written before ServerState kept SCAFFOLD's server variate lack it: they
-    restore, with the variate computed from the stored client variates (the example-weighted
-    mean), placed like the target. Without a way to derive it, the mismatch is an error."""
-    algorithm = get_algorithm("scaffold")
+@pytest.mark.parametrize("algorithm_name", ["fedavg", "scaffold"])
+def test_a_checkpoint_from_before_the_server_context_restores_with_it_derived(tmp_path,
+                                                                             algorithm_name):
+    """Checkpoints written before ServerState had a server_context field store the other six
+    fields only (orbax compares the structure, empty nodes included: FedAvg's () counts).
+    They restore: FedAvg's context is (), SCAFFOLD's server variate is computed from the stored
+    client variates (their example-weighted mean), placed like the target. Nothing is deleted.
+    Without a way to derive SCAFFOLD's, the mismatch is an error, not a corrupt checkpoint."""
+    algorithm = get_algorithm(algorithm_name)
     params = {"dense": {"kernel": jnp.arange(6.0).reshape(3, 2) / 7}}
-    variates_C = {"c": {"dense": {"kernel": jax.random.normal(jax.random.PRNGKey(1), (4, 3, 2))}}}
-    old = replicate(ServerState(params=params, model_state={}, opt_state=(),
-                                client_states=variates_C, round=jnp.int32(2),
-                                key=jax.random.PRNGKey(7)), client_mesh())
-    checkpoint.save(checkpoint.open_manager(str(tmp_path), 2), old, {})
-    target = old._replace(server_context=replicate(
-        {"c": {"dense": {"kernel": jnp.zeros((3, 2))}}}, client_mesh()))
+    variates_C = ({"c": {"dense": {"kernel": jax.random.normal(jax.random.PRNGKey(1), (4, 3, 2))}}}
+                  if algorithm_name == "scaffold" else ())
+    context = {"c": {"dense": {"kernel": jnp.zeros((3, 2))}}} if variates_C else ()
+    target = replicate(ServerState(params=params, model_state={}, opt_state=(),
+                                   client_states=variates_C, round=jnp.int32(2),
+                                   key=jax.random.PRNGKey(7), server_context=context),
+                       client_mesh())
+    old_format = checkpoint.without_server_context(target)
+    assert "server_context" not in old_format._fields
+    checkpoint.save(checkpoint.open_manager(str(tmp_path), 2), old_format, {})
     counts_C = jnp.array([1, 2, 3, 10], jnp.int32)
     data = DeviceData(x=jnp.zeros((1, 1)), y=jnp.zeros(1, jnp.int32),
                       idx_C=jnp.zeros((4, 1), jnp.int32), counts_C=counts_C)
     restored = checkpoint.restore_latest(
         checkpoint.open_manager(str(tmp_path), 2), target, lambda meta: None,
         derive_server_context=derive_server_context(algorithm, data))
+    assert restored.round == 2 and type(restored.state) is ServerState
+    chex.assert_trees_all_equal(restored.state.client_states, target.client_states)
+    chex.assert_trees_all_equal(restored.state.params, target.params)
+    if algorithm_name == "fedavg":
+        assert restored.state.server_context == ()
+        return
     expected = jnp.tensordot(counts_C / counts_C.sum(), variates_C["c"]["dense"]["kernel"], axes=1)
     got = restored.state.server_context["c"]["dense"]["kernel"]
     np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-6)
     assert got.sharding == target.server_context["c"]["dense"]["kernel"].sharding
-    chex.assert_trees_all_equal(restored.state.client_states, old.client_states)
     with pytest.raises(FedlnError, match="does not fit this run's state"):
         checkpoint.restore_latest(checkpoint.open_manager(str(tmp_path), 2), target,
                                   lambda meta: None)
+    assert checkpoint.open_manager(str(tmp_path), 2).all_steps() == [2]     # nothing deleted
+
+
+def test_a_state_of_another_structure_is_refused_and_nothing_is_deleted(tmp_path):
+    """A stored state whose structure differs only in an empty node (no leaf differs, so the
+    leaf comparison cannot see it) is refused as not fitting, not taken for damage: the
+    fallback for damage would delete every step."""
+    state = ServerState({"w": jnp.ones(2)}, {}, (), (), jnp.int32(2), jax.random.PRNGKey(0))
+    checkpoint.save(checkpoint.open_manager(str(tmp_path), 2), state, {})
+    with pytest.raises(FedlnError, match="does not fit this run's state"):
+        checkpoint.restore_latest(checkpoint.open_manager(str(tmp_path), 2),
+                                  state._replace(opt_state={"a": ()}), lambda meta: None)
+    assert checkpoint.open_manager(str(tmp_path), 2).all_steps() == [2]
 
 
 # ----------------------------------------------------------------------------- in process
