@@ -88,7 +88,8 @@ def jax_profile(steps: int, conv_impl: str, top: int, scanned: int = 0) -> None:
     what = (f"{scanned} local steps scanned under a width-1 vmap" if scanned else "one step")
     print(f"jax {jax.__version__}, conv_impl={conv_impl}, {what}: {step_ms:.1f} ms per step "
           f"(median of 3, outside the trace); {steps} calls traced")
-    described = describe_hlo_ops(step.lower(params).compile().as_text())
+    hlo = step.lower(params).compile().as_text()
+    described = describe_hlo_ops(hlo)
     print("| op (HLO name) | what it computes (output shape; fused ops) | ms per step | share of step |")
     print("|---|---|---|---|")
     for name, ns in totals.most_common(top):
@@ -102,7 +103,7 @@ def jax_profile(steps: int, conv_impl: str, top: int, scanned: int = 0) -> None:
     print(f"| all ops | | {sum(totals.values()) / per_step / 1e6:.2f} "
           f"| {sum(totals.values()) / per_step / 1e6 / step_ms:.0%} |")
     if "--hlo" in sys.argv:
-        print(step.lower(params).compile().as_text())
+        print(hlo)
 
 
 def op_category(description: str) -> str:

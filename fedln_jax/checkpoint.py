@@ -258,8 +258,7 @@ def _restore_step(manager, step: int, abstract, check_meta, derive_server_contex
             and derive_server_context is None:
         mismatch = "missing server_context, and no way to derive it was given"
     if mismatch:
-        raise FedlnError(f"checkpoint at round {step} does not fit this run's state ({mismatch}); "
-                         f"use a new workdir")
+        raise does_not_fit(step, mismatch)
     try:
         with quiet_orbax_logs():
             state = manager.restore(step, args=ocp.args.Composite(
@@ -269,8 +268,7 @@ def _restore_step(manager, step: int, abstract, check_meta, derive_server_contex
         if "tree structures do not match" in str(exc):
             # A state of another shape (an empty node tree_mismatch cannot see), not damage:
             # falling back would delete every step of a run that another version can read.
-            raise FedlnError(f"checkpoint at round {step} does not fit this run's state "
-                             f"({_first_line(exc)}); use a new workdir") from None
+            raise does_not_fit(step, _first_line(exc)) from None
         raise CorruptCheckpoint(_first_line(exc)) from None
     if legacy:
         state = type(abstract)(**state._asdict(), server_context=())
@@ -284,6 +282,11 @@ def _restore_step(manager, step: int, abstract, check_meta, derive_server_contex
             lambda value, want: jax.device_put(value, want.sharding),
             derive_server_context(state), abstract.server_context))
     return Restored(state=state, meta=meta, round=step)
+
+
+def does_not_fit(step: int, why: str) -> FedlnError:
+    return FedlnError(f"checkpoint at round {step} does not fit this run's state ({why}); "
+                      f"use a new workdir")
 
 
 def predates_server_context(stored_tree, abstract) -> bool:

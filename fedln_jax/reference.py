@@ -50,8 +50,8 @@ def make_loop_round(apply_fn: Callable, spec: RoundSpec, algorithm: Algorithm) -
                                   hparams["server_lr"])
         new_cstate_M = jax.tree.map(lambda *own: jnp.stack(own), *new_own_list)
         old_cstate_M = jax.tree.map(lambda s_C: s_C[cohort_M], state.client_states)
-        return update_client_side(new_state, state, algorithm, cohort_M, old_cstate_M,
-                                  new_cstate_M, weight_M, data), {"train_loss": mean_loss}
+        return update_client_side(new_state, algorithm, cohort_M, old_cstate_M, new_cstate_M,
+                                  weight_M, data), {"train_loss": mean_loss}
 
     def loop_round(state: ServerState, hparams: dict, data: DeviceData):
         cohort_M, keys_M, weight_M = cohort_of(state, data)

@@ -69,16 +69,17 @@ def scatter_client_states(client_states_C: Pytree, cohort_M: jax.Array, new_M: P
     return jax.tree.map(lambda s_C, n_M: s_C.at[cohort_M].set(n_M), client_states_C, new_M)
 
 
-def update_client_side(new_state: ServerState, old_state: ServerState, algorithm: Algorithm,
-                       cohort_M: jax.Array, old_cstate_M: Pytree, new_cstate_M: Pytree,
-                       weight_M: jax.Array, data: DeviceData) -> ServerState:
-    """Write the cohort's new client states back and move the server context by their change
-    (old_cstate_M: the cohort's states before the round, as its clients read them)."""
+def update_client_side(state: ServerState, algorithm: Algorithm, cohort_M: jax.Array,
+                       old_cstate_M: Pytree, new_cstate_M: Pytree, weight_M: jax.Array,
+                       data: DeviceData) -> ServerState:
+    """Write the cohort's new client states back into `state` and move its server context by
+    their change (old_cstate_M: the cohort's states before the round, as its clients read
+    them). The server step leaves both fields alone, so this may follow it."""
     server_context = algorithm.update_server_context(
-        old_state.server_context, old_cstate_M, new_cstate_M, weight_M,
+        state.server_context, old_cstate_M, new_cstate_M, weight_M,
         data.counts_C.sum().astype(jnp.float32))
-    return new_state._replace(
-        client_states=scatter_client_states(old_state.client_states, cohort_M, new_cstate_M),
+    return state._replace(
+        client_states=scatter_client_states(state.client_states, cohort_M, new_cstate_M),
         server_context=server_context)
 
 
@@ -192,7 +193,7 @@ def make_round_fn(apply_fn: Callable, spec: RoundSpec, algorithm: Algorithm,
         # Only the cohort's client states changed: updating the server context and checking
         # finiteness from them (not from all clients') keeps a round's cost independent of
         # num_clients.
-        new_state = update_client_side(new_state, state, algorithm, cohort_M, old_cstate_M,
+        new_state = update_client_side(new_state, algorithm, cohort_M, old_cstate_M,
                                        new_cstate_M, weight_M, data)
         return new_state, {"train_loss": mean_loss,
                            "client_states_finite": all_finite(new_cstate_M)}
