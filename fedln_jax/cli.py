@@ -1,4 +1,4 @@
-"""Console script `fedln-jax`: run | demo | sweep | bench | analyze | figure | config. Bad input: one `error:` line on stderr, exit 2.
+"""Console script `fedln-jax`: run | demo | sweep | bench | analyze | figure | config | info. Bad input: one `error:` line on stderr, exit 2.
 A file-system fault under a running run (disk full, I/O error): one `error:` line, exit 1."""
 from __future__ import annotations
 
@@ -93,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                               **keys)
     config_p.add_argument("--config", help="Python file defining get_config()")
     config_p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    for p in (run_p, sweep_p, demo_p, an_p, fig_p):
+    info_p = sub.add_parser("info", help="versions, backend, devices and the compilation cache "
+                            "(warns when an accelerator plugin is installed but JAX runs on the CPU)")
+    for p in (run_p, sweep_p, demo_p, an_p, fig_p, info_p):
         p.add_argument("--cache-dir", metavar="DIR",
                        help="persistent compilation cache (env FEDLN_JAX_CACHE_DIR; default "
                             "$XDG_CACHE_HOME/fedln_jax/jax or ~/.cache/fedln_jax/jax); 'off' "
@@ -139,9 +141,17 @@ def _dispatch(args) -> int:
         check_path(args.workdir)   # before anything (data, compilation) is spent on it
     if args.command == "analyze" and not args.workdir.strip():
         raise FedlnError("--workdir is empty; name a run's workdir")
+    cache_dir = None
     if hasattr(args, "cache_dir"):   # bench measures compilation: it never reads the cache
         from fedln_jax import compile_cache
-        compile_cache.enable(args.cache_dir)
+        cache_dir = compile_cache.enable(args.cache_dir)
+    if args.command in ("run", "sweep", "demo", "figure", "bench", "info"):
+        from fedln_jax.environment import warn_if_cpu_fallback
+        warn_if_cpu_fallback()   # a GPU/TPU plugin that did not load: one line, even if --quiet
+    if args.command == "info":
+        from fedln_jax.environment import describe
+        print("\n".join(describe(cache_dir)))
+        return 0
     if args.command in ("run", "sweep"):
         from fedln_jax import distributed
         distributed.initialize(args.coordinator, args.num_processes, args.process_id,

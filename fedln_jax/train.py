@@ -22,6 +22,7 @@ from fedln_jax import checkpoint, lock
 from fedln_jax.divergence import diverged_message, loss_exploded
 from fedln_jax.analysis import make_feature_fn, model_report
 from fedln_jax.config import Config
+from fedln_jax.environment import device_summary
 from fedln_jax.errors import DivergedError, FedlnError, Interrupted
 from fedln_jax.evaluation import evaluation_row
 from fedln_jax.experiment import Experiment, mesh_devices
@@ -208,7 +209,8 @@ class RunFiles:
                        "".join(json.dumps(r) + "\n" for r in self.history))
 
     def save(self, state, round_: int, loss_sum: float, rounds_in_sum: int) -> None:
-        meta = {"fedln_jax_version": __version__, "config": self.exp.config.to_dict(),
+        meta = {"fedln_jax_version": __version__, "environment": self.program_info["environment"],
+                "config": self.exp.config.to_dict(),
                 "progress": {"train_loss_sum": loss_sum, "rounds_in_sum": rounds_in_sum,
                              "elapsed_seconds": round(self.elapsed(), 3)}}
         seconds = checkpoint.save(self.manager, state, meta)
@@ -260,7 +262,8 @@ def train_program(members: list[Experiment], workdirs: list[str], log, quiet: bo
             stack.callback(manager.close)
         restored = restore_runs(managers, program, members, workdirs, resume_bound)
         start = time.time()
-        info = {"runs_vectorized": runs, "device_layout": list(program.mesh.devices.shape)}
+        info = {"runs_vectorized": runs, "device_layout": list(program.mesh.devices.shape),
+                "environment": device_summary()}
         files = [RunFiles(exp, w, m, r, start, info)
                  for exp, w, m, r in zip(members, workdirs, managers, restored)]
         start_round = files[0].start_round

@@ -12,6 +12,7 @@ from etils import epath
 
 from fedln_jax import checkpoint, lock
 from fedln_jax.config import Config, diff_keys, resumable_keys, with_defaults
+from fedln_jax.environment import device_summary
 from fedln_jax.errors import FedlnError
 from fedln_jax.experiment import Experiment, build_experiments
 from fedln_jax.program import plan_programs
@@ -140,6 +141,23 @@ def check_checkpoint_meta(meta: dict, config: Config, workdir: str) -> None:
         print(f"warning: the checkpoint was written by fedln_jax {meta.get('fedln_jax_version')}, "
               f"this is {__version__}; results may differ from an uninterrupted run",
               file=sys.stderr)
+    note = compiler_change_note(meta.get("environment"), device_summary())
+    if note:
+        print(note, file=sys.stderr)
+
+
+def compiler_change_note(saved: dict | None, now: dict) -> str | None:
+    """One line when the checkpoint was written under another jax/jaxlib or backend: the resumed
+    run is the same program compiled by another XLA, so its numbers are not bit-identical to an
+    uninterrupted run (docs/checkpoints.md#across-jax-versions). None when nothing changed."""
+    if not isinstance(saved, dict):   # checkpoints from before versions were recorded
+        return None
+    changed = [f"{key} {saved.get(key)} -> {now[key]}" for key in ("jax", "jaxlib", "backend")
+               if saved.get(key) != now[key]]
+    if not changed:
+        return None
+    return (f"note: resuming a checkpoint written under another compiler ({', '.join(changed)}): "
+            f"the same program, not bit-identical to an uninterrupted run")
 
 
 def check_runs(configs: list[Config], workdirs: list[str]) -> list[Experiment]:
