@@ -4,7 +4,7 @@ An accelerator user's worst outcome is a run that quietly trains on the CPU, 100
 because the GPU or TPU plugin did not load (a plugin built for another jaxlib, a missing CUDA
 library, `JAX_PLATFORMS=cpu` left in the environment). JAX logs at most one line about it.
 `fallback_warning()` turns that state into one warning line naming the plugin and the reason;
-`fedln-jax info` and every training command print it (docs/config.md#environment).
+`fedln-jax info` and every training command print it (docs/install.md#no-silent-cpu-fallback).
 """
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ import os
 import tempfile
 
 from fedln_jax.config import Config, build_config
+from fedln_jax.environment import fallback_warning
 from fedln_jax.errors import FedlnError
 from fedln_jax.figures import train_runs
 from fedln_jax.models import NORM_PRESETS
@@ -49,6 +50,9 @@ def show_devices() -> dict:
           f"process(es); clients are sharded over mesh axes {info['client_mesh']}")
     for device in info["devices"]:
         print(" ", device)
+    warning = fallback_warning()   # a TPU runtime whose libtpu did not load trains on the CPU
+    if warning:
+        print(warning)
     return info
 
 
