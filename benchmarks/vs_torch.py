@@ -2,6 +2,10 @@
 
     pip install -e '.[bench]'          # torch, for this benchmark only
     python benchmarks/vs_torch.py --clients 10 100 --repeats 3
+    # two JAX versions side by side, both conv formulations (fedln workers run under each
+    # interpreter given; torch under the one running this script):
+    python benchmarks/vs_torch.py --impls fedln_vectorized:patches,fedln_vectorized:lax,torch_nchw \
+        --fedln-python .venv-floor/bin/python .venv/bin/python
 
 Implementations (each measurement in its own fresh process; the order is interleaved:
 for each repeat, for each cohort size, every implementation once, so a change of machine load
@@ -9,6 +13,9 @@ hits all of them alike):
 
 - fedln_vectorized: `fedln-jax bench --engine vectorized` (the jitted round).
 - fedln_loop: `fedln-jax bench --engine loop` (one jitted call per client).
+- NAME:IMPL (e.g. fedln_vectorized:lax): the same with `--conv-impl IMPL`. Each fedln
+  implementation runs once under every `--fedln-python` interpreter (default: this one); its
+  table row names the jax version it ran on.
 - torch_nchw / torch_channels_last: the paper CNN (bias-free) in PyTorch, trained the way a
   PyTorch user does it: per client, `copy.deepcopy(global_model)`, K SGD steps on batches of B
   drawn from a fresh shuffle of its examples, then the example-weighted average of the
@@ -171,6 +178,9 @@ def fedln_options(extra: list[str]) -> dict:
 def worker(name: str, clients: int, local_steps: int, batch_size: int, rounds: int,
            extra: list[str]) -> dict:
     sys.path.insert(0, ROOT)
+    base, _, conv_impl = name.partition(":")
+    if conv_impl:
+        extra = [*extra, "--conv-impl", conv_impl]
     from fedln_jax.models import train_flops_per_example
     flops = clients * local_steps * batch_size * train_flops_per_example("cnn", (32, 32, 3), 10)
     if name in TORCH_IMPLS:
@@ -178,7 +188,7 @@ def worker(name: str, clients: int, local_steps: int, batch_size: int, rounds: i
                               channels_last=name == "torch_channels_last")
     else:
         from fedln_jax.bench import run_bench
-        engine = name.split("_", 1)[1]
+        engine = base.split("_", 1)[1]
         out = run_bench(model="cnn", clients=clients, local_steps=local_steps,
                         batch_size=batch_size, rounds=rounds, engine_name=engine,
                         **fedln_options(extra))
@@ -190,8 +200,8 @@ def worker(name: str, clients: int, local_steps: int, batch_size: int, rounds: i
     return record
 
 
-def run_worker(name, clients, args) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--clients", str(clients),
+def run_worker(name, clients, args, python=sys.executable) -> dict:
+    cmd = [python, os.path.abspath(__file__), "--worker", name, "--clients", str(clients),
            "--local-steps", str(args.local_steps), "--batch-size", str(args.batch_size),
            "--rounds", str(args.rounds), *(["--fedln-args", args.fedln_args] if args.fedln_args else [])]
     load = load_average()
@@ -200,20 +210,21 @@ def run_worker(name, clients, args) -> dict:
         raise SystemExit(f"{name} at {clients} clients failed:\n{out.stderr[-2000:]}")
     record = json.loads(out.stdout.strip().splitlines()[-1])
     record["load_average_before"] = load
+    record["row"] = name if name in TORCH_IMPLS else f"{name} ({record['library']})"
     return record
 
 
 def table(records: list[dict], clients_list: list[int]) -> str:
     def median_of(name, clients, key):
-        values = [r[key] for r in records if r["impl"] == name and r["clients"] == clients]
+        values = [r[key] for r in records if r["row"] == name and r["clients"] == clients]
         return statistics.median(values) if values else float("nan"), values
 
     header = "| implementation | " + " | ".join(f"{c} clients: GFLOP/s (runs) | ratio to best torch"
                                               for c in clients_list) + " |"
     lines = [header, "|---|" + "---|---|" * len(clients_list)]
-    best_torch = {c: max(median_of(t, c, "gflops_per_second")[0] for t in TORCH_IMPLS)
-                  for c in clients_list}
-    for name in IMPLS:
+    best_torch = {c: max([m for t in TORCH_IMPLS if (m := median_of(t, c, "gflops_per_second")[0]) > 0]
+                         or [float("nan")]) for c in clients_list}
+    for name in dict.fromkeys(r["row"] for r in records):   # rows in order of first run
         cells = []
         for c in clients_list:
             med, values = median_of(name, c, "gflops_per_second")
@@ -234,6 +245,9 @@ def main():
     parser.add_argument("--fedln-args", default="",
                         help="extra `fedln-jax bench` options for the fedln workers, e.g. "
                              "'--conv-impl patches --chunk-size 1'")
+    parser.add_argument("--fedln-python", nargs="+", default=[sys.executable], metavar="PYTHON",
+                        help="interpreters (e.g. venvs with different jax versions) that run "
+                             "each fedln implementation; torch runs under this one")
     parser.add_argument("--out", help="append every record to this JSONL file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -249,11 +263,13 @@ def main():
     records = []
     for repeat in range(args.repeats):
         for clients in args.clients:
-            for name in impls:
-                record = run_worker(name, clients, args)
+            runs = [(name, python) for name in impls for python in
+                    ([sys.executable] if name in TORCH_IMPLS else args.fedln_python)]
+            for name, python in runs:
+                record = run_worker(name, clients, args, python)
                 record["repeat"] = repeat
                 records.append(record)
-                print(f"  repeat {repeat} {name:20s} {clients:4d} clients: "
+                print(f"  repeat {repeat} {record['row']:36s} {clients:4d} clients: "
                       f"{record['gflops_per_second']:6.1f} GFLOP/s, round "
                       f"{record['round_seconds_median']:.2f} s, matmul peak "
                       f"{record['matmul_peak_gflops']:.0f} GFLOP/s, load {record['load_average_before']}",
@@ -262,11 +278,10 @@ def main():
                     with open(args.out, "a") as f:
                         f.write(json.dumps({**record, **facts}) + "\n")
     print()
-    print(table([r for r in records if r["impl"] in impls], args.clients))
-    for lib in ("jax", "torch"):
-        peaks = [r["matmul_peak_gflops"] for r in records if r["library"].startswith(lib)]
+    print(table(records, args.clients))
+    for lib_name in dict.fromkeys(r["library"] for r in records):
+        peaks = [r["matmul_peak_gflops"] for r in records if r["library"] == lib_name]
         if peaks:
-            lib_name = next(r["library"] for r in records if r["library"].startswith(lib))
             print(f"2048^2 float32 matmul peak, {lib_name}: median {statistics.median(peaks):.0f} "
                   f"GFLOP/s (min {min(peaks):.0f}, max {max(peaks):.0f}, {len(peaks)} processes)")
     print(f"load average at the end: {load_average()}")
