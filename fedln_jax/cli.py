@@ -7,7 +7,7 @@ import os
 import sys
 
 from fedln_jax.choices import DTYPES, ENGINES, INPUT_SHAPES, NORM_PRESET_NAMES
-from fedln_jax.errors import DivergedError, FedlnError, Interrupted, StorageError
+from fedln_jax.errors import DivergedError, FedlnError, Interrupted, OutOfMemory, StorageError
 
 INT32_MAX = 2**31 - 1   # config.INT32_MAX (not imported: config imports JAX)
 # The demo trains none, ln and fn over its seeds; a study of more seeds is a sweep.
@@ -135,7 +135,7 @@ def main(argv=None) -> int:
     except DivergedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
-    except StorageError as exc:
+    except (StorageError, OutOfMemory) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:   # the file system failed somewhere unforeseen: still one line

@@ -10,6 +10,7 @@ round (plan.py).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from typing import Any, NamedTuple
@@ -17,7 +18,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from fedln_jax.errors import FedlnError
+from fedln_jax.errors import FedlnError, OutOfMemory
 
 
 class Floor(NamedTuple):
@@ -122,3 +123,33 @@ def check_fits(floor: Floor, capacity: int | None, what: str) -> None:
                      f"{describe(floor.data)}, state {describe(floor.state)}, "
                      f"{floor.chunk} client(s) at once x {describe(floor.per_client)}) but has "
                      f"{describe(capacity)} ({what}); {knob_hint(floor)}")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """XLA's allocation failure (RESOURCE_EXHAUSTED, on the device or in a compilation) or
+    the host's MemoryError."""
+    return isinstance(exc, MemoryError) or "RESOURCE_EXHAUSTED" in str(exc)
+
+
+def out_of_memory_message(exc: BaseException, chunk: int, last_saved: int | None) -> str:
+    """One line: what ran out, what survived, the knob (docs/scale.md#out-of-memory)."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+    saved = (f"the checkpoint of round {last_saved} is intact" if last_saved
+             else "no checkpoint was written yet")
+    knob = (f"lower client_chunk_size (now {chunk}; a resumable change) and run the same "
+            f"command again" if chunk > 1 else
+            "client_chunk_size is already 1: free the device, or start a new run with a "
+            "smaller batch_size or width (conv_features, dense_features)")
+    return f"out of memory while training ({first}); {saved}; {knob}"
+
+
+@contextlib.contextmanager
+def out_of_memory_reported(chunk: int, last_saved):
+    """Turns an allocation failure in the block into OutOfMemory (one line, CLI exit 1);
+    last_saved() is the round of the newest checkpoint (None before the first)."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+        raise OutOfMemory(out_of_memory_message(exc, chunk, last_saved())) from None

@@ -315,3 +315,37 @@ def test_a_finished_run_in_a_read_only_workdir_is_reported_not_written(tmp_path,
     captured = capsys.readouterr()
     assert captured.err == "" and "final_test_accuracy" in captured.out
     assert tree(workdir) == before                   # not even a lock file
+
+
+def test_out_of_memory_mid_run_is_one_line_and_resumes_with_a_narrower_chunk(tmp_path, capsys,
+                                                                            monkeypatch):
+    """An allocation failure after the checkpoint of round 4: exit 1, one line
+    naming the knob, the checkpoint intact; the same command with client_chunk_size=1 resumes
+    from it and finishes."""
+    import jax
+
+    from fedln_jax import checkpoint, train
+    real_build = train.build_program
+
+    def failing_build(members, devices):
+        program = real_build(members, devices)
+
+        def run_block(state, *args):
+            if int(state.round) >= 4:
+                raise jax.errors.JaxRuntimeError(
+                    "RESOURCE_EXHAUSTED: Out of memory allocating 1379270266835700440 bytes.")
+            return program.run_block(state, *args)
+        return program._replace(run_block=run_block)
+
+    workdir = str(tmp_path / "run")
+    argv = ["run", "--workdir", workdir, "--quiet", *tiny("checkpoint_every=2", "rounds=6")]
+    monkeypatch.setattr(train, "build_program", failing_build)
+    capsys.readouterr()
+    assert main(argv + ["client_chunk_size=4"]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: out of memory"), lines
+    assert "client_chunk_size (now 4" in lines[0] and "round 4 is intact" in lines[0]
+    assert checkpoint.newest_step(workdir) == 4
+    monkeypatch.setattr(train, "build_program", real_build)
+    assert main(argv + ["client_chunk_size=1"]) == 0
+    assert checkpoint.newest_step(workdir) == 6
