@@ -28,7 +28,8 @@ from fedln_jax.client import epochs_needed, make_apply_fn
 from fedln_jax.choices import ENGINES, INPUT_SHAPES
 from fedln_jax.config import INT32_MAX
 from fedln_jax.errors import FedlnError
-from fedln_jax.memory import Floor, check_fits, client_round_bytes, device_capacity, tree_bytes
+from fedln_jax.memory import (Floor, analysis_of, check_fits, client_round_bytes, device_capacity,
+                              peak_of, tree_bytes)
 from fedln_jax.models import (build_model, forward_macs, resolve_conv_impl,  # noqa: F401
                               train_flops_per_example)
 from fedln_jax.placement import client_mesh, default_chunk_size, replicate
@@ -186,9 +187,11 @@ def run_bench(model: str = "cnn", clients: int = 10, local_steps: int = 5, batch
         start = time.perf_counter()
         round_fn = jitted.lower(state, hparams, data).compile()
         compile_seconds = time.perf_counter() - start
+        plan_bytes = peak_of(analysis_of(round_fn))   # XLA's sizes of this very executable
     else:
         round_fn = make_loop_round(apply_fn, spec, fedavg)
         compile_seconds = None          # jitted lazily: estimated from the first round below
+        plan_bytes = None
 
     def one_round(state):
         state, metrics = round_fn(state, hparams, data)
@@ -234,6 +237,7 @@ def run_bench(model: str = "cnn", clients: int = 10, local_steps: int = 5, batch
         "first_round_seconds": first_round,
         "peak_rss_mb": peak_rss_mb(),
         "device_peak_mb": device_peak_mb(),
+        "memory_plan_mb": None if plan_bytes is None else plan_bytes / 2 ** 20,
         "matmul_peak_gflops": peak,
         "fraction_of_matmul_peak": gflops / peak,
         "train_loss": loss,

@@ -107,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     config_p = sub.add_parser("config", help="print the resolved config as JSON (nothing runs)",
                               **keys)
     config_p.add_argument("--config", help="Python file defining get_config()")
+    config_p.add_argument("--plan", action="store_true",
+                          help="print the memory plan instead: what the compiled round needs on "
+                               "the device and what the device has (builds and compiles the "
+                               "run, trains nothing, writes nothing)")
     config_p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     for p in (run_p, sweep_p, demo_p, an_p, fig_p):
         p.add_argument("--cache-dir", metavar="DIR",
@@ -162,12 +166,12 @@ def check_options(args) -> None:
             raise FedlnError(f"--rounds {args.rounds} is too large: at most {INT32_MAX}")
     if args.command == "analyze":
         if not 0 <= args.client <= INT32_MAX:
-            raise FedlnError(f"--client must be in 0..{INT32_MAX}, got {args.client}")
+            raise FedlnError(f"client {args.client} is out of range: --client must be in "
+                             f"0..{INT32_MAX} and below the run's num_clients")
         parse_steps(args.steps)
-    if args.command == "sweep" and args.max_runs_per_program is not None \
-            and not 1 <= args.max_runs_per_program <= INT32_MAX:
-        raise FedlnError(f"--max-runs-per-program must be in 1..{INT32_MAX}, "
-                         f"got {args.max_runs_per_program}")
+    if args.command == "sweep" and (args.max_runs_per_program or 0) > INT32_MAX:
+        raise FedlnError(f"--max-runs-per-program={args.max_runs_per_program} is too large: "
+                         f"at most {INT32_MAX}")
 
 
 def _dispatch(args) -> int:
@@ -198,7 +202,14 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "config":
         from fedln_jax.config import build_config, dumps
-        print(dumps(build_config(args.config, args.overrides)))
+        config = build_config(args.config, args.overrides)
+        if not args.plan:
+            print(dumps(config))
+            return 0
+        from fedln_jax.plan import check_plan, format_plan, memory_plan
+        plan = memory_plan(config)
+        print(format_plan(plan))
+        check_plan(plan)
         return 0
     if args.command == "run":
         from fedln_jax.config import build_config

@@ -71,7 +71,8 @@ def build_experiment(config: Config) -> Experiment:
         momentum=config.momentum, weight_decay=config.weight_decay,
         augment=config.resolved_augment)
     algorithm = get_algorithm(config.algorithm)
-    floor = memory_floor(config, model, algorithm, spec, dataset, counts_CK)
+    floor = memory_floor(config, model, algorithm, spec, dataset.x_train.shape[1:],
+                         dataset.x_train.nbytes + dataset.x_test.nbytes, counts_CK)
     check_fits(floor, *device_capacity(devices[0]))   # before the data goes to the device
     return Experiment(
         config=config, model=model, apply_fn=make_apply_fn(model), spec=spec,
@@ -82,18 +83,16 @@ def build_experiment(config: Config) -> Experiment:
         algorithm=algorithm)
 
 
-def memory_floor(config: Config, model, algorithm: Algorithm, spec: RoundSpec, dataset,
-                 counts_CK: np.ndarray) -> Floor:
+def memory_floor(config: Config, model, algorithm: Algorithm, spec: RoundSpec,
+                 image_shape: tuple, image_bytes: int, counts_CK: np.ndarray) -> Floor:
     """The bytes a round of this experiment needs at least on one device (memory.Floor),
     from shapes alone: the server state is sized by jax.eval_shape, never built, so a model
     that cannot take the images fails here too, before any workdir is touched."""
-    image_shape = dataset.x_train.shape[1:]
     state = jax.eval_shape(lambda: init_state(
         model, jnp.zeros((1,) + image_shape, jnp.float32), config.seed, algorithm,
         hparams=hparams_of(config), num_clients=config.num_clients))
     max_examples = int(counts_CK.sum(1).max())
-    data = (dataset.x_train.nbytes + dataset.x_test.nbytes + 8 * len(dataset.y_train)
-            + 4 * config.num_clients * max_examples)
+    data = image_bytes + 8 * int(counts_CK.sum()) + 4 * config.num_clients * max_examples
     activations = activation_bytes(model, {"params": state.params, **state.model_state},
                                    image_shape)
     per_client = client_round_bytes(image_shape, config.local_steps, config.batch_size,
@@ -101,6 +100,12 @@ def memory_floor(config: Config, model, algorithm: Algorithm, spec: RoundSpec, d
                                     activations)
     return Floor(data=data, state=tree_bytes(state), per_client=per_client,
                  chunk=spec.chunk_size)
+
+
+def memory_floor_of(exp: Experiment) -> Floor:
+    """memory_floor of a built experiment."""
+    return memory_floor(exp.config, exp.model, exp.algorithm, exp.spec, exp.data.x.shape[1:],
+                        exp.data.x.nbytes + exp.x_test.nbytes, exp.counts_CK)
 
 
 def build_experiments(configs: list[Config]) -> list[Experiment]:

@@ -67,6 +67,23 @@ def describe(num_bytes: float) -> str:
     return f"{int(num_bytes)} B"
 
 
+ANALYSIS_FIELDS = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
+                   "temp_size_in_bytes", "generated_code_size_in_bytes")
+
+
+def analysis_of(compiled) -> dict:
+    """The byte counts of a compiled executable's memory_analysis() (absent fields: None)."""
+    analysis = compiled.memory_analysis()
+    return {f.replace("_size_in_bytes", ""): getattr(analysis, f, None) for f in ANALYSIS_FIELDS}
+
+
+def peak_of(sizes: dict) -> int:
+    """Bytes live at once while the executable runs: its inputs, its outputs that do not
+    reuse (alias) a donated input, and its temporaries."""
+    return (sizes["argument"] or 0) + (sizes["output"] or 0) - (sizes["alias"] or 0) \
+        + (sizes["temp"] or 0)
+
+
 def meminfo_available() -> int | None:
     """MemAvailable of /proc/meminfo in bytes (Linux), else None."""
     try:
