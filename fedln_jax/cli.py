@@ -1,5 +1,5 @@
 """Console script `fedln-jax`: run | demo | sweep | bench | analyze | figure | config. Bad input: one `error:` line on stderr, exit 2.
-A file-system fault under a running run (disk full, I/O error): one `error:` line, exit 1."""
+A file-system fault under a running run (disk full, I/O error) or out of memory: one `error:` line, exit 1."""
 from __future__ import annotations
 
 import argparse
