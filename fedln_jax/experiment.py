@@ -3,6 +3,7 @@ the pure functions a training loop calls on it (initial state, hyperparameters, 
 from __future__ import annotations
 
 import hashlib
+import sys
 from typing import Any, NamedTuple
 
 import jax
@@ -15,8 +16,9 @@ from fedln_jax.config import Config
 from fedln_jax.data import class_counts, client_test_weights, load_dataset, partition
 from fedln_jax.data.sources import LoadOptions
 from fedln_jax.errors import FedlnError
-from fedln_jax.memory import (Floor, activation_bytes, check_fits, client_round_bytes,
-                              device_capacity, tree_bytes)
+from fedln_jax.memory import (AUTO_CHUNK_MARGIN, Floor, activation_bytes, check_fits,
+                              client_round_bytes, describe, device_capacity, tree_bytes,
+                              widest_chunk)
 from fedln_jax.models import build_model
 from fedln_jax.placement import default_chunk_size
 from fedln_jax.state import DeviceData, RoundSpec, ServerState, init_state, make_data
@@ -73,7 +75,15 @@ def build_experiment(config: Config) -> Experiment:
     algorithm = get_algorithm(config.algorithm)
     floor = memory_floor(config, model, algorithm, spec, dataset.x_train.shape[1:],
                          dataset.x_train.nbytes + dataset.x_test.nbytes, counts_CK)
-    check_fits(floor, *device_capacity(devices[0]))   # before the data goes to the device
+    capacity, what = device_capacity(devices[0])
+    width = auto_chunk_width(config, floor, capacity)
+    if width is not None:   # recorded in the config (config.json) as the width it chose
+        print(f"fedln-jax: client_chunk_size=auto chose {width} (the default "
+              f"{spec.chunk_size} does not fit {AUTO_CHUNK_MARGIN:.0%} of the {describe(capacity)} "
+              f"{what})", file=sys.stderr)
+        config = config.replace(client_chunk_size=width)
+        spec, floor = spec._replace(chunk_size=width), floor._replace(chunk=width)
+    check_fits(floor, capacity, what)   # before the data goes to the device
     return Experiment(
         config=config, model=model, apply_fn=make_apply_fn(model), spec=spec,
         data=make_data(dataset.x_train, dataset.y_train, clients, dataset.num_classes),
@@ -100,6 +110,20 @@ def memory_floor(config: Config, model, algorithm: Algorithm, spec: RoundSpec,
                                     activations)
     return Floor(data=data, state=tree_bytes(state), per_client=per_client,
                  chunk=spec.chunk_size)
+
+
+def auto_chunk_width(config: Config, floor: Floor, capacity: int | None) -> int | None:
+    """client_chunk_size unset (auto) on an accelerator: the widest chunk whose floor fits
+    AUTO_CHUNK_MARGIN of the capacity, when that is narrower than the backend default (the
+    whole per-device cohort); None to keep the default (always on the CPU)."""
+    if config.client_chunk_size is not None or on_cpu() or capacity is None:
+        return None
+    width = widest_chunk(floor, int(capacity * AUTO_CHUNK_MARGIN))
+    return width if width < floor.chunk else None
+
+
+def on_cpu() -> bool:
+    return jax.default_backend() == "cpu"
 
 
 def memory_floor_of(exp: Experiment) -> Floor:

@@ -33,6 +33,17 @@ class Floor(NamedTuple):
         return self.data + self.state + self.chunk * self.per_client
 
 
+# client_chunk_size=auto on an accelerator fills at most this share of the free memory with the
+# floor: XLA's temporaries come on top of it (docs/scale.md#memory-plan).
+AUTO_CHUNK_MARGIN = 0.5
+
+
+def widest_chunk(floor: Floor, budget: int) -> int:
+    """The widest chunk (at least 1, at most floor.chunk) whose floor fits `budget` bytes."""
+    room = budget - floor.data - floor.state
+    return max(1, min(floor.chunk, room // max(floor.per_client, 1)))
+
+
 def tree_bytes(tree: Any) -> int:
     """Bytes of a pytree of arrays or ShapeDtypeStructs."""
     return sum(math.prod(a.shape) * np.dtype(a.dtype).itemsize for a in jax.tree.leaves(tree))

@@ -37,3 +37,28 @@ def test_out_of_memory_is_recognized_by_xla_status_or_memory_error():
     assert memory.is_out_of_memory(RuntimeError("RESOURCE_EXHAUSTED: Out of memory"))
     assert memory.is_out_of_memory(MemoryError())
     assert not memory.is_out_of_memory(RuntimeError("INVALID_ARGUMENT: shapes"))
+
+
+def test_auto_chunk_on_an_accelerator_picks_the_widest_that_fits(monkeypatch, capsys):
+    """A faked accelerator whose default chunk (the whole cohort of 4) does not fit half its
+    free memory: auto narrows the chunk, says so, and records it in the config."""
+    from fedln_jax import experiment
+    config = Config(**TINY, clients_per_round=4).validate()
+    monkeypatch.setattr(experiment, "on_cpu", lambda: False)
+    monkeypatch.setattr(experiment, "default_chunk_size", lambda cohort, devices: cohort)
+    floor = experiment.memory_floor_of(experiment.build_experiment(config))
+    budget = floor.data + floor.state + 2 * floor.per_client + floor.per_client // 2
+    monkeypatch.setattr(experiment, "device_capacity",
+                        lambda device: (int(budget / memory.AUTO_CHUNK_MARGIN) + 1, "faked"))
+    exp = experiment.build_experiment(config)
+    assert exp.spec.chunk_size == 2 and exp.config.client_chunk_size == 2
+    assert "client_chunk_size=auto chose 2" in capsys.readouterr().err
+
+
+def test_auto_chunk_keeps_the_default_on_the_cpu_and_an_explicit_width(monkeypatch):
+    from fedln_jax import experiment
+    monkeypatch.setattr(experiment, "device_capacity", lambda device: (10 ** 7, "faked"))
+    assert experiment.build_experiment(Config(**TINY).validate()).config.client_chunk_size is None
+    monkeypatch.setattr(experiment, "on_cpu", lambda: False)
+    explicit = Config(**TINY, client_chunk_size=3).validate()
+    assert experiment.build_experiment(explicit).spec.chunk_size == 3
