@@ -22,10 +22,11 @@ import numpy as np
 from fedln_jax import checkpoint, experiment, plots
 from fedln_jax.client import (client_class_counts, epochs_needed, gather_client_batches,
                               make_client_round)
-from fedln_jax.config import from_dict
+from fedln_jax.config import INT32_MAX, from_dict
 from fedln_jax.errors import FedlnError
 from fedln_jax.evaluation import test_batches
 from fedln_jax.experiment import hparams_of
+from fedln_jax.memory import Floor, check_fits, client_round_bytes, device_capacity, tree_bytes
 from fedln_jax.placement import client_mesh, replicate
 from fedln_jax.round import client_keys, round_key
 from fedln_jax.state import ServerState, derive_server_context
@@ -165,9 +166,26 @@ def local_overfit(exp, state, client: int, steps: int, features_fn=None,
 # ----------------------------------------------------------------------------- a run on disk
 
 
-def load_run(workdir: str):
+def check_probe_steps(exp, steps: Sequence[int]) -> None:
+    """The probe's step counts fit int32 indices and the device: FedlnError before any
+    checkpoint is opened (the probe draws [S, B] batches of one client at once)."""
+    batch = exp.config.batch_size
+    if max(steps) * batch > INT32_MAX:
+        raise FedlnError(f"--steps {max(steps)} x batch_size {batch} = {max(steps) * batch} "
+                         f"examples is too large: at most {INT32_MAX} (int32 indices)")
+    max_n = exp.data.idx_C.shape[1]
+    epochs = epochs_needed(int(np.min(np.asarray(exp.data.counts_C))), max(steps), batch)
+    per_client = client_round_bytes(exp.data.x.shape[1:], max(steps), batch, epochs, max_n, 0)
+    params = tree_bytes(jax.eval_shape(lambda: experiment.initial_state(exp).params))
+    check_fits(Floor(data=exp.data.x.nbytes, state=params, per_client=per_client + 2 * params,
+                     chunk=1), *device_capacity())
+
+
+def load_run(workdir: str, check=None):
     """(experiment, state of the latest checkpoint, source) of the run in `workdir`; FedlnError
-    if there is no run or no checkpoint (a finished run always checkpoints its last round)."""
+    if there is no run or no checkpoint (a finished run always checkpoints its last round).
+    check(exp), when given, runs before the checkpoints are opened (an error then prints one
+    line, not orbax's log)."""
     path = os.path.join(workdir, "config.json")
     if not os.path.isdir(workdir) or not os.path.isfile(path):
         raise FedlnError(f"{workdir!r} holds no run (no config.json); run `fedln-jax run "
@@ -178,6 +196,8 @@ def load_run(workdir: str):
     except (OSError, ValueError, TypeError):
         raise FedlnError(f"{path} is unreadable or not a fedln-jax config") from None
     exp = experiment.build_experiment(config)
+    if check is not None:
+        check(exp)
     # Read-only: the run may be in progress (or be someone else's); reading never deletes,
     # renames or clears anything in checkpoints/.
     manager = (checkpoint.open_manager(workdir, config.keep_checkpoints, read_only=True)
@@ -204,9 +224,13 @@ def analyze_run(workdir: str, client: int = 0, steps: Sequence[int] = (5,),
     `local_overfit` is the probe with max(steps) steps; `local_overfit_by_steps` holds one
     probe per entry of `steps` (all from the same global model and the same batches).
     """
-    exp, state, source = load_run(workdir)
-    client = check_client(exp, client)
     steps = sorted(set(int(s) for s in steps))
+
+    def check(exp):
+        check_client(exp, client)
+        check_probe_steps(exp, steps)
+    exp, state, source = load_run(workdir, check)
+    client = check_client(exp, client)
     features_fn = make_feature_fn(exp.model, exp.spec.pixel_scale)
     report = model_report(exp, features_fn, state.params, state.model_state)
     probes = [local_overfit(exp, state, client, s, features_fn, report) for s in steps]

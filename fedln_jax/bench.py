@@ -25,7 +25,11 @@ import numpy as np
 
 from fedln_jax.algorithms import get_algorithm
 from fedln_jax.client import epochs_needed, make_apply_fn
+from fedln_jax.choices import ENGINES, INPUT_SHAPES
+from fedln_jax.config import INT32_MAX
 from fedln_jax.errors import FedlnError
+from fedln_jax.memory import (Floor, analysis_of, check_fits, client_round_bytes, device_capacity,
+                              peak_of, tree_bytes)
 from fedln_jax.models import (build_model, forward_macs, resolve_conv_impl,  # noqa: F401
                               train_flops_per_example)
 from fedln_jax.placement import client_mesh, default_chunk_size, replicate
@@ -33,12 +37,12 @@ from fedln_jax.reference import make_loop_round
 from fedln_jax.round import make_multi_round_fn, make_round_fn
 from fedln_jax.state import RoundSpec, init_state, make_data
 
-INPUT_SHAPES = {"cnn": (32, 32, 3), "small_cnn": (8, 8, 1), "mlp": (8, 8, 1)}
-ENGINES = ("vectorized", "loop")
 # How many clients one device vmaps per chunk: the backend's default, one (the CPU default),
 # or the whole per-device cohort (the GPU/TPU default).
 CHUNK_POLICIES = ("auto", "narrow", "cohort")
 NUM_CLASSES = 10
+# Timed rounds of one benchmark: the median of a few is the figure; millions would only hang.
+MAX_TIMED_ROUNDS = 10_000
 
 
 # ----------------------------------------------------------------------------- FLOP counting
@@ -127,10 +131,22 @@ def run_bench(model: str = "cnn", clients: int = 10, local_steps: int = 5, batch
                        ("rounds_per_call", rounds_per_call)):
         if value < 1:
             raise FedlnError(f"--{key.replace('_', '-')} must be >= 1, got {value}")
+        if value > INT32_MAX:
+            raise FedlnError(f"--{key.replace('_', '-')}={value} is too large: at most "
+                             f"{INT32_MAX} (an int32 inside the compiled round)")
+    if local_steps * batch_size > INT32_MAX:
+        raise FedlnError(f"--local-steps x --batch-size = {local_steps * batch_size} examples "
+                         f"per client and round is too large: at most {INT32_MAX}")
+    if rounds * rounds_per_call > MAX_TIMED_ROUNDS:
+        raise FedlnError(f"--rounds x --rounds-per-call = {rounds * rounds_per_call} timed "
+                         f"rounds is more than a benchmark needs: at most {MAX_TIMED_ROUNDS}")
     if rounds_per_call > 1 and engine_name != "vectorized":
         raise FedlnError("--rounds-per-call applies to the vectorized engine only")
     if chunk_size < 0:
         raise FedlnError(f"--chunk-size must be >= 0, got {chunk_size}")
+    if chunk_size > clients:
+        raise FedlnError(f"--chunk-size={chunk_size} is wider than the {clients} clients "
+                         f"(a wider chunk is only padding)")
     if chunk_policy not in CHUNK_POLICIES:
         raise FedlnError(f"unknown chunk policy {chunk_policy!r}; expected one of "
                          f"{', '.join(CHUNK_POLICIES)}")
@@ -148,10 +164,18 @@ def run_bench(model: str = "cnn", clients: int = 10, local_steps: int = 5, batch
         chunk_size=chunk, momentum=0.0, weight_decay=0.0)
     fedavg = get_algorithm("fedavg")
     apply_fn = make_apply_fn(net)
-    data = synthetic_data(clients, examples, input_shape)
     hparams = {"lr": jnp.float32(0.01), "server_lr": jnp.float32(1.0)}
-    state = init_state(net, jnp.zeros((1,) + input_shape, jnp.float32), 0, fedavg,
-                       hparams=hparams, num_clients=clients)
+    make_state = lambda: init_state(net, jnp.zeros((1,) + input_shape, jnp.float32), 0, fedavg,
+                                    hparams=hparams, num_clients=clients)
+    shapes = jax.eval_shape(make_state)   # sized before anything is allocated
+    floor = Floor(data=clients * examples * (math.prod(input_shape) + 8),
+                  state=tree_bytes(shapes), chunk=chunk if engine_name == "vectorized" else 1,
+                  per_client=client_round_bytes(input_shape, local_steps, batch_size,
+                                                spec.max_epochs, examples,
+                                                tree_bytes(shapes.params)))
+    check_fits(floor, *device_capacity(mesh.devices.flat[0]))
+    data = synthetic_data(clients, examples, input_shape)
+    state = make_state()
     if engine_name == "vectorized":
         state, hparams, data = replicate((state, hparams, data), mesh)
         round_fn = make_round_fn(apply_fn, spec, fedavg, mesh)
@@ -163,9 +187,11 @@ def run_bench(model: str = "cnn", clients: int = 10, local_steps: int = 5, batch
         start = time.perf_counter()
         round_fn = jitted.lower(state, hparams, data).compile()
         compile_seconds = time.perf_counter() - start
+        plan_bytes = peak_of(analysis_of(round_fn))   # XLA's sizes of this very executable
     else:
         round_fn = make_loop_round(apply_fn, spec, fedavg)
         compile_seconds = None          # jitted lazily: estimated from the first round below
+        plan_bytes = None
 
     def one_round(state):
         state, metrics = round_fn(state, hparams, data)
@@ -211,6 +237,7 @@ def run_bench(model: str = "cnn", clients: int = 10, local_steps: int = 5, batch
         "first_round_seconds": first_round,
         "peak_rss_mb": peak_rss_mb(),
         "device_peak_mb": device_peak_mb(),
+        "memory_plan_mb": None if plan_bytes is None else plan_bytes / 2 ** 20,
         "matmul_peak_gflops": peak,
         "fraction_of_matmul_peak": gflops / peak,
         "train_loss": loss,

@@ -1,28 +1,43 @@
 """Console script `fedln-jax`: run | demo | sweep | bench | analyze | figure | config | info. Bad input: one `error:` line on stderr, exit 2.
-A file-system fault under a running run (disk full, I/O error): one `error:` line, exit 1."""
+A file-system fault under a running run (disk full, I/O error) or out of memory: one `error:` line, exit 1."""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
 
-from fedln_jax.bench import ENGINES, INPUT_SHAPES
-from fedln_jax.errors import DivergedError, FedlnError, Interrupted, StorageError
-from fedln_jax.models import DTYPES, NORM_PRESETS
+from fedln_jax.choices import DTYPES, ENGINES, INPUT_SHAPES, NORM_PRESET_NAMES
+from fedln_jax.errors import DivergedError, FedlnError, Interrupted, OutOfMemory, StorageError
+
+INT32_MAX = 2**31 - 1   # config.INT32_MAX (not imported: config imports JAX)
+# The demo trains none, ln and fn over its seeds; a study of more seeds is a sweep.
+MAX_DEMO_SEEDS = 100
 
 
 class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors and an epilog computed only when help is printed
+    (the config key table needs the Config class, which imports JAX)."""
+
     def error(self, message):  # argparse's default prints usage over several lines
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
+
+    def format_help(self):
+        if callable(self.epilog):
+            self.epilog = self.epilog()
+        return super().format_help()
+
+
+def _keys_help() -> str:
+    from fedln_jax.config_help import keys_help
+    return keys_help()
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fedln-jax", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    from fedln_jax.config_help import keys_help
     # run/sweep/config --help end with every config key (generated from Config)
-    keys = dict(epilog=keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    keys = dict(epilog=_keys_help, formatter_class=argparse.RawDescriptionHelpFormatter)
     run_p = sub.add_parser("run", help="run one experiment", **keys)
     run_p.add_argument("--workdir", required=True)
     run_p.add_argument("--config", help="Python file defining get_config()")
@@ -72,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_p.add_argument("--conv-impl", default="auto",
                          help="conv formulation: auto (backend default), patches, lax, ... "
                               "(models.CONV_IMPLS; see docs/models.md)")
-    bench_p.add_argument("--norm", default="none", choices=tuple(NORM_PRESETS))
+    bench_p.add_argument("--norm", default="none", choices=NORM_PRESET_NAMES)
     bench_p.add_argument("--dtype", default="float32", choices=DTYPES)
     bench_p.add_argument("--rounds-per-call", type=int, default=1,
                          help="rounds fused into one jitted call (vectorized engine)")
@@ -92,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     config_p = sub.add_parser("config", help="print the resolved config as JSON (nothing runs)",
                               **keys)
     config_p.add_argument("--config", help="Python file defining get_config()")
+    config_p.add_argument("--plan", action="store_true",
+                          help="print the memory plan instead: what the compiled round needs on "
+                               "the device and what the device has (builds and compiles the "
+                               "run, trains nothing, writes nothing)")
     config_p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     info_p = sub.add_parser("info", help="versions, backend, devices and the compilation cache "
                             "(warns when an accelerator plugin is installed but JAX runs on the CPU)")
@@ -110,6 +129,8 @@ def parse_steps(text: str) -> list[int]:
         raise FedlnError(f"--steps must be a positive integer or a list like 1,2,5, got {text!r}") from None
     if not steps or min(steps) < 1:
         raise FedlnError(f"--steps must be positive, got {text!r}")
+    if max(steps) > INT32_MAX:
+        raise FedlnError(f"--steps {max(steps)} is too large: at most {INT32_MAX}")
     return steps
 
 
@@ -120,7 +141,7 @@ def main(argv=None) -> int:
     except DivergedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
-    except StorageError as exc:
+    except (StorageError, OutOfMemory) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:   # the file system failed somewhere unforeseen: still one line
@@ -134,8 +155,30 @@ def main(argv=None) -> int:
         return 128 + exc.signum
 
 
+def check_options(args) -> None:
+    """The CLI's own integer options, bounded before anything (JAX, data, workdir) is touched."""
+    if args.command == "demo":
+        if args.rounds < 1 or args.seeds < 1:
+            raise FedlnError("--rounds and --seeds must be >= 1")
+        if args.seeds > MAX_DEMO_SEEDS:
+            raise FedlnError(f"--seeds {args.seeds} is too many for the demo: at most "
+                             f"{MAX_DEMO_SEEDS} (its seeds train as one program each of none, "
+                             f"ln, fn); use `fedln-jax sweep seed=...` for a longer study")
+        if args.rounds > INT32_MAX:
+            raise FedlnError(f"--rounds {args.rounds} is too large: at most {INT32_MAX}")
+    if args.command == "analyze":
+        if not 0 <= args.client <= INT32_MAX:
+            raise FedlnError(f"client {args.client} is out of range: --client must be in "
+                             f"0..{INT32_MAX} and below the run's num_clients")
+        parse_steps(args.steps)
+    if args.command == "sweep" and (args.max_runs_per_program or 0) > INT32_MAX:
+        raise FedlnError(f"--max-runs-per-program={args.max_runs_per_program} is too large: "
+                         f"at most {INT32_MAX}")
+
+
 def _dispatch(args) -> int:
     # Lazy imports, for start-up time: the one exception to module-top imports (test_architecture).
+    check_options(args)
     if getattr(args, "workdir", None) is not None and args.command != "analyze":
         from fedln_jax.lock import check_path
         check_path(args.workdir)   # before anything (data, compilation) is spent on it
@@ -169,7 +212,14 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "config":
         from fedln_jax.config import build_config, dumps
-        print(dumps(build_config(args.config, args.overrides)))
+        config = build_config(args.config, args.overrides)
+        if not args.plan:
+            print(dumps(config))
+            return 0
+        from fedln_jax.plan import check_plan, format_plan, memory_plan
+        plan = memory_plan(config)
+        print(format_plan(plan))
+        check_plan(plan)
         return 0
     if args.command == "run":
         from fedln_jax.config import build_config
@@ -181,8 +231,6 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "demo":
         from fedln_jax.demo import run_demo
-        if args.rounds < 1 or args.seeds < 1:
-            raise FedlnError("--rounds and --seeds must be >= 1")
         run_demo(args.workdir, seeds=tuple(range(args.seeds)), rounds=args.rounds, quiet=args.quiet)
         return 0
     if args.command == "bench":

@@ -38,6 +38,13 @@ MAX_SEED = 2**32 - 1
 # At most half of each class is held out: beyond that the split trains on a handful of
 # examples per class (and at 0.999 on one), which is a typo rather than an experiment.
 MAX_TEST_FRACTION = 0.5
+# Counts, sizes and rounds reach the jitted round as int32 (indices, the round counter, a
+# client's [local_steps, batch_size] batch of example indices): past 2**31 - 1 they overflow.
+INT32_MAX = 2**31 - 1
+# The integer keys bounded by INT32_MAX (checked before anything else is built).
+INT32_KEYS = ("num_clients", "clients_per_round", "local_steps", "batch_size", "rounds", "eval_every",
+              "analysis_every", "classes_per_client", "min_client_examples", "image_size",
+              "gn_groups", "checkpoint_every", "keep_checkpoints", "client_chunk_size", "num_devices")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,6 +181,7 @@ class Config:
         if self.clients_per_round is not None and not 1 <= self.clients_per_round <= self.num_clients:
             raise FedlnError(f"clients_per_round must be in 1..num_clients={self.num_clients}, "
                              f"got {self.clients_per_round}")
+        self._check_sizes()
         resizable = [name for name, info in DATASETS.items() if info.resizable]
         if self.image_size and self.dataset not in resizable:
             raise FedlnError(f"image_size applies to {' and '.join(resizable)} only, "
@@ -186,6 +194,24 @@ class Config:
         if self.tensorboard:
             check_tensorboard_installed()
         return self
+
+    def _check_sizes(self) -> None:
+        """Upper bounds the jitted round can honour (int32); nothing is built to check them."""
+        for key in INT32_KEYS:
+            value = getattr(self, key)
+            if value is not None and value > INT32_MAX:
+                raise FedlnError(f"{key}={value} is too large: at most {INT32_MAX} (it is an "
+                                 f"int32 inside the compiled round)")
+        if self.local_steps * self.batch_size > INT32_MAX:
+            raise FedlnError(f"local_steps x batch_size = {self.local_steps * self.batch_size} "
+                             f"examples per client and round is too large: at most {INT32_MAX} "
+                             f"(int32 indices); lower local_steps or batch_size")
+        if self.image_size and 3 * self.image_size ** 2 > INT32_MAX:
+            raise FedlnError(f"image_size={self.image_size} is too large: int32 pixel indices")
+        if self.client_chunk_size is not None and self.client_chunk_size > self.cohort_size:
+            raise FedlnError(f"client_chunk_size={self.client_chunk_size} is wider than the "
+                             f"{self.cohort_size} clients trained per round (a wider chunk is "
+                             f"only padding); use at most {self.cohort_size}")
 
     def _check_algorithm_hparams(self) -> None:
         """A hyperparameter of another algorithm set to a non-default value is an error."""

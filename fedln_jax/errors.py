@@ -18,6 +18,11 @@ class StorageError(FedlnError):
     What was saved before stays usable; the message says what survived."""
 
 
+class OutOfMemory(FedlnError):
+    """The device (or host) ran out of memory while a run trained (CLI exit status 1): the
+    last checkpoint is intact, and the message names the knob to change before resuming."""
+
+
 class Interrupted(Exception):
     """SIGTERM or SIGINT stopped a run at a round boundary after saving a checkpoint
     (CLI exit status 128 + signal number, as a shell reports a signal)."""

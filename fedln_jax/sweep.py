@@ -19,7 +19,7 @@ import sys
 from typing import Any
 
 from fedln_jax import lock, results
-from fedln_jax.config import Config, build_config, parse_value
+from fedln_jax.config import INT32_MAX, Config, build_config, parse_value
 from fedln_jax.errors import FedlnError
 from fedln_jax.program import cut, program_key
 from fedln_jax.experiment import build_experiment
@@ -89,6 +89,9 @@ def run_sweep(workdir: str, config_file: str | None, items: list[str], *,
     """
     if max_runs_per_program is not None and max_runs_per_program < 1:
         raise FedlnError(f"--max-runs-per-program must be >= 1, got {max_runs_per_program}")
+    if max_runs_per_program is not None and max_runs_per_program > INT32_MAX:
+        raise FedlnError(f"--max-runs-per-program={max_runs_per_program} is too large: at most "
+                         f"{INT32_MAX}")
     grid = parse_grid(items)
     # A key given one value is a plain override of the base, not a swept axis.
     fixed = {k: v[0] for k, v in grid.items() if len(v) == 1}
@@ -101,15 +104,19 @@ def run_sweep(workdir: str, config_file: str | None, items: list[str], *,
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
     todo = [i for i, (_, config) in enumerate(runs) if not is_complete(dirs[i], config)]
     groups = plan([runs[i] for i in todo])
-    log(f"sweep: {len(runs)} runs, {len(runs) - len(todo)} already complete, "
-        f"{len(todo)} to run as {len(groups)} program(s)")
+    plan_line = (f"sweep: {len(runs)} runs, {len(runs) - len(todo)} already complete, "
+                 f"{len(todo)} to run as {len(groups)} program(s)")
     if dry_run:
-        print(describe_plan(runs, todo, groups, max_runs_per_program))
+        text = describe_plan(runs, todo, groups, max_runs_per_program)   # checks every run
+        log(plan_line)
+        print(text)
         return []
     lock.check_own(workdir, ("sweep.json",), "a sweep")
     # Every run is checked (an impossible partition, a foreign run directory) before the
-    # sweep writes anything; the experiments built here are the ones trained.
+    # sweep writes anything, or says its plan (a refusal is its one line); the experiments
+    # built here are the ones trained.
     experiments = dict(zip(todo, check_runs([runs[i][1] for i in todo], [dirs[i] for i in todo])))
+    log(plan_line)
     if is_writer():
         os.makedirs(workdir, exist_ok=True)
         write_json(os.path.join(workdir, "sweep.json"), {

@@ -26,6 +26,7 @@ from fedln_jax.environment import device_summary
 from fedln_jax.errors import DivergedError, FedlnError, Interrupted
 from fedln_jax.evaluation import evaluation_row
 from fedln_jax.experiment import Experiment, mesh_devices
+from fedln_jax.memory import out_of_memory_reported
 from fedln_jax.program import Program, build_program
 from fedln_jax.state import ServerState, derive_server_context
 from fedln_jax.tensorboard_events import RunBoard
@@ -142,8 +143,7 @@ def run_group(configs: list[Config], workdirs: list[str], *, quiet: bool = False
 
 
 def is_writer() -> bool:
-    """In a multi-process run every process computes the same numbers; process 0 writes the
-    JSON files (orbax coordinates the checkpoint writes of all processes itself)."""
+    """Process 0 writes the JSON files (orbax coordinates the processes' checkpoint writes)."""
     return jax.process_index() == 0
 
 
@@ -278,7 +278,8 @@ def train_program(members: list[Experiment], workdirs: list[str], log, quiet: bo
         elif runs == 1:
             log(format_class_counts(members[0].counts_CK))
         state = program.join([x.state for x in restored]) if restored[0] else program.fresh
-        _train_loop(program, files, state, stop, quiet)
+        with out_of_memory_reported(members[0].spec.chunk_size, lambda: files[0].last_saved):
+            _train_loop(program, files, state, stop, quiet)
         summaries = [f.summary for f in files]
     for f in files:
         s = f.summary

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -17,6 +18,14 @@ TINY = ["dataset=synthetic", "num_clients=4", "classes_per_client=3", "local_ste
         "batch_size=8", "rounds=4", "eval_every=2"]
 TINY_DICT = ("dict(dataset='synthetic', num_clients=4, classes_per_client=3, local_steps=2, "
              "batch_size=8, rounds=4, eval_every=2)")
+
+
+
+def tiny(*items):
+    """TINY with some KEY=VALUE items replaced or added."""
+    keys = {item.split("=")[0] for item in items}
+    return [t for t in TINY if t.split("=")[0] not in keys] + list(items)
+
 
 # Config files, by name; a row refers to one as {cfg:NAME}.
 CONFIG_FILES = {
@@ -92,6 +101,49 @@ CASES = [
     ("sweep impossible partition", SWEEP + TINY[:1] + ["num_clients=200", "classes_per_client=10",
                                                        "seed=0,1"], "client", ("new",)),
     ("sweep non-finite value", SWEEP + TINY + ["lr=0.1,inf"], "finite", ("new",)),
+    # sizes no machine holds: refused up front (int32 bounds, the dataset's size, the
+    # memory floor), in seconds, before a partition or an allocation of that size
+    ("num_clients 2**31", RUN + tiny("num_clients=2147483648"), "at most 2147483647", BOTH),
+    ("num_clients past the examples", RUN + tiny("num_clients=100000"),
+     "training examples", ("new",)),
+    ("batch_size 2**40", RUN + tiny("batch_size=1099511627776"), "batch_size=", BOTH),
+    ("local_steps 2**40", RUN + tiny("local_steps=1099511627776"), "local_steps=", BOTH),
+    ("steps x batch past int32", RUN + tiny("local_steps=65536", "batch_size=65536"),
+     "local_steps x batch_size", ("new",)),
+    ("client_chunk_size 2**40", RUN + tiny("client_chunk_size=1099511627776"),
+     "client_chunk_size=", ("new",)),
+    ("client_chunk_size past the cohort", RUN + tiny("client_chunk_size=5"),
+     "wider than the 4 clients", ("new",)),
+    ("batch past the device memory", RUN + tiny("batch_size=30000000", "local_steps=1"),
+     "needs at least", ("new",)),
+    ("conv widths past the device memory", RUN + tiny("conv_features=100000000/100000000"),
+     "conv_features", ("new",)),
+    ("model too deep for the images", RUN + tiny("model=cnn"), "smaller than", ("new",)),
+    ("sweep model too deep for the images", SWEEP + tiny("model=cnn", "seed=0,1"),
+     "smaller than", ("new",)),
+    ("demo seeds 3e8", ["demo", "--workdir", "{wd}", "--quiet", "--seeds", "300000000"],
+     "at most 100", ("new",)),
+    ("demo rounds 2**40", ["demo", "--workdir", "{wd}", "--quiet", "--rounds", "1099511627776"],
+     "--rounds", ("new",)),
+    ("bench clients 3e8", ["bench", "--clients", "300000000"], "needs at least", ("none",)),
+    ("bench batch 2**40", ["bench", "--batch-size", "1099511627776"], "--batch-size", ("none",)),
+    ("bench steps x batch", ["bench", "--local-steps", "100000", "--batch-size", "100000"],
+     "--local-steps x --batch-size", ("none",)),
+    ("bench rounds 3e8", ["bench", "--rounds", "300000000"], "timed rounds", ("none",)),
+    ("bench chunk past the clients", ["bench", "--clients", "4", "--chunk-size", "100000"],
+     "wider than the 4 clients", ("none",)),
+    ("sweep max runs 2**40", SWEEP + ["--max-runs-per-program", "1099511627776"]
+     + tiny("seed=0,1"), "--max-runs-per-program", ("new",)),
+    ("analyze steps 3e8", ["analyze", "--workdir", "{wd}", "--no-figures", "--steps",
+                           "300000000"], "--steps 300000000 x batch_size", ("run",)),
+    ("analyze steps 2**40", ["analyze", "--workdir", "{wd}", "--steps", "1099511627776"],
+     "--steps", ("run",)),
+    ("analyze client 3e8", ["analyze", "--workdir", "{wd}", "--no-figures", "--client",
+                            "300000000"], "out of range", ("run",)),
+    ("analyze client negative", ["analyze", "--workdir", "{wd}", "--client", "-1"],
+     "--client", ("run",)),
+    ("analyze steps past the device memory", ["analyze", "--workdir", "{wd}", "--no-figures",
+                                              "--steps", "30000000"], "needs at least", ("run",)),
     # multi-process address
     ("coordinator without port", RUN + COORD + ["localhost"] + TINY, "HOST:PORT", BOTH),
     ("coordinator port not a number", RUN + COORD + ["host:abc"] + TINY, "HOST:PORT", BOTH),
@@ -117,6 +169,8 @@ CASES = [
     ("finished run lost metrics.jsonl", RUN + TINY, "lacks the rows", ("run_without_metrics",)),
     ("other config on a finished run", RUN + TINY + ["lr=0.5"], "different config", ("run",)),
 ]
+# Every size row must answer in seconds (the table's test times each row).
+SECONDS_PER_ROW = 30
 
 
 def tree(path):
@@ -199,6 +253,7 @@ def test_bad_invocation(argv, fragment, kind, tmp_path, capsys, finished_run, co
     args = [workdir if a == "{wd}" else
             str(config_dir / a[5:-1]) if a.startswith("{cfg:") else a for a in argv]
     capsys.readouterr()
+    start = time.monotonic()
     try:
         code = main(args)
     finally:
@@ -207,6 +262,7 @@ def test_bad_invocation(argv, fragment, kind, tmp_path, capsys, finished_run, co
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
     assert code == 2, captured
+    assert time.monotonic() - start < SECONDS_PER_ROW
     assert len(lines) == 1 and lines[0].startswith("error:") and fragment in lines[0], lines
     assert "Traceback" not in captured.err + captured.out
     assert tree(watched) == before                    # absent stays absent; existing unchanged
@@ -259,3 +315,37 @@ def test_a_finished_run_in_a_read_only_workdir_is_reported_not_written(tmp_path,
     captured = capsys.readouterr()
     assert captured.err == "" and "final_test_accuracy" in captured.out
     assert tree(workdir) == before                   # not even a lock file
+
+
+def test_out_of_memory_mid_run_is_one_line_and_resumes_with_a_narrower_chunk(tmp_path, capsys,
+                                                                            monkeypatch):
+    """An allocation failure after the checkpoint of round 4: exit 1, one line
+    naming the knob, the checkpoint intact; the same command with client_chunk_size=1 resumes
+    from it and finishes."""
+    import jax
+
+    from fedln_jax import checkpoint, train
+    real_build = train.build_program
+
+    def failing_build(members, devices):
+        program = real_build(members, devices)
+
+        def run_block(state, *args):
+            if int(state.round) >= 4:
+                raise jax.errors.JaxRuntimeError(
+                    "RESOURCE_EXHAUSTED: Out of memory allocating 1379270266835700440 bytes.")
+            return program.run_block(state, *args)
+        return program._replace(run_block=run_block)
+
+    workdir = str(tmp_path / "run")
+    argv = ["run", "--workdir", workdir, "--quiet", *tiny("checkpoint_every=2", "rounds=6")]
+    monkeypatch.setattr(train, "build_program", failing_build)
+    capsys.readouterr()
+    assert main(argv + ["client_chunk_size=4"]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: out of memory"), lines
+    assert "client_chunk_size (now 4" in lines[0] and "round 4 is intact" in lines[0]
+    assert checkpoint.newest_step(workdir) == 4
+    monkeypatch.setattr(train, "build_program", real_build)
+    assert main(argv + ["client_chunk_size=1"]) == 0
+    assert checkpoint.newest_step(workdir) == 6

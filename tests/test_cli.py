@@ -61,7 +61,7 @@ BAD = [
     (["batch_size=0"], "batch_size must be >= 1"),
     (["rounds=0"], "rounds must be >= 1"),
     (["dirichlet_beta=0"], "dirichlet_beta must be > 0"),
-    (["partition=dirichlet", "num_clients=1000", "min_client_examples=5"], "dirichlet"),
+    (["partition=dirichlet", "num_clients=100", "min_client_examples=5"], "dirichlet"),
     (["algorithm=fedsgd"], "algorithm='fedsgd'"),
     (["algorithm=scaffold", "prox_mu=0.1"], "prox_mu is a hyperparameter of fedprox"),
     (["algorithm=fedprox", "prox_mu=-1"], "prox_mu must be >= 0"),

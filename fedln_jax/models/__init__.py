@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from fedln_jax.choices import DTYPES
 from fedln_jax.errors import FedlnError
 from fedln_jax.models.cnn import ARCHS, MLP, WIDTH_FIELDS, ConvNet, parse_features, resolve_arch
 from fedln_jax.models.flops import forward_macs, train_flops_per_example
@@ -16,7 +17,6 @@ from fedln_jax.models.normalizers import (NORM_PRESETS, PRIMITIVES, NormDef, Nor
 # The model registry: the CNN/MLP architecture table (models/cnn.py) and the ResNet widths
 # (models/resnet.py); a new model is an entry in one of them.
 MODEL_NAMES = tuple(ARCHS) + tuple(RESNET_WIDTHS)
-DTYPES = ("float32", "bfloat16")
 NORM_POSITIONS = ("after", "before")
 
 

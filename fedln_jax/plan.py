@@ -1,0 +1,63 @@
+"""The memory plan of a run (docs/scale.md#memory-plan): the floor counted from shapes
+(memory.Floor, what a run is refused on before anything is written) beside what XLA reports
+for the compiled block of rounds and the compiled evaluation, and the device's capacity.
+`fedln-jax config --plan` prints it without training."""
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from fedln_jax.config import Config
+from fedln_jax.experiment import build_experiment, mesh_devices, memory_floor_of
+from fedln_jax.errors import FedlnError
+from fedln_jax.memory import analysis_of, describe, device_capacity, peak_of
+from fedln_jax.program import build_program
+
+def memory_plan(config: Config) -> dict:
+    """Build the run (data placed, state initialized, nothing written), compile one block of
+    rounds and the evaluation, and report their sizes with the floor and the capacity."""
+    exp = build_experiment(config)
+    devices = mesh_devices(config)
+    program = build_program([exp], devices)
+    block = program.run_block.lower(program.fresh, program.hparams, program.data,
+                                    jnp.int32(1), program.scalars([0.0])).compile()
+    evaluate = program.evaluate.lower(program.fresh, *program.tests).compile()
+    round_sizes, eval_sizes = analysis_of(block), analysis_of(evaluate)
+    need = max(peak_of(round_sizes), peak_of(eval_sizes))
+    capacity, what = device_capacity(devices[0])
+    floor = memory_floor_of(exp)
+    return {"device": f"{devices[0].platform} x{len(devices)}",
+            "client_chunk_size": exp.spec.chunk_size,
+            "floor_bytes": floor.total,
+            "floor": {"data": floor.data, "state": floor.state, "per_client": floor.per_client,
+                      "chunk": floor.chunk},
+            "compiled_round": round_sizes, "compiled_evaluation": eval_sizes,
+            "need_bytes": need, "capacity_bytes": capacity, "capacity": what,
+            "fits": capacity is None or need <= capacity}
+
+
+def format_plan(plan: dict) -> str:
+    """A few lines for the terminal."""
+    rs, ev = plan["compiled_round"], plan["compiled_evaluation"]
+    lines = [f"device {plan['device']}, client_chunk_size {plan['client_chunk_size']}",
+             f"  floor (shapes)     {describe(plan['floor_bytes'])}",
+             f"  compiled round     arguments {describe(rs['argument'] or 0)}, outputs "
+             f"{describe(rs['output'] or 0)} (aliased {describe(rs['alias'] or 0)}), "
+             f"temporaries {describe(rs['temp'] or 0)}",
+             f"  compiled eval      arguments {describe(ev['argument'] or 0)}, temporaries "
+             f"{describe(ev['temp'] or 0)}",
+             f"  need               {describe(plan['need_bytes'])}",
+             f"  capacity           " + (describe(plan['capacity_bytes'])
+                                        if plan["capacity_bytes"] is not None else "unknown")
+             + f" ({plan['capacity']})",
+             f"  fits               {'yes' if plan['fits'] else 'no'}"]
+    return "\n".join(lines)
+
+
+def check_plan(plan: dict) -> None:
+    """FedlnError (one line: the need, the capacity, the knob) when the plan does not fit."""
+    if plan["fits"]:
+        return
+    knob = ("lower client_chunk_size" if plan["client_chunk_size"] > 1 else
+            "lower batch_size, num_clients or the width (conv_features, dense_features)")
+    raise FedlnError(f"the compiled round needs {describe(plan['need_bytes'])} but the device "
+                     f"has {describe(plan['capacity_bytes'])} ({plan['capacity']}); {knob}")

@@ -1,0 +1,64 @@
+"""The memory plan (docs/scale.md#memory-plan): XLA's sizes of the compiled round, the floor,
+and a refusal in one line when the device is too small (its capacity faked)."""
+import pytest
+
+from fedln_jax import memory, plan
+from fedln_jax.config import Config
+from fedln_jax.errors import FedlnError
+
+TINY = dict(dataset="synthetic", num_clients=4, classes_per_client=3, local_steps=2,
+            batch_size=8, rounds=2, eval_every=1)
+
+
+def test_the_plan_reports_the_compiled_round_and_fits_on_this_machine(capsys):
+    result = plan.memory_plan(Config(**TINY).validate())
+    for part in ("compiled_round", "compiled_evaluation"):
+        assert result[part]["argument"] > 0 and result[part]["temp"] is not None
+    assert 0 < result["floor_bytes"] and result["need_bytes"] >= plan.peak_of(result["compiled_round"])
+    assert result["fits"] and "fits               yes" in plan.format_plan(result)
+
+
+def test_a_device_too_small_for_the_plan_is_one_line_naming_the_knob(monkeypatch):
+    monkeypatch.setattr(plan, "device_capacity", lambda device: (1000, "a faked device"))
+    result = plan.memory_plan(Config(**TINY, client_chunk_size=2).validate())
+    assert not result["fits"]
+    with pytest.raises(FedlnError, match="needs .* but the device has 1000 B .*client_chunk_size"):
+        plan.check_plan(result)
+
+
+def test_the_floor_refuses_before_the_data_is_placed(monkeypatch):
+    from fedln_jax import experiment
+    monkeypatch.setattr(experiment, "device_capacity", lambda device: (1000, "a faked device"))
+    with pytest.raises(FedlnError, match="needs at least .* but has 1000 B"):
+        experiment.build_experiment(Config(**TINY).validate())
+
+
+def test_out_of_memory_is_recognized_by_xla_status_or_memory_error():
+    assert memory.is_out_of_memory(RuntimeError("RESOURCE_EXHAUSTED: Out of memory"))
+    assert memory.is_out_of_memory(MemoryError())
+    assert not memory.is_out_of_memory(RuntimeError("INVALID_ARGUMENT: shapes"))
+
+
+def test_auto_chunk_on_an_accelerator_picks_the_widest_that_fits(monkeypatch, capsys):
+    """A faked accelerator whose default chunk (the whole cohort of 4) does not fit half its
+    free memory: auto narrows the chunk, says so, and records it in the config."""
+    from fedln_jax import experiment
+    config = Config(**TINY, clients_per_round=4).validate()
+    monkeypatch.setattr(experiment, "on_cpu", lambda: False)
+    monkeypatch.setattr(experiment, "default_chunk_size", lambda cohort, devices: cohort)
+    floor = experiment.memory_floor_of(experiment.build_experiment(config))
+    budget = floor.data + floor.state + 2 * floor.per_client + floor.per_client // 2
+    monkeypatch.setattr(experiment, "device_capacity",
+                        lambda device: (int(budget / memory.AUTO_CHUNK_MARGIN) + 1, "faked"))
+    exp = experiment.build_experiment(config)
+    assert exp.spec.chunk_size == 2 and exp.config.client_chunk_size == 2
+    assert "client_chunk_size=auto chose 2" in capsys.readouterr().err
+
+
+def test_auto_chunk_keeps_the_default_on_the_cpu_and_an_explicit_width(monkeypatch):
+    from fedln_jax import experiment
+    monkeypatch.setattr(experiment, "device_capacity", lambda device: (10 ** 7, "faked"))
+    assert experiment.build_experiment(Config(**TINY).validate()).config.client_chunk_size is None
+    monkeypatch.setattr(experiment, "on_cpu", lambda: False)
+    explicit = Config(**TINY, client_chunk_size=3).validate()
+    assert experiment.build_experiment(explicit).spec.chunk_size == 3
