@@ -272,9 +272,10 @@ def skip_reason(point: Point, rows: list[dict], elapsed: float, budget: float | 
 
 def run_protocol(grid: list[Point], sizes: Sizes, out: str | None = None,
                  budget: float | None = None, config_limit: float | None = None,
-                 with_torch: bool = True, log=sys.stderr) -> list[dict]:
+                 with_torch: bool = True, log=None) -> list[dict]:
     """Measure every configuration (the torch rows of a cohort before its first JAX row),
     writing each row to `out` (JSON lines) and the table to out's .md as it finishes."""
+    log = log or sys.stderr            # looked up now: a redirected stderr counts
     start, env = time.perf_counter(), environment()
     matmul_size = sizes.matmul_size or (2048 if env["backend"] == "cpu" else 8192)
     peaks = {d: matmul_peak_gflops(matmul_size, dtype=d) for d in sorted({p.dtype for p in grid} | {"float32"})}
