@@ -359,9 +359,10 @@ def check_bench_flags(args, defaults: dict) -> None:
 def protocol_main(args) -> int:
     """`fedln-jax bench --protocol paper`: the rows as JSON lines on stdout (and in --out),
     then the markdown table; progress on stderr."""
-    grid = build_grid(args.conv_impl or DEFAULT_GRID["conv_impl"], args.dtype or DEFAULT_GRID["dtype"],
-                      args.runs or DEFAULT_GRID["runs"], args.cohort or DEFAULT_GRID["cohort"],
-                      args.chunk_policy or DEFAULT_GRID["chunk"])
+    given = lambda value, key: DEFAULT_GRID[key] if value is None else value   # "" is refused
+    grid = build_grid(given(args.conv_impl, "conv_impl"), given(args.dtype, "dtype"),
+                      given(args.runs, "runs"), given(args.cohort, "cohort"),
+                      given(args.chunk_policy, "chunk"))
     for flag, value in (("--budget", args.budget), ("--config-limit", args.config_limit)):
         if value is not None and not (math.isfinite(value) and value > 0):
             raise FedlnError(f"{flag} must be a positive number of seconds, got {value}")

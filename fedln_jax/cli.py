@@ -200,9 +200,9 @@ def _dispatch(args) -> int:
             return protocol_main(args)
         result = run_bench(model=args.model, clients=args.clients, local_steps=args.local_steps,
                            batch_size=args.batch_size, rounds=args.rounds, engine_name=args.engine,
-                           chunk_size=args.chunk_size, norm=args.norm, dtype=args.dtype or "float32",
-                           rounds_per_call=args.rounds_per_call, conv_impl=args.conv_impl or "auto",
-                           chunk_policy=args.chunk_policy or "auto",
+                           chunk_size=args.chunk_size, norm=args.norm, dtype=_or(args.dtype, "float32"),
+                           rounds_per_call=args.rounds_per_call, conv_impl=_or(args.conv_impl, "auto"),
+                           chunk_policy=_or(args.chunk_policy, "auto"),
                            conv_features=args.conv_features, dense_features=args.dense_features)
         print(json.dumps(result))
         return 0
@@ -217,6 +217,11 @@ def _dispatch(args) -> int:
         run_figure(args.config, args.workdir, overrides=args.overrides, quiet=args.quiet)
         return 0
     raise FedlnError(f"unknown command {args.command!r}")
+
+
+def _or(value, default):
+    """A bench flag's value, or its single-run default when it was not given ("" is kept)."""
+    return default if value is None else value
 
 
 def format_analysis(result: dict) -> str:

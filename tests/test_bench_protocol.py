@@ -135,7 +135,7 @@ def test_table_ratios_and_a_skipped_row():
     ["--protocol", "paper", "--out", "/nonexistent-dir/rows.jsonl"],
     ["--protocol", "paper", "--model", "small_cnn"], ["--protocol", "paper", "--engine", "loop"],
     ["--protocol", "gpu"], ["--runs", "8"], ["--quick"], ["--out", "rows.jsonl"],
-    ["--dtype", "float16"]])
+    ["--dtype", "float16"], ["--dtype", ""], ["--protocol", "paper", "--dtype", ""]])
 def test_bad_input(args, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     try:
