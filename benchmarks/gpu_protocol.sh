@@ -10,14 +10,14 @@
 # Rows go to "$OUT"/protocol.jsonl and the table to "$OUT"/protocol.md as each configuration
 # finishes (the most important first), so a run cut short still leaves its results.
 # Environment: OUT (default ./protocol_out), BUDGET (seconds of grid before the configurations
-# left are skipped, default 420), CONFIG_LIMIT (default 90: a configuration whose rounds
-# alone would take longer is skipped), PYTHON (default python), SKIP_INSTALL=1.
+# left are skipped, default 360), CONFIG_LIMIT (default 90: a configuration whose rounds
+# alone would take longer is skipped), PYTHON (default python, else python3), SKIP_INSTALL=1.
 # Extra arguments go to `fedln-jax bench` (e.g. --quick, --runs 1,8).
 set -uo pipefail
 OUT=${OUT:-$PWD/protocol_out}
-BUDGET=${BUDGET:-420}
+BUDGET=${BUDGET:-360}
 CONFIG_LIMIT=${CONFIG_LIMIT:-90}
-PYTHON=${PYTHON:-python}
+PYTHON=${PYTHON:-$(command -v python || command -v python3)}
 mkdir -p "$OUT"
 # JAX would otherwise take 75% of the GPU's memory up front: the torch rows share the device,
 # and the peak bytes in use then measure what the programs need.
