@@ -69,10 +69,10 @@ def resnet18_forward_macs(num_classes: int = 10, size: int = 32) -> int:
 # ----------------------------------------------------------------------------- measurements
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 7) -> float:
-    """Best-of-`repeats` GFLOP/s of an n x n float32 matmul: the machine's practical ceiling."""
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+def matmul_peak_gflops(n: int = 2048, repeats: int = 7, dtype: str = "float32") -> float:
+    """Best-of-`repeats` GFLOP/s of an n x n matmul in dtype: the machine's practical ceiling."""
+    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+    b = jax.random.normal(jax.random.key(1), (n, n), dtype)
     matmul = jax.jit(jnp.dot)
     matmul(a, b).block_until_ready()
     best = min(_timed(lambda: matmul(a, b).block_until_ready()) for _ in range(repeats))
@@ -89,6 +89,16 @@ def peak_rss_mb() -> float:
     """The process's peak resident set size (Linux reports ru_maxrss in KiB, macOS in bytes)."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / (1024 * 1024 if platform.system() == "Darwin" else 1024)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo; the platform's processor string elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else (platform.processor() or "unknown")
 
 
 def device_peak_mb() -> float | None:

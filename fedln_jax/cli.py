@@ -81,14 +81,30 @@ def build_parser() -> argparse.ArgumentParser:
     bench_p.add_argument("--engine", default="vectorized", choices=ENGINES)
     bench_p.add_argument("--chunk-size", type=int, default=0,
                          help="clients vmapped together per device; 0 = backend default")
-    bench_p.add_argument("--chunk-policy", default="auto",
-                         help="with --chunk-size 0: auto = backend default, narrow = 1 client "
-                              "per device (CPU default), cohort = all per device (GPU/TPU default)")
-    bench_p.add_argument("--conv-impl", default="auto",
-                         help="conv formulation: auto (backend default), patches, lax, ... "
-                              "(models.CONV_IMPLS; see docs/models.md)")
+    bench_p.add_argument("--chunk-policy",
+                         help="with --chunk-size 0: auto = backend default (the default), narrow = "
+                              "1 client per device (CPU default), cohort = all per device (GPU/TPU "
+                              "default); with --protocol a list (default cohort,narrow; or widths)")
+    bench_p.add_argument("--conv-impl",
+                         help="conv formulation: auto (backend default; the default), patches, lax "
+                              "(see docs/models.md); with --protocol a list (default lax,patches)")
     bench_p.add_argument("--norm", default="none", choices=NORM_PRESET_NAMES)
-    bench_p.add_argument("--dtype", default="float32", choices=DTYPES)
+    bench_p.add_argument("--dtype", help=f"{' or '.join(DTYPES)} (default float32); with "
+                                         "--protocol a list (default float32,bfloat16)")
+    proto = bench_p.add_argument_group("the paper's protocol timed (docs/benchmarks.md)")
+    proto.add_argument("--protocol", choices=("paper",),
+                       help="time the paper CNN's 10 clients x 10 steps x batch 32 round over a "
+                            "grid of configurations; prints JSON lines and a markdown table")
+    proto.add_argument("--quick", action="store_true", help="every configuration at a tiny size")
+    proto.add_argument("--runs", metavar="R1,R2", help="runs trained as one program (default 1,8,64)")
+    proto.add_argument("--cohort", metavar="C1,C2", help="clients per round (default 10,100)")
+    proto.add_argument("--out", metavar="FILE.jsonl",
+                       help="write each row as it finishes, and the table to FILE.md")
+    proto.add_argument("--budget", type=float, metavar="SECONDS",
+                       help="skip the configurations left once this much time is spent")
+    proto.add_argument("--config-limit", type=float, metavar="SECONDS",
+                       help="skip a configuration whose rounds would take longer than this")
+    proto.add_argument("--no-torch", action="store_true", help="leave out the PyTorch rows")
     bench_p.add_argument("--rounds-per-call", type=int, default=1,
                          help="rounds fused into one jitted call (vectorized engine)")
     an_p = sub.add_parser("analyze", help="feature norms, singular values, per-class recall "
@@ -236,11 +252,15 @@ def _dispatch(args) -> int:
     if args.command == "bench":
         import json
         from fedln_jax.bench import run_bench
+        from fedln_jax.bench_protocol import check_bench_flags, protocol_main
+        check_bench_flags(args, vars(build_parser().parse_args(["bench"])))
+        if args.protocol:
+            return protocol_main(args)
         result = run_bench(model=args.model, clients=args.clients, local_steps=args.local_steps,
                            batch_size=args.batch_size, rounds=args.rounds, engine_name=args.engine,
-                           chunk_size=args.chunk_size, norm=args.norm, dtype=args.dtype,
-                           rounds_per_call=args.rounds_per_call, conv_impl=args.conv_impl,
-                           chunk_policy=args.chunk_policy,
+                           chunk_size=args.chunk_size, norm=args.norm, dtype=_or(args.dtype, "float32"),
+                           rounds_per_call=args.rounds_per_call, conv_impl=_or(args.conv_impl, "auto"),
+                           chunk_policy=_or(args.chunk_policy, "auto"),
                            conv_features=args.conv_features, dense_features=args.dense_features)
         print(json.dumps(result))
         return 0
@@ -255,6 +275,11 @@ def _dispatch(args) -> int:
         run_figure(args.config, args.workdir, overrides=args.overrides, quiet=args.quiet)
         return 0
     raise FedlnError(f"unknown command {args.command!r}")
+
+
+def _or(value, default):
+    """A bench flag's value, or its single-run default when it was not given ("" is kept)."""
+    return default if value is None else value
 
 
 def format_analysis(result: dict) -> str:

@@ -1,0 +1,389 @@
+"""`fedln-jax bench --protocol paper`: the paper's default protocol timed on this backend.
+
+The paper's run: the paper CNN on CIFAR-10, 10 clients with one class each, 10 local SGD
+steps of batch 32 per round, 10,000 rounds (docs/method.md). Here on synthetic data of the
+same shapes (uint8 32x32x3 images, 10 classes, client c holds class c mod 10, CIFAR-10's
+50,000 training images split evenly: 5,000 per client at a cohort of 10), so nothing is
+downloaded and every figure depends only on shapes.
+
+Each configuration of the grid (conv_impl x dtype x runs R x cohort x chunk width) is built
+as the training loop builds a program (`program.build_program`: R seeds stacked on a runs
+axis and trained as one vectorized program), compiled once, then timed over whole blocks of
+rounds (`run_block`, as `train.py` calls it). A row reports the compile time, rounds/s (one
+round = one round of every one of the R runs), client steps/s, GFLOP/s of useful work
+(bench.py's analytic count), the fraction of a large matmul's speed measured in the same
+process in the row's dtype, the compiled program's memory (XLA's memory analysis), the
+process's peak memory (the device's peak bytes in use where the backend reports it, else
+the peak RSS, labelled) and the projected wall time of the 10,000-round protocol.
+The PyTorch alternatives (bench_torch.py) are timed in the same command when torch is
+importable. docs/benchmarks.md describes the command and its output.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedln_jax import bench_torch
+from fedln_jax.algorithms import get_algorithm
+from fedln_jax.bench import cpu_model, device_peak_mb, matmul_peak_gflops, peak_rss_mb, _jaxlib_version
+from fedln_jax.bench_report import add_ratios, format_seconds, markdown_table
+from fedln_jax.client import epochs_needed, make_apply_fn
+from fedln_jax.config import Config
+from fedln_jax.errors import FedlnError
+from fedln_jax.experiment import Experiment
+from fedln_jax.models import DTYPES, build_model, train_flops_per_example
+from fedln_jax.program import build_program
+from fedln_jax.state import RoundSpec, make_data
+
+PROTOCOL_ROUNDS = 10_000
+LOCAL_STEPS, BATCH_SIZE, NUM_CLASSES = 10, 32, 10
+TRAIN_IMAGES = 50_000                 # CIFAR-10's training set, split evenly over the clients
+CONV_IMPLS = ("lax", "patches")
+CHUNKS = ("cohort", "narrow")         # the whole cohort in one vmap, or one client at a time
+DEFAULT_GRID = {"conv_impl": "lax,patches", "dtype": "float32,bfloat16", "runs": "1,8,64",
+                "cohort": "10,100", "chunk": "cohort,narrow"}
+
+
+class Point(NamedTuple):
+    """One configuration of the grid. chunk: 'cohort', 'narrow' or a width as text."""
+    conv_impl: str
+    dtype: str
+    runs: int
+    cohort: int
+    chunk: str
+
+
+class Sizes(NamedTuple):
+    """How big and how long: the protocol's sizes, or --quick's tiny ones."""
+    name: str
+    side: int                         # images are side x side x 3
+    conv_features: str                # "" = the paper CNN's widths
+    dense_features: str
+    local_steps: int
+    batch_size: int
+    images_per_client: int | None     # None: TRAIN_IMAGES / cohort
+    calls: int                        # timed calls of run_block (the median is reported)
+    seconds_per_config: float         # target time of the timed calls together
+    max_rounds_per_call: int
+    matmul_size: int
+
+
+# matmul size 0: chosen per backend
+FULL = Sizes("paper", 32, "", "", LOCAL_STEPS, BATCH_SIZE, None, 3, 10.0, 1000, 0)
+# The paper CNN's layers at 16x16 and widths 4/4, 8/8: compiling dominates, and costs the same.
+QUICK = Sizes("quick", 16, "4/4", "8/8", 2, 2, 4, 1, 0.0, 2, 128)
+
+
+# ----------------------------------------------------------------------------- the grid
+
+
+def parse_list(text: str, flag: str, allowed=None, positive_int=False) -> list:
+    items = [item.strip() for item in str(text).split(",")]
+    if not items or any(not item for item in items):
+        raise FedlnError(f"{flag} must be a comma-separated list without empty items, got {text!r}")
+    if len(set(items)) != len(items):
+        raise FedlnError(f"{flag} repeats a value: {text!r}")
+    if positive_int:
+        if not all(item.isdigit() and int(item) >= 1 for item in items):
+            raise FedlnError(f"{flag} must list positive integers, got {text!r}")
+        return [int(item) for item in items]
+    if allowed is not None and (bad := [item for item in items if item not in allowed]):
+        raise FedlnError(f"{flag}: unknown value {bad[0]!r}; expected some of {', '.join(allowed)}")
+    return items
+
+
+def parse_chunks(text: str) -> list[str]:
+    items = parse_list(text, "--chunk-policy")
+    for item in items:
+        if item not in CHUNKS and not (item.isdigit() and int(item) >= 1):
+            raise FedlnError(f"--chunk-policy: {item!r} is neither one of {', '.join(CHUNKS)} "
+                             f"nor a positive width")
+    return items
+
+
+def build_grid(conv_impls: str, dtypes: str, runs: str, cohorts: str, chunks: str) -> list[Point]:
+    """Every configuration, the important ones first (a time limit then cuts the least
+    important): the paper's cohort before the larger one, one run before many, the listed
+    dtype, chunk and conv order within."""
+    axes = (parse_list(conv_impls, "--conv-impl", CONV_IMPLS), parse_list(dtypes, "--dtype", DTYPES),
+            parse_list(runs, "--runs", positive_int=True),
+            parse_list(cohorts, "--cohort", positive_int=True), parse_chunks(chunks))
+    points = [Point(c, d, r, k, w) for c in axes[0] for d in axes[1] for r in axes[2]
+              for k in axes[3] for w in axes[4]]
+    rank = lambda p: (axes[3].index(p.cohort), axes[2].index(p.runs), axes[1].index(p.dtype),
+                      axes[4].index(p.chunk), axes[0].index(p.conv_impl))
+    return sorted(points, key=rank)
+
+
+def chunk_width(chunk: str, cohort: int) -> int:
+    if chunk == "cohort":
+        return cohort
+    if chunk == "narrow":
+        return 1
+    return min(int(chunk), cohort)
+
+
+# ----------------------------------------------------------------------------- one configuration
+
+
+def protocol_data(cohort: int, images_per_client: int, side: int = 32):
+    """Random uint8 images; client c holds images_per_client images of class c mod 10."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (cohort * images_per_client, side, side, 3), dtype=np.uint8)
+    y = np.repeat(np.arange(cohort, dtype=np.int32) % NUM_CLASSES, images_per_client)
+    blocks = np.arange(x.shape[0], dtype=np.int32).reshape(cohort, images_per_client)
+    return make_data(x, y, list(blocks), NUM_CLASSES)
+
+
+def protocol_members(point: Point, data, images_per_client: int, sizes: Sizes) -> list[Experiment]:
+    """The R runs (seeds 0..R-1) of one configuration, as the training loop's Experiments."""
+    width = chunk_width(point.chunk, point.cohort)
+    widths = dict(conv_features=sizes.conv_features, dense_features=sizes.dense_features)
+    config = Config(model="cnn", norm="none", conv_impl=point.conv_impl, dtype=point.dtype,
+                    num_clients=point.cohort, local_steps=sizes.local_steps,
+                    batch_size=sizes.batch_size, client_chunk_size=width, lr=0.01, **widths)
+    net = build_model("cnn", "none", NUM_CLASSES, dtype=point.dtype, conv_impl=point.conv_impl,
+                      **widths)
+    spec = RoundSpec(num_clients=point.cohort, cohort_size=point.cohort,
+                     local_steps=sizes.local_steps, batch_size=sizes.batch_size,
+                     pixel_scale=1 / 255, chunk_size=width,
+                     max_epochs=epochs_needed(images_per_client, sizes.local_steps, sizes.batch_size),
+                     momentum=0.0, weight_decay=0.0)
+    counts_CK = np.asarray(data.class_counts_CK)
+    exp = Experiment(config=config, model=net, apply_fn=make_apply_fn(net), spec=spec, data=data,
+                     x_test=data.x[:1], y_test=data.y[:1], num_classes=NUM_CLASSES,
+                     counts_CK=counts_CK, test_weights_CK=counts_CK,
+                     algorithm=get_algorithm("fedavg"))
+    return [exp._replace(config=config.replace(seed=seed)) for seed in range(point.runs)]
+
+
+def time_point(point: Point, data, images_per_client: int, sizes: Sizes) -> dict:
+    """Compile and time one configuration; the measured part of its row."""
+    program = build_program(protocol_members(point, data, images_per_client, sizes), jax.devices())
+    loss_sum = program.scalars([0.0] * point.runs)
+    args = lambda state, n: (state, program.hparams, program.data, jnp.int32(n), loss_sum)
+    start = time.perf_counter()
+    compiled = program.run_block.lower(*args(program.fresh, 1)).compile()
+    compile_seconds = time.perf_counter() - start
+
+    def call(state, n):
+        start = time.perf_counter()
+        state, loss, bad = jax.block_until_ready(compiled(*args(state, n)))
+        return state, loss, bad, time.perf_counter() - start
+
+    state, _, _, first = call(program.fresh, 1)     # warm-up: the first call runs slower
+    per_call = sizes.seconds_per_config / sizes.calls
+    n = max(2, min(sizes.max_rounds_per_call, int(per_call / max(first, 1e-6))))
+    times = []
+    for _ in range(sizes.calls):
+        state, loss, bad, seconds = call(state, n)
+        times.append(seconds)
+    mean_loss = float(np.max(np.asarray(loss))) / n
+    if not math.isfinite(mean_loss) or np.any(np.asarray(bad) >= 0):
+        raise FedlnError(f"{point}: the timed rounds produced a non-finite loss")
+    memory = compiled.memory_analysis()
+    program_bytes = (None if memory is None else memory.temp_size_in_bytes
+                     + memory.argument_size_in_bytes + memory.output_size_in_bytes
+                     - memory.alias_size_in_bytes)
+    return {"compile_seconds": compile_seconds, "first_round_seconds": first,
+            "rounds_per_call": n, "calls": sizes.calls,
+            "round_seconds_median": statistics.median(times) / n, "train_loss": mean_loss,
+            "program_memory_mb": None if program_bytes is None else program_bytes / 2 ** 20}
+
+
+def protocol_row(point: Point, measured: dict, peaks: dict, sizes: Sizes) -> dict:
+    """The row of a measured configuration: the rates derived from its round time."""
+    rounds_per_second = 1 / measured["round_seconds_median"]
+    steps_per_round = point.runs * point.cohort * sizes.local_steps
+    flops = steps_per_round * sizes.batch_size * train_flops_per_example(
+        "cnn", (sizes.side, sizes.side, 3), NUM_CLASSES, sizes.conv_features, sizes.dense_features)
+    gflops = flops * rounds_per_second / 1e9
+    device_peak = device_peak_mb()
+    return {**point._asdict(),
+            "chunk_size": None if point.chunk == "-" else chunk_width(point.chunk, point.cohort),
+            "status": "ok", "size": sizes.name, "local_steps": sizes.local_steps,
+            "batch_size": sizes.batch_size, "image_side": sizes.side,
+            "images_per_client": sizes.images_per_client or TRAIN_IMAGES // point.cohort, **measured, "rounds_per_second": rounds_per_second,
+            "run_rounds_per_second": rounds_per_second * point.runs,
+            "client_steps_per_second": steps_per_round * rounds_per_second,
+            "gflop_per_round": flops / 1e9, "gflops_per_second": gflops,
+            "matmul_peak_gflops": peaks[point.dtype],
+            "fraction_of_matmul_peak": gflops / peaks[point.dtype],
+            "peak_memory_mb": device_peak if device_peak is not None else peak_rss_mb(),
+            "peak_memory_source": ("device peak bytes in use, process so far"
+                                   if device_peak is not None else "host peak RSS, process so far"),
+            "protocol_seconds": PROTOCOL_ROUNDS / rounds_per_second + measured["compile_seconds"]}
+
+
+def torch_row(impl: str, cohort: int, measured: dict, peaks: dict, sizes: Sizes) -> dict:
+    """A PyTorch implementation's row, in the columns of the JAX rows (one run, float32)."""
+    point = Point(impl, "float32", 1, cohort, "-")
+    measured = {**measured, "compile_seconds": 0.0}      # eager: nothing compiled up front
+    row = protocol_row(point, measured, peaks, sizes)
+    row.update(compile_seconds=None,
+               protocol_seconds=PROTOCOL_ROUNDS * measured["round_seconds_median"])
+    if measured["torch_peak_mb"] is not None:
+        row.update(peak_memory_mb=measured["torch_peak_mb"],
+                   peak_memory_source="torch.cuda.max_memory_allocated")
+    return row
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def environment() -> dict:
+    """Where and with what the rows were measured (added to every row)."""
+    env = {"backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
+           "devices": jax.device_count(), "jax_version": jax.__version__,
+           "jaxlib_version": _jaxlib_version(), "cpu_model": cpu_model(),
+           "python": sys.version.split()[0]}
+    if bench_torch.available():
+        env["torch_version"] = bench_torch.torch_version()
+    return env
+
+
+def skip_reason(point: Point, rows: list[dict], elapsed: float, budget: float | None,
+                config_limit: float | None, sizes: Sizes) -> str | None:
+    """Why a configuration is not run: the total budget is spent, or its rounds alone, at the
+    best client-step rate measured so far, would take longer than the per-configuration limit
+    (so one slow configuration cannot eat the run)."""
+    if budget is not None and elapsed >= budget:
+        return f"skipped: the budget of {budget:g} s is spent"
+    rates = [r["client_steps_per_second"] for r in rows if r["status"] == "ok"
+             and not r["conv_impl"].startswith("torch")]
+    if config_limit is None or not rates:
+        return None
+    rounds = 1 + 2 * sizes.calls                         # warm-up + the fewest timed rounds
+    estimate = rounds * point.runs * point.cohort * sizes.local_steps / max(rates)
+    if estimate > config_limit:
+        return (f"skipped: its rounds would take about {estimate:.0f} s at the best rate measured "
+                f"so far, over the --config-limit of {config_limit:g} s")
+    return None
+
+
+def run_protocol(grid: list[Point], sizes: Sizes, out: str | None = None,
+                 budget: float | None = None, config_limit: float | None = None,
+                 with_torch: bool = True, log=None) -> list[dict]:
+    """Measure every configuration (the torch rows of a cohort before its first JAX row),
+    writing each row to `out` (JSON lines) and the table to out's .md as it finishes."""
+    log = log or sys.stderr            # looked up now: a redirected stderr counts
+    start, env = time.perf_counter(), environment()
+    matmul_size = sizes.matmul_size or (2048 if env["backend"] == "cpu" else 8192)
+    peaks = {d: matmul_peak_gflops(matmul_size, dtype=d) for d in sorted({p.dtype for p in grid} | {"float32"})}
+    print(f"protocol bench on {env['backend']} ({env['device_kind']}), jax {env['jax_version']}; "
+          f"{len(grid)} configurations; matmul peak " + ", ".join(
+              f"{d} {g:.0f} GFLOP/s" for d, g in peaks.items()), file=log, flush=True)
+    if out:   # a fresh file each time, so a run cut short leaves only its own rows
+        for path in (out, os.path.splitext(out)[0] + ".md"):
+            open(path, "w").close()
+    rows, images = [], {}
+    torch_cohorts = set()
+    for point in grid:
+        per_client = sizes.images_per_client or TRAIN_IMAGES // point.cohort
+        if with_torch and point.cohort not in torch_cohorts:
+            torch_cohorts.add(point.cohort)
+            for impl in bench_torch.IMPLS:
+                reason = skip_reason(Point(impl, "float32", 1, point.cohort, "-"), rows,
+                                     time.perf_counter() - start, budget, config_limit, sizes)
+                row = _measure(lambda: torch_row(impl, point.cohort, bench_torch.time_torch(
+                    impl, point.cohort, per_client, sizes), peaks, sizes),
+                    Point(impl, "float32", 1, point.cohort, "-"), reason)
+                _emit(rows, {**row, **env}, out, log)
+        reason = skip_reason(point, rows, time.perf_counter() - start, budget, config_limit, sizes)
+        if point.cohort not in images and reason is None:
+            images.clear()                              # one cohort's images on the device at a time
+            images[point.cohort] = protocol_data(point.cohort, per_client, sizes.side)
+        row = _measure(lambda: protocol_row(point, time_point(point, images[point.cohort],
+                                                              per_client, sizes), peaks, sizes),
+                       point, reason)
+        _emit(rows, {**row, **env}, out, log)
+    return rows
+
+
+def _measure(measure, point: Point, reason: str | None) -> dict:
+    """The row, or the row of a skipped or failed configuration (out of memory, say): the
+    grid goes on."""
+    if reason is not None:
+        return {**point._asdict(), "status": reason}
+    try:
+        return measure()
+    except (RuntimeError, MemoryError) as exc:   # e.g. XLA's or CUDA's out of memory: recorded
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return {**point._asdict(), "status": f"failed: {type(exc).__name__}: {first_line[:300]}"}
+
+
+def _emit(rows: list[dict], row: dict, out: str | None, log) -> None:
+    rows.append(row)
+    add_ratios(rows)
+    text = (f"  {row['conv_impl']:10s} {row['dtype']:8s} R={row['runs']:<3d} cohort={row['cohort']:<4d}"
+            f" chunk={row['chunk']:7s} ")
+    if row["status"] == "ok":
+        text += (f"{row['rounds_per_second']:9.3f} rounds/s  {row['gflops_per_second']:8.1f} GFLOP/s"
+                 f"  compile {row['compile_seconds'] or 0:6.1f} s  10,000 rounds "
+                 f"{format_seconds(row['protocol_seconds'])}")
+    else:
+        text += row["status"]
+    print(text, file=log, flush=True)
+    if out:
+        with open(out, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        with open(os.path.splitext(out)[0] + ".md", "w") as f:
+            f.write(markdown_table(rows) + "\n")
+
+
+
+PROTOCOL_FLAGS = ("quick", "runs", "cohort", "out", "budget", "config_limit", "no_torch")
+SINGLE_FLAGS = ("model", "conv_features", "dense_features", "clients", "local_steps",
+                "batch_size", "rounds", "engine", "chunk_size", "norm", "rounds_per_call")
+
+
+def check_bench_flags(args, defaults: dict) -> None:
+    """Each flag belongs to one form of `fedln-jax bench`: refuse it in the other one."""
+    given = lambda key: getattr(args, key) != defaults[key]
+    other = SINGLE_FLAGS if args.protocol else PROTOCOL_FLAGS
+    if (wrong := next((key for key in other if given(key)), None)) is not None:
+        flag = "--" + wrong.replace("_", "-")
+        raise FedlnError(f"{flag} does not apply to --protocol paper, which fixes the model and "
+                         f"the sizes" if args.protocol else f"{flag} applies to --protocol paper only")
+
+
+def protocol_main(args) -> int:
+    """`fedln-jax bench --protocol paper`: the rows as JSON lines on stdout (and in --out),
+    then the markdown table; progress on stderr."""
+    given = lambda value, key: DEFAULT_GRID[key] if value is None else value   # "" is refused
+    grid = build_grid(given(args.conv_impl, "conv_impl"), given(args.dtype, "dtype"),
+                      given(args.runs, "runs"), given(args.cohort, "cohort"),
+                      given(args.chunk_policy, "chunk"))
+    for flag, value in (("--budget", args.budget), ("--config-limit", args.config_limit)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise FedlnError(f"{flag} must be a positive number of seconds, got {value}")
+    if args.out is not None:
+        check_out_path(args.out)
+    rows = run_protocol(grid, QUICK if args.quick else FULL, out=args.out, budget=args.budget,
+                        config_limit=args.config_limit,
+                        with_torch=not args.no_torch and bench_torch.available())
+    for row in rows:
+        print(json.dumps(row))
+    print(markdown_table(rows))
+    return 0
+
+
+def check_out_path(out: str) -> None:
+    """--out must name a file in an existing directory (its .md goes beside it)."""
+    folder = os.path.dirname(os.path.abspath(out))
+    if not out.strip() or os.path.isdir(out):
+        raise FedlnError(f"--out {out!r} must name a file, not a directory")
+    if not os.path.isdir(folder):
+        raise FedlnError(f"--out {out!r}: the directory {folder} does not exist")
+    for path in (out, os.path.splitext(out)[0] + ".md"):
+        if os.path.exists(path) and not os.access(path, os.W_OK) or not os.access(folder, os.W_OK):
+            raise FedlnError(f"--out {out!r}: {path} cannot be written")

@@ -1,0 +1,154 @@
+"""`fedln-jax bench --protocol paper`: the grid, its rows, the table, the GPU script, bad input.
+
+Two configurations at --quick's tiny size cover every code path of the grid between them
+(lax and patches, float32 and bfloat16, one run and a runs axis, the whole cohort in one vmap
+and one client at a time); the whole grid at --quick's size is one command
+(docs/benchmarks.md), too slow for the suite on a loaded 2-core CPU.
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fedln_jax import bench_torch
+from fedln_jax.bench_protocol import QUICK, Point, build_grid, skip_reason
+from fedln_jax.bench_report import add_ratios, format_seconds, markdown_table
+from fedln_jax.cli import main
+from fedln_jax.models import train_flops_per_example
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUICK_FLOPS = train_flops_per_example("cnn", (16, 16, 3), 10, "4/4", "8/8") * QUICK.batch_size
+POSITIVE = ("rounds_per_second", "client_steps_per_second", "gflops_per_second",
+            "fraction_of_matmul_peak", "peak_memory_mb", "protocol_seconds",
+            "matmul_peak_gflops", "round_seconds_median", "first_round_seconds")
+
+
+def check_row(row: dict) -> None:
+    assert row["status"] == "ok", row["status"]
+    for key in POSITIVE:
+        assert isinstance(row[key], float) and math.isfinite(row[key]) and row[key] > 0, key
+    steps = row["runs"] * row["cohort"] * QUICK.local_steps
+    assert math.isclose(row["client_steps_per_second"], steps * row["rounds_per_second"])
+    assert math.isclose(row["gflops_per_second"], steps * QUICK_FLOPS * row["rounds_per_second"] / 1e9)
+    assert math.isclose(row["fraction_of_matmul_peak"],
+                        row["gflops_per_second"] / row["matmul_peak_gflops"])
+    assert math.isfinite(row["train_loss"]) and row["size"] == "quick"
+    assert row["backend"] and row["jax_version"] and row["cpu_model"]
+    if row["conv_impl"] in bench_torch.IMPLS:
+        assert row["compile_seconds"] is None
+        assert math.isclose(row["protocol_seconds"], 10_000 / row["rounds_per_second"])
+    else:
+        assert row["compile_seconds"] > 0 and row["program_memory_mb"] > 0
+        assert math.isclose(row["protocol_seconds"],
+                            10_000 / row["rounds_per_second"] + row["compile_seconds"])
+
+
+def test_gpu_script_runs_a_quick_configuration(tmp_path):
+    """benchmarks/gpu_protocol.sh (install skipped) writes its rows and table under OUT; with
+    torch installed, the PyTorch rows and the ratios to them are there too."""
+    env = {**os.environ, "OUT": str(tmp_path), "SKIP_INSTALL": "1", "PYTHON": sys.executable,
+           "PYTHONPATH": ROOT}
+    proc = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "gpu_protocol.sh"), "--quick",
+                           "--conv-impl", "lax", "--dtype", "float32", "--runs", "1",
+                           "--cohort", "3", "--chunk-policy", "cohort"],
+                          capture_output=True, text=True, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = [json.loads(line) for line in (tmp_path / "protocol.jsonl").read_text().splitlines()]
+    impls = [row["conv_impl"] for row in rows]
+    torch_rows = list(bench_torch.IMPLS) if bench_torch.available() else []
+    assert impls == torch_rows + ["lax"]
+    for row in rows:
+        check_row(row)
+    if torch_rows:
+        lax = rows[-1]
+        for impl, torch_row in zip(torch_rows, rows):
+            assert math.isclose(lax[f"ratio_to_{impl}"],
+                                lax["rounds_per_second"] / torch_row["rounds_per_second"])
+    table = (tmp_path / "protocol.md").read_text().strip().splitlines()
+    assert len(table) == 2 + len(rows) and "| lax | float32 | 1 | 3 | cohort |" in table[-1]
+
+
+def test_quick_patches_bfloat16_runs_axis_narrow(tmp_path, capsys):
+    out = tmp_path / "rows.jsonl"
+    assert main(["bench", "--protocol", "paper", "--quick", "--no-torch", "--conv-impl", "patches",
+                 "--dtype", "bfloat16", "--runs", "2", "--cohort", "3", "--chunk-policy", "narrow",
+                 "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    [row] = [json.loads(line) for line in out.read_text().splitlines()]
+    check_row(row)
+    assert (row["conv_impl"], row["dtype"], row["runs"], row["chunk_size"]) == ("patches", "bfloat16", 2, 1)
+    assert row["ratio_to_torch_loop"] is None and row["run_rounds_per_second"] == 2 * row["rounds_per_second"]
+    assert json.loads(captured.out.splitlines()[0]) == row      # stdout: the rows, then the table
+    assert "| patches | bfloat16 | 2 | 3 | narrow |" in captured.out
+    assert "patches" in captured.err                            # progress on stderr
+
+
+def test_grid_puts_the_important_configurations_first():
+    grid = build_grid("lax,patches", "float32,bfloat16", "1,8", "10,100", "cohort,narrow")
+    assert len(grid) == 32
+    assert grid[:2] == [Point("lax", "float32", 1, 10, "cohort"), Point("patches", "float32", 1, 10, "cohort")]
+    assert grid[4] == Point("lax", "bfloat16", 1, 10, "cohort")
+    assert [p.cohort for p in grid] == [10] * 16 + [100] * 16
+    assert [p.runs for p in grid[:16]] == [1] * 8 + [8] * 8
+
+
+def test_skip_reasons():
+    ok = {"status": "ok", "conv_impl": "lax", "client_steps_per_second": 100.0}
+    point = Point("lax", "float32", 8, 100, "cohort")
+    assert skip_reason(point, [], 0.0, None, 10.0, QUICK) is None        # nothing measured yet
+    assert skip_reason(point, [ok], 5.0, 5.0, None, QUICK).startswith("skipped: the budget")
+    # 8 runs x 100 clients x 2 steps = 1600 steps a round, 3 rounds at 100 steps/s: 48 s
+    assert "about 48 s" in skip_reason(point, [ok], 0.0, None, 40.0, QUICK)
+    assert skip_reason(point, [ok], 0.0, None, 50.0, QUICK) is None
+
+
+def test_table_ratios_and_a_skipped_row():
+    base = {"dtype": "float32", "runs": 1, "cohort": 10, "chunk": "-", "status": "ok",
+            "compile_seconds": None, "client_steps_per_second": 1.0, "gflops_per_second": 1.0,
+            "fraction_of_matmul_peak": 0.5, "program_memory_mb": None, "peak_memory_mb": 9.0,
+            "protocol_seconds": 4000.0}
+    rows = [{**base, "conv_impl": "torch_loop", "rounds_per_second": 2.0},
+            {**base, "conv_impl": "torch_func", "rounds_per_second": 4.0},
+            {**base, "conv_impl": "lax", "runs": 8, "chunk": "cohort", "rounds_per_second": 3.0,
+             "run_rounds_per_second": 24.0, "compile_seconds": 2.0},
+            {"conv_impl": "lax", "dtype": "float32", "runs": 64, "cohort": 10, "chunk": "cohort",
+             "status": "skipped: the budget of 5 s is spent"}]
+    add_ratios(rows)
+    assert rows[2]["ratio_to_torch_loop"] == 12.0 and rows[2]["ratio_to_torch_func"] == 6.0
+    lines = markdown_table(rows).splitlines()
+    assert len(lines) == 6 and lines[4].endswith("| 66.7 min | 12.00x | 6.00x |")
+    assert "skipped: the budget of 5 s is spent" in lines[5]
+    assert all(line.count("|") == lines[0].count("|") for line in lines)
+    assert (format_seconds(42), format_seconds(300), format_seconds(9000)) == ("42 s", "5 min", "2.5 h")
+
+
+@pytest.mark.parametrize("args", [
+    ["--protocol", "paper", "--runs", "0"], ["--protocol", "paper", "--runs", "1,x"],
+    ["--protocol", "paper", "--runs", "1,1"], ["--protocol", "paper", "--cohort", ""],
+    ["--protocol", "paper", "--conv-impl", "cudnn"], ["--protocol", "paper", "--conv-impl", "auto"],
+    ["--protocol", "paper", "--dtype", "float16"], ["--protocol", "paper", "--chunk-policy", "wide"],
+    ["--protocol", "paper", "--chunk-policy", "0"], ["--protocol", "paper", "--budget", "-1"],
+    ["--protocol", "paper", "--budget", "nan"], ["--protocol", "paper", "--config-limit", "0"],
+    ["--protocol", "paper", "--out", "/nonexistent-dir/rows.jsonl"],
+    ["--protocol", "paper", "--model", "small_cnn"], ["--protocol", "paper", "--engine", "loop"],
+    ["--protocol", "gpu"], ["--runs", "8"], ["--quick"], ["--out", "rows.jsonl"],
+    ["--dtype", "float16"], ["--dtype", ""], ["--protocol", "paper", "--dtype", ""]])
+def test_bad_input(args, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    try:
+        status = main(["bench", *args])
+    except SystemExit as exc:      # argparse's own checks (choices, types)
+        status = exc.code
+    assert status == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_out_must_not_be_a_directory(tmp_path, capsys):
+    assert main(["bench", "--protocol", "paper", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("error: --out")
+    assert list(tmp_path.iterdir()) == []
