@@ -1,4 +1,4 @@
-"""Console script `fedln-jax`: run | demo | sweep | bench | analyze | figure | config. Bad input: one `error:` line on stderr, exit 2.
+"""Console script `fedln-jax`: run | demo | sweep | bench | analyze | figure | results | config. Bad input: one `error:` line on stderr, exit 2.
 A file-system fault under a running run (disk full, I/O error): one `error:` line, exit 1."""
 from __future__ import annotations
 
@@ -89,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     fig_p.add_argument("--quiet", action="store_true")
     fig_p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                        help="applied to every run (e.g. rounds=20)")
+    res_p = sub.add_parser("results", help="regenerate every figure of docs/results.md, then the page")
+    res_p.add_argument("--workdir", required=True, help="the figures and their shared runs")
+    res_p.add_argument("--out", default="", help="the page (default: WORKDIR/results.md); its "
+                       "images go to figures/ beside it")
+    res_p.add_argument("--only", default="", help="one section (figure) only, by name")
+    res_p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                       help="applied to every run (e.g. rounds=2)")
     config_p = sub.add_parser("config", help="print the resolved config as JSON (nothing runs)",
                               **keys)
     config_p.add_argument("--config", help="Python file defining get_config()")
@@ -195,6 +202,14 @@ def _dispatch(args) -> int:
     if args.command == "figure":
         from fedln_jax.figures import run_figure
         run_figure(args.config, args.workdir, overrides=args.overrides, quiet=args.quiet)
+        return 0
+    if args.command == "results":
+        from fedln_jax.regenerate import regenerate
+        command = " ".join(["fedln-jax results --workdir", args.workdir]
+                           + (["--out", args.out] if args.out else [])
+                           + (["--only", args.only] if args.only else []) + args.overrides)
+        regenerate(args.workdir, args.out, only=args.only, overrides=args.overrides,
+                   command=command)
         return 0
     raise FedlnError(f"unknown command {args.command!r}")
 
