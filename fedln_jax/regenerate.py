@@ -71,16 +71,21 @@ def regenerate(workdir: str, out: str = "", *, sections: tuple[Section, ...] = P
              "command": command, "seconds": 0.0, "figures": [],
              "load_before": round(os.getloadavg()[0], 1)}
     ledger["invocations"].append(entry)
-    for i, s in enumerate(todo):
-        log(f"[{i + 1}/{len(todo)}] {s.name} ({s.config}); {time.time() - start:.0f} s so far")
-        figures.run_figure(loaded[s.name], figure_dir(workdir, s), list(overrides), quiet=True,
-                           runs_dir=os.path.join(workdir, "runs"))
-        entry["figures"].append(s.name)
+    try:
+        for i, s in enumerate(todo):
+            log(f"[{i + 1}/{len(todo)}] {s.name} ({s.config}); {time.time() - start:.0f} s so far")
+            figures.run_figure(loaded[s.name], figure_dir(workdir, s), list(overrides),
+                               quiet=True, runs_dir=os.path.join(workdir, "runs"))
+            entry["figures"].append(s.name)
+            entry["seconds"] = round(time.time() - start, 1)
+            write_json(ledger_path, ledger)
+            # The page after every figure: a regeneration stopped midway leaves a page that
+            # shows what is done and marks the rest "not regenerated yet".
+            write_page(sections, loaded, workdir, out, extra, ledger)
+    finally:   # a kill (SIGTERM, Ctrl-C) still counts the time it spent
+        entry["load_after"] = round(os.getloadavg()[0], 1)
         entry["seconds"] = round(time.time() - start, 1)
         write_json(ledger_path, ledger)
-    entry["load_after"] = round(os.getloadavg()[0], 1)
-    entry["seconds"] = round(time.time() - start, 1)
-    write_json(ledger_path, ledger)
     write_page(sections, loaded, workdir, out, extra, ledger)
     total = sum(e["seconds"] for e in ledger["invocations"])
     log(f"wrote {out}; this invocation {entry['seconds']:.0f} s, all invocations of this "
