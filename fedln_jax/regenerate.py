@@ -217,10 +217,14 @@ def header(ledger: dict, extra: dict) -> str:
     runs = ledger["invocations"]
     last = runs[-1]
     total = sum(e["seconds"] for e in runs)
+    state = (f"the last: {last['seconds']:.0f} s for {len(last['figures'])} figure(s), load "
+             f"average {last['load_before']} before and {last['load_after']} after"
+             if "load_after" in last else
+             f"the last still running: {last['seconds']:.0f} s and {len(last['figures'])} "
+             f"figure(s) so far, load average {last['load_before']} at its start")
     return "\n".join([
         f"Regenerated on {last['started'][:10]} by `{last['command'] or 'fedln-jax results'}` "
         f"on {cpu_model()}; {versions()}.",
         f"Wall time: {total:.0f} s ({total / 60:.1f} min) over {len(runs)} invocation(s) "
-        f"(the last: {last['seconds']:.0f} s, {len(last['figures'])} figures, load average "
-        f"{last['load_before']} before and {last.get('load_after', '?')} after, on a machine "
-        f"shared with other work)." + (f" Overrides: {extra}." if extra else "")])
+        f"({state}; on a machine shared with other work)."
+        + (f" Overrides: {extra}." if extra else "")])

@@ -108,7 +108,7 @@ def skew_notes(result: dict) -> list[str]:
             below = [str(x) for x, g in zip(xs, gaps) if g <= 0]
             lines.append(f"The paper's claim that {s} beats none on every split {verdict(not below)}"
                          + (f" (not at {', '.join(below)})" if below else "") + ".")
-            if len(xs) > 2:
+            if len(xs) > 3:   # a range from one class to IID (digits); not mnist5k's three
                 lines.append(f"Its claim that the {s} - none gap shrinks as the skew weakens "
                              f"(from {xs[0]} to {xs[-1]}: {gaps[0]:+.3f} -> {gaps[-1]:+.3f}) "
                              f"{verdict(gaps[-1] < gaps[0])}.")
@@ -158,8 +158,8 @@ def collapse_notes(result: dict) -> list[str]:
     parts = []
     for s, a in analysis.items():
         k = a.get("sv_index_below_0.1")
-        parts.append(f"{s}: {'none' if k is None else f'the {k + 1}th'} of {len(a['singular_values'])}"
-                     f" (sum {sum(a['singular_values']):.1f})")
+        parts.append(f"{s}: {'none' if k is None else f'no. {k + 1}'} of {len(a['singular_values'])}"
+                     f" (sum of all {sum(a['singular_values']):.1f})")
     lines = ["First normalized singular value below 0.1: " + "; ".join(parts) + "."]
     fast = {s: a.get("sv_index_below_0.1") for s, a in analysis.items()}
     if "none" in fast and "fn" in fast and None not in (fast["none"], fast["fn"]):
