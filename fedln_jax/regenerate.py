@@ -21,7 +21,7 @@ from importlib import metadata, resources
 
 from fedln_jax import figures, lock
 from fedln_jax.config import Config, parse_overrides
-from fedln_jax.data.sources import DATASETS
+from fedln_jax.data.sources import DATASETS, load_dataset
 from fedln_jax.errors import FedlnError
 from fedln_jax.models.cnn import resolve_arch
 from fedln_jax.results_page import PAGE, Section
@@ -50,6 +50,15 @@ def load_sections(sections, config_root: str) -> dict[str, figures.Figure]:
     return loaded
 
 
+def check_datasets(loaded, extra: dict) -> None:
+    """Load each dataset the figures use once, so that a missing one (mnist5k without its
+    extra) stops the command before anything is written, not midway."""
+    bases = [f.base.replace(**{k: v for k, v in extra.items() if k in ("dataset", "data_dir")})
+             for f in loaded]
+    for dataset, data_dir in dict.fromkeys((b.dataset, b.data_dir) for b in bases):
+        load_dataset(dataset, data_dir=data_dir)
+
+
 def regenerate(workdir: str, out: str = "", *, sections: tuple[Section, ...] = PAGE,
                only: str = "", overrides=(), config_root: str = "", command: str = "") -> float:
     """Run (or reuse) every section's figure (only `only`'s when given), then write the page
@@ -61,6 +70,7 @@ def regenerate(workdir: str, out: str = "", *, sections: tuple[Section, ...] = P
         raise FedlnError(f"--only {only!r}: not a section of the page; sections: {', '.join(names)}")
     extra = parse_overrides(list(overrides))   # checked before anything is written
     loaded = load_sections(sections, config_root or configs_dir())
+    check_datasets(loaded.values(), extra)
     lock.check_own(workdir, MARKERS, "a results regeneration")
     out = out or os.path.join(workdir, "results.md")
     todo = [s for s in sections if not only or s.name == only]

