@@ -159,9 +159,9 @@ def run_figure(figure: Figure | str, workdir: str, overrides=(), *, seeds=None,
               "overrides": extra, "rounds": rounds, "protocol": planned[0].config.to_dict(),
               "runs": rows, "table": {c["series"]: c for c in cells} if layout == "seeds" else cells,
               "wall_seconds": round(time.time() - start, 1)}
+    os.makedirs(workdir, exist_ok=True)   # with runs_dir, no run has created it
     if "analyze" in options:
         result["analysis"] = analyze_all(rows, options["analyze"], workdir, options)
-    os.makedirs(workdir, exist_ok=True)
     write_json(os.path.join(workdir, "results.json"), result)
     table_file = "table.txt" if layout == "seeds" else "table.md"
     with open(os.path.join(workdir, table_file), "w") as f:

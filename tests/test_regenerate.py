@@ -17,7 +17,8 @@ BASE = ('from fedln_jax import Config\n'
         '    return Config(dataset="synthetic", model="mlp", dense_features="8/8", num_clients=2,\n'
         '                  local_steps=1, batch_size=4, rounds=3, eval_every=1)\n')
 # Two figures sharing their none and ln runs: the headline (seeds table) and a split comparison (grid).
-HEADLINE = BASE + ('FIGURE = {"kind": "curves", "seeds": (0,), "table": "seeds", "row_label": "norm"}\n'
+HEADLINE = BASE + ('FIGURE = {"kind": "curves", "seeds": (0,), "table": "seeds", "row_label": "norm",\n'
+                   '          "analyze": {"client": 0, "steps": (1,)}}\n'
                    'def get_runs():\n'
                    '    return [{"name": n, "series": n, "x": None, "overrides": {"norm": n}}\n'
                    '            for n in ("none", "ln")]\n')
@@ -61,6 +62,8 @@ def test_the_page_is_regenerated_from_the_runs_it_made(tmp_path, configs, capsys
     ln, none = headline["table"]["ln"]["last3_mean"], headline["table"]["none"]["last3_mean"]
     assert f"ln - none {ln - none:+.3f}" in page
     assert "final test accuracy after 2 rounds, seeds [0]" in page   # the demo table example
+    # A figure with `analyze` writes its spectra into its own directory (no runs under it).
+    assert os.path.exists(os.path.join(work, "figures", "demo", "singular_values.png"))
     for image in ("demo_accuracy.png", "skew.png"):
         assert os.path.exists(tmp_path / "page" / "figures" / image)
         assert f"(figures/{image})" in page
