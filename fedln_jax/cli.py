@@ -1,4 +1,4 @@
-"""Console script `fedln-jax`: run | demo | sweep | bench | analyze | figure | config | info. Bad input: one `error:` line on stderr, exit 2.
+"""Console script `fedln-jax`: run | demo | sweep | bench | analyze | figure | results | config | info. Bad input: one `error:` line on stderr, exit 2.
 A file-system fault under a running run (disk full, I/O error) or out of memory: one `error:` line, exit 1."""
 from __future__ import annotations
 
@@ -120,6 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     fig_p.add_argument("--quiet", action="store_true")
     fig_p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                        help="applied to every run (e.g. rounds=20)")
+    res_p = sub.add_parser("results", help="regenerate every figure of docs/results.md, then the page")
+    res_p.add_argument("--workdir", required=True, help="the figures and their shared runs")
+    res_p.add_argument("--out", default="", help="the page (default: WORKDIR/results.md); its "
+                       "images go to figures/ beside it")
+    res_p.add_argument("--only", default="", help="one section (figure) only, by name")
+    res_p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                       help="applied to every run (e.g. rounds=2)")
     config_p = sub.add_parser("config", help="print the resolved config as JSON (nothing runs)",
                               **keys)
     config_p.add_argument("--config", help="Python file defining get_config()")
@@ -130,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     config_p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     info_p = sub.add_parser("info", help="versions, backend, devices and the compilation cache "
                             "(warns when an accelerator plugin is installed but JAX runs on the CPU)")
-    for p in (run_p, sweep_p, demo_p, an_p, fig_p, info_p):
+    for p in (run_p, sweep_p, demo_p, an_p, fig_p, res_p, info_p):
         p.add_argument("--cache-dir", metavar="DIR",
                        help="persistent compilation cache (env FEDLN_JAX_CACHE_DIR; default "
                             "$XDG_CACHE_HOME/fedln_jax/jax or ~/.cache/fedln_jax/jax); 'off' "
@@ -204,7 +211,7 @@ def _dispatch(args) -> int:
     if hasattr(args, "cache_dir"):   # bench measures compilation: it never reads the cache
         from fedln_jax import compile_cache
         cache_dir = compile_cache.enable(args.cache_dir)
-    if args.command in ("run", "sweep", "demo", "figure", "bench", "info"):
+    if args.command in ("run", "sweep", "demo", "figure", "results", "bench", "info"):
         from fedln_jax.environment import warn_if_cpu_fallback
         warn_if_cpu_fallback()   # a GPU/TPU plugin that did not load: one line, even if --quiet
     if args.command == "info":
@@ -273,6 +280,14 @@ def _dispatch(args) -> int:
     if args.command == "figure":
         from fedln_jax.figures import run_figure
         run_figure(args.config, args.workdir, overrides=args.overrides, quiet=args.quiet)
+        return 0
+    if args.command == "results":
+        from fedln_jax.regenerate import regenerate
+        command = " ".join(["fedln-jax results --workdir", args.workdir]
+                           + (["--out", args.out] if args.out else [])
+                           + (["--only", args.only] if args.only else []) + args.overrides)
+        regenerate(args.workdir, args.out, only=args.only, overrides=args.overrides,
+                   command=command)
         return 0
     raise FedlnError(f"unknown command {args.command!r}")
 

@@ -28,6 +28,8 @@ DIR/local_overfit.md and DIR/norms.md compare the series.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import sys
 import time
@@ -86,13 +88,27 @@ def load_figure(path: str) -> Figure:
     return figure_of_module(load_config_module(path), path)   # executed once
 
 
-def plan_runs(figure: Figure, extra: dict, seeds, workdir: str) -> list[PlannedRun]:
-    """Every (run, seed) with its validated config and workdir, before any is trained."""
-    return [PlannedRun(r, seed,
-                       figure.base.replace(**r.get("overrides", {})).replace(seed=seed, **extra)
-                       .validate(),
-                       os.path.join(workdir, "runs", f"{r['name']}_seed{seed}"))
-            for r in figure.runs for seed in seeds]
+def plan_runs(figure: Figure, extra: dict, seeds, workdir: str,
+              runs_dir: str | None = None) -> list[PlannedRun]:
+    """Every (run, seed) with its validated config and workdir, before any is trained.
+    With runs_dir, a run's workdir is named by its config (shared_run_dir), so figures that
+    share runs_dir share every run whose config is the same."""
+    planned = []
+    for r in figure.runs:
+        for seed in seeds:
+            config = (figure.base.replace(**r.get("overrides", {})).replace(seed=seed, **extra)
+                      .validate())
+            planned.append(PlannedRun(r, seed, config, shared_run_dir(runs_dir, config)
+                                      if runs_dir else
+                                      os.path.join(workdir, "runs", f"{r['name']}_seed{seed}")))
+    return planned
+
+
+def shared_run_dir(runs_dir: str, config: Config) -> str:
+    """runs_dir/<dataset>_<norm>_seed<s>_<hash of the whole config>: one directory per config."""
+    text = json.dumps(config.to_dict(), sort_keys=True, default=str)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    return os.path.join(runs_dir, f"{config.dataset}_{config.norm}_seed{config.seed}_{digest}")
 
 
 def train_runs(configs: list[Config], workdirs: list[str], *, keep_diverged: bool = False,
@@ -102,7 +118,9 @@ def train_runs(configs: list[Config], workdirs: list[str], *, keep_diverged: boo
     DivergedError unless keep_diverged (then it counts as finished, as it would diverge again)."""
     statuses = ("completed", "diverged") if keep_diverged else ("completed",)
     summaries = [finished_summary(w, c, statuses) for c, w in zip(configs, workdirs)]
-    todo = [i for i, s in enumerate(summaries) if s is None]
+    first = {w: i for i, w in reversed(list(enumerate(workdirs)))}
+    # A shared run (the same workdir twice: the same config in a shared runs_dir) trains once.
+    todo = [i for i, s in enumerate(summaries) if s is None and first[workdirs[i]] == i]
     # Runs differing only in values (the seeds, an lr axis) train as one vectorized program.
     trained = train.run_group([configs[i] for i in todo], [workdirs[i] for i in todo], quiet=quiet)
     for i, summary in zip(todo, trained):
@@ -110,13 +128,14 @@ def train_runs(configs: list[Config], workdirs: list[str], *, keep_diverged: boo
             raise DivergedError(f"{workdirs[i]}: " + train.diverged_message(configs[i], summary),
                                 summary["diverged_at_round"])
         summaries[i] = summary
-    return summaries
+    return [summaries[first[w]] for w in workdirs]
 
 
 def run_figure(figure: Figure | str, workdir: str, overrides=(), *, seeds=None,
-               quiet: bool = False) -> dict:
+               quiet: bool = False, runs_dir: str | None = None) -> dict:
     """Run (or reuse) every run of the figure for each seed (FIGURE's seeds unless given),
-    write results.json, the table and the figure, print the table; returns results.json."""
+    write results.json, the table and the figure, print the table; returns results.json.
+    runs_dir: train the runs there, shared with other figures (plan_runs), not in workdir."""
     if isinstance(figure, str):
         figure = load_figure(figure)
     options = figure.options
@@ -125,7 +144,7 @@ def run_figure(figure: Figure | str, workdir: str, overrides=(), *, seeds=None,
     seeds = tuple(options.get("seeds", (0,)) if seeds is None else seeds)
     if not seeds:
         raise FedlnError(f"{figure.source}: a figure needs at least one seed")
-    planned = plan_runs(figure, extra, seeds, workdir)
+    planned = plan_runs(figure, extra, seeds, workdir, runs_dir)
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
     start = time.time()
     summaries = train_runs([p.config for p in planned], [p.workdir for p in planned],
@@ -140,9 +159,9 @@ def run_figure(figure: Figure | str, workdir: str, overrides=(), *, seeds=None,
               "overrides": extra, "rounds": rounds, "protocol": planned[0].config.to_dict(),
               "runs": rows, "table": {c["series"]: c for c in cells} if layout == "seeds" else cells,
               "wall_seconds": round(time.time() - start, 1)}
+    os.makedirs(workdir, exist_ok=True)   # with runs_dir, no run has created it
     if "analyze" in options:
         result["analysis"] = analyze_all(rows, options["analyze"], workdir, options)
-    os.makedirs(workdir, exist_ok=True)
     write_json(os.path.join(workdir, "results.json"), result)
     table_file = "table.txt" if layout == "seeds" else "table.md"
     with open(os.path.join(workdir, table_file), "w") as f:

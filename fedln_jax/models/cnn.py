@@ -101,7 +101,7 @@ ARCHS = {
     # The digits CNN. Its convs are narrow (16/32); the demo runs it at conv_features=32/64,
     # the narrowest width of the width ablation at which fn comes close to ln (final accuracy
     # 0.902 vs 0.918, against 0.798 vs 0.909 at 16/32; docs/models.md#width). The default
-    # stays 16/32 so every digits result in docs/results.md keeps its model.
+    # stays 16/32, the model of the other digits sections of docs/results.md (each names its own).
     "small_cnn": dict(cls=ConvNet, kw=dict(conv_features=(16, 32), kernel_size=3, padding="SAME",
                                            dense_features=(128, 64)),
                       widths=(16, 32, 128, 64)),

@@ -1,0 +1,240 @@
+"""`fedln-jax results --workdir DIR [--out docs/results.md] [--only NAME] [KEY=VALUE ...]`:
+every figure of docs/results.md, then the page itself (fedln_jax/results_page.py says what
+is on it, fedln_jax/results_template.md holds its fixed text).
+
+Each section's figure goes to DIR/figures/<name>/ with its runs in DIR/runs/, named by their
+config and shared by every figure that needs the same run (figures.shared_run_dir): a finished
+run is reused, an unfinished one resumes from its checkpoint, so running the command again
+after a kill goes on where it stopped. DIR/regenerate.json keeps the wall time of every
+invocation; the page's header states their sum, the command, the machine and the versions.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from importlib import metadata, resources
+
+from fedln_jax import figures, lock
+from fedln_jax.config import Config, parse_overrides
+from fedln_jax.data.sources import DATASETS, load_dataset
+from fedln_jax.errors import FedlnError
+from fedln_jax.models.cnn import resolve_arch
+from fedln_jax.results_page import PAGE, Section
+from fedln_jax.workdir import write_json, write_text
+
+MARKERS = ("figures", "runs", "regenerate.json")
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy")
+
+
+def configs_dir() -> str:
+    """experiments/configs of the checkout this package runs from, else of the current directory."""
+    here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "experiments", "configs")
+    return here if os.path.isdir(here) else os.path.join(os.getcwd(), "experiments", "configs")
+
+
+def load_sections(sections, config_root: str) -> dict[str, figures.Figure]:
+    """Every section's figure, loaded before anything runs (a bad config stops here)."""
+    loaded = {}
+    for s in sections:
+        path = os.path.join(config_root, s.config)
+        if not os.path.isfile(path):
+            raise FedlnError(f"section {s.name!r}: no figure config {path} (run from a checkout "
+                             f"of the repository, which holds experiments/configs)")
+        loaded[s.name] = figures.load_figure(path)
+    return loaded
+
+
+def check_datasets(loaded, extra: dict) -> None:
+    """Load each dataset the figures use once, so that a missing one (mnist5k without its
+    extra) stops the command before anything is written, not midway."""
+    bases = [f.base.replace(**{k: v for k, v in extra.items() if k in ("dataset", "data_dir")})
+             for f in loaded]
+    for dataset, data_dir in dict.fromkeys((b.dataset, b.data_dir) for b in bases):
+        load_dataset(dataset, data_dir=data_dir)
+
+
+def regenerate(workdir: str, out: str = "", *, sections: tuple[Section, ...] = PAGE,
+               only: str = "", overrides=(), config_root: str = "", command: str = "") -> float:
+    """Run (or reuse) every section's figure (only `only`'s when given), then write the page
+    to `out` (default DIR/results.md) and its images to <out's directory>/figures/. Returns the
+    wall time of this invocation in seconds."""
+    start = time.time()
+    names = [s.name for s in sections]
+    if only and only not in names:
+        raise FedlnError(f"--only {only!r}: not a section of the page; sections: {', '.join(names)}")
+    extra = parse_overrides(list(overrides))   # checked before anything is written
+    loaded = load_sections(sections, config_root or configs_dir())
+    check_datasets(loaded.values(), extra)
+    lock.check_own(workdir, MARKERS, "a results regeneration")
+    out = out or os.path.join(workdir, "results.md")
+    todo = [s for s in sections if not only or s.name == only]
+    ledger_path = os.path.join(workdir, "regenerate.json")
+    os.makedirs(workdir, exist_ok=True)
+    ledger = read_json(ledger_path) if os.path.exists(ledger_path) else {"invocations": []}
+    entry = {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+             "command": command, "seconds": 0.0, "figures": [],
+             "load_before": round(os.getloadavg()[0], 1)}
+    ledger["invocations"].append(entry)
+    try:
+        for i, s in enumerate(todo):
+            log(f"[{i + 1}/{len(todo)}] {s.name} ({s.config}); {time.time() - start:.0f} s so far")
+            figures.run_figure(loaded[s.name], figure_dir(workdir, s), list(overrides),
+                               quiet=True, runs_dir=os.path.join(workdir, "runs"))
+            entry["figures"].append(s.name)
+            entry["seconds"] = round(time.time() - start, 1)
+            write_json(ledger_path, ledger)
+            # The page after every figure: a regeneration stopped midway leaves a page that
+            # shows what is done and marks the rest "not regenerated yet".
+            write_page(sections, loaded, workdir, out, extra, ledger)
+    finally:   # a kill (SIGTERM, Ctrl-C) still counts the time it spent
+        entry["load_after"] = round(os.getloadavg()[0], 1)
+        entry["seconds"] = round(time.time() - start, 1)
+        write_json(ledger_path, ledger)
+    write_page(sections, loaded, workdir, out, extra, ledger)
+    total = sum(e["seconds"] for e in ledger["invocations"])
+    log(f"wrote {out}; this invocation {entry['seconds']:.0f} s, all invocations of this "
+        f"workdir {total:.0f} s ({total / 60:.1f} min)")
+    return entry["seconds"]
+
+
+def log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def figure_dir(workdir: str, section: Section) -> str:
+    return os.path.join(workdir, "figures", section.name)
+
+
+# ---------------------------------------------------------------------------------------------
+# The page
+
+
+def write_page(sections, loaded, workdir: str, out: str, extra: dict, ledger: dict) -> None:
+    image_dir = os.path.join(os.path.dirname(os.path.abspath(out)), "figures")
+    os.makedirs(image_dir, exist_ok=True)
+    template = resources.files("fedln_jax").joinpath("results_template.md").read_text()
+    body, group = [], None
+    for s in sections:
+        if s.group != group:
+            body.append(f"## {s.group}\n")
+            group = s.group
+        body.append(render_section(s, loaded[s.name], figure_dir(workdir, s), image_dir, extra))
+    demo_dir = figure_dir(workdir, next((s for s in sections if s.name == "demo"), sections[0]))
+    demo_table = read_text(os.path.join(demo_dir, "table.txt"))
+    page = (template.replace("<!-- HEADER -->", header(ledger, extra))
+            .replace("<!-- SECTIONS -->", "\n".join(body).rstrip())
+            .replace("<!-- DEMO_TABLE -->",
+                     f"```\n{demo_table.rstrip()}\n```" if demo_table else "(not regenerated)"))
+    write_text(out, page)
+
+
+def read_json(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def read_text(path: str) -> str:
+    return open(path).read() if os.path.exists(path) else ""
+
+
+def render_section(s: Section, figure: figures.Figure, fdir: str, image_dir: str,
+                   extra: dict) -> str:
+    lines = [f"### {s.heading}", "", s.about, ""]
+    path = os.path.join(fdir, "results.json")
+    if not os.path.exists(path):
+        return "\n".join(lines + ["(not regenerated yet: run the command at the top of the page)", ""])
+    result = read_json(path)
+    configs = [p.config for p in figures.plan_runs(figure, extra, result["seeds"], fdir)]
+    lines += [describe(configs, result), "",
+              f"Alone: `fedln-jax figure --config experiments/configs/{s.config} --workdir "
+              f"runs/{s.name}` ({len(result['runs'])} runs).", ""]
+    for table in ("table.md", "table.txt"):
+        text = read_text(os.path.join(fdir, table)).rstrip()
+        if text:
+            lines += [text if table.endswith(".md") else f"```\n{text}\n```", ""]
+    image = s.image or f"{s.name}.png"
+    shown = [(options_image(figure), image)] + [(e, f"{s.name}_{e}") for e in s.extras
+                                                 if e.endswith(".png")]
+    for e in s.extras:
+        if e.endswith(".md"):
+            lines += [read_text(os.path.join(fdir, e)).rstrip(), ""]
+    lines += [" ".join(s.notes(result)) if s.notes else "", ""]
+    for src, dst in shown:
+        if os.path.exists(os.path.join(fdir, src)):
+            shutil.copyfile(os.path.join(fdir, src), os.path.join(image_dir, dst))
+            lines += [f"![{s.heading}](figures/{dst})", ""]
+    return "\n".join(lines)
+
+
+def options_image(figure: figures.Figure) -> str:
+    return figure.options.get("figure_file", "figure.png")
+
+
+def describe(configs: list[Config], result: dict) -> str:
+    """Model and protocol of a figure's runs; a key that differs between runs is 'varied'."""
+    def one(key):
+        values = list(dict.fromkeys(str(getattr(c, key)) for c in configs))
+        return values[0] if len(values) == 1 else "varied: " + ", ".join(values)
+    models = list(dict.fromkeys(model_text(c) for c in configs))
+    c = configs[0]
+    return (f"Model: {'; '.join(models)}. Protocol: {c.dataset}, {c.num_clients} clients, "
+            f"partition {one('partition')} (classes per client {one('classes_per_client')}), "
+            f"{one('local_steps')} local steps of batch {one('batch_size')}, lr {one('lr')}, "
+            f"{result['rounds']} rounds, evaluation every {one('eval_every')}, seeds "
+            f"{', '.join(map(str, result['seeds']))}; {result['wall_seconds']:.0f} s in its "
+            f"last figure invocation (0 when every run was reused).")
+
+
+def model_text(config: Config) -> str:
+    name = DATASETS[config.dataset].default_model if config.model == "auto" else config.model
+    kw = resolve_arch(name, config.conv_features, config.dense_features)["kw"]
+    widths = (f"conv {'/'.join(map(str, kw['conv_features']))}, dense "
+              f"{'/'.join(map(str, kw['dense_features']))}" if "conv_features" in kw
+              else f"hidden {'/'.join(map(str, kw['hidden']))}")
+    return f"`{name}` ({widths})"
+
+
+def cpu_model() -> str:
+    """'AMD EPYC (family 25, model 17), 2 CPUs' from /proc/cpuinfo, or platform's answer."""
+    try:
+        info = {}
+        for line in open("/proc/cpuinfo"):
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
+        return (f"{info['model name']} (family {info['cpu family']}, model {info['model']}), "
+                f"{os.cpu_count()} CPUs")
+    except (OSError, KeyError):
+        return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+
+
+def versions() -> str:
+    found = []
+    for name in PACKAGES:
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            pass
+    return f"Python {platform.python_version()}, " + ", ".join(found)
+
+
+def header(ledger: dict, extra: dict) -> str:
+    runs = ledger["invocations"]
+    last = runs[-1]
+    total = sum(e["seconds"] for e in runs)
+    state = (f"the last: {last['seconds']:.0f} s for {len(last['figures'])} figure(s), load "
+             f"average {last['load_before']} before and {last['load_after']} after"
+             if "load_after" in last else
+             f"the last still running: {last['seconds']:.0f} s and {len(last['figures'])} "
+             f"figure(s) so far, load average {last['load_before']} at its start")
+    return "\n".join([
+        f"Regenerated on {last['started'][:10]} by `{last['command'] or 'fedln-jax results'}` "
+        f"on {cpu_model()}; {versions()}.",
+        f"Wall time: {total:.0f} s ({total / 60:.1f} min) over {len(runs)} invocation(s) "
+        f"({state}; on a machine shared with other work)."
+        + (f" Overrides: {extra}." if extra else "")])
