@@ -19,6 +19,7 @@ from etils import epath
 from tqdm.auto import tqdm
 
 from fedln_jax import checkpoint, lock
+from fedln_jax.data.partition import format_class_counts
 from fedln_jax.divergence import diverged_message, loss_exploded
 from fedln_jax.analysis import make_feature_fn, model_report
 from fedln_jax.config import Config
@@ -46,13 +47,6 @@ def checkpoint_rounds(config: Config) -> list[int]:
     every = config.checkpoint_every
     rounds = list(range(every, config.rounds + 1, every)) if every else []
     return rounds if rounds and rounds[-1] == config.rounds else rounds + [config.rounds]
-
-
-def format_class_counts(counts_CK: np.ndarray) -> str:
-    lines = ["client  n     examples per class"]
-    for c, row in enumerate(counts_CK):
-        lines.append(f"{c:>6}  {int(row.sum()):<5} {' '.join(f'{int(v):>4}' for v in row)}")
-    return "\n".join(lines)
 
 
 # Longest wall time of one fused block of rounds: a SIGTERM/SIGINT is acted on at the next block

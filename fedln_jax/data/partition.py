@@ -181,3 +181,10 @@ def client_test_weights(counts: np.ndarray) -> np.ndarray:
         raise FedlnError(f"client {int(empty[0])} has no training examples")
     return (counts / totals).astype(np.float32)
 
+
+def format_class_counts(counts_CK: np.ndarray) -> str:
+    """The client x class table printed at the start of a one-run program."""
+    lines = ["client  n     examples per class"]
+    for c, row in enumerate(counts_CK):
+        lines.append(f"{c:>6}  {int(row.sum()):<5} {' '.join(f'{int(v):>4}' for v in row)}")
+    return "\n".join(lines)
