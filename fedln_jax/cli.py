@@ -15,29 +15,25 @@ MAX_DEMO_SEEDS = 100
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with one-line usage errors and an epilog computed only when help is printed
-    (the config key table needs the Config class, which imports JAX)."""
+    """argparse with one-line usage errors."""
 
     def error(self, message):  # argparse's default prints usage over several lines
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
 
-    def format_help(self):
-        if callable(self.epilog):
-            self.epilog = self.epilog()
-        return super().format_help()
-
 
 def _keys_help() -> str:
-    from fedln_jax.config_help import keys_help
-    return keys_help()
+    """The config key table, as config_help.keys_help() wrote it into the package (reading it
+    needs no JAX; tests/test_config_help.py keeps the file equal to the Config class)."""
+    from importlib import resources
+    return resources.files("fedln_jax").joinpath("config_keys.txt").read_text().rstrip("\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fedln-jax", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     # run/sweep/config --help end with every config key (generated from Config)
-    keys = dict(epilog=_keys_help, formatter_class=argparse.RawDescriptionHelpFormatter)
+    keys = dict(epilog=_keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     run_p = sub.add_parser("run", help="run one experiment", **keys)
     run_p.add_argument("--workdir", required=True)
     run_p.add_argument("--config", help="Python file defining get_config()")

@@ -1,4 +1,6 @@
-"""One line of meaning per config key, and the key table `run --help` / `sweep --help` print.
+"""One line of meaning per config key, and the key table `run --help` / `sweep --help` print
+(written into fedln_jax/config_keys.txt, which the CLI reads without importing JAX:
+`python -m fedln_jax.config_help > fedln_jax/config_keys.txt` after a key changes).
 
 Type and default come from the Config dataclass itself; only the meaning is written here, and
 tests/test_config_help.py checks that every Config field has one (and nothing else does), so
@@ -12,7 +14,7 @@ from fedln_jax.config import Config, _field_types, _unwrap_optional
 
 MEANINGS = {
     # data
-    "dataset": "digits (bundled 8x8), synthetic (tiny, for tests), cifar10, cifar100, tinyimagenet, pacs",
+    "dataset": "digits (bundled 8x8), mnist5k (28x28, extra [mnist]), synthetic (tiny, for tests), cifar10, cifar100, tinyimagenet, pacs",
     "data_dir": "TFDS data dir (CIFAR) or the image folder (TinyImageNet/PACS); empty = the default",
     "test_fraction": "held-out share per class for datasets without an official test split",
     "partition": "label split over clients: iid, n_class, dirichlet",
@@ -96,3 +98,7 @@ def keys_help() -> str:
     lines = ["config keys (KEY=VALUE; key, type, default, meaning; docs/config.md):"]
     lines += [f"  {k:<{width}}  {t:<{types}}  {d:<{defaults}}  {m}" for k, t, d, m in rows]
     return "\n".join(lines)
+
+
+if __name__ == "__main__":   # regenerates fedln_jax/config_keys.txt (tests/test_config_help.py)
+    print(keys_help())

@@ -13,7 +13,8 @@ PROBE = ("import sys\nfrom fedln_jax.cli import main\ntry:\n    main(sys.argv[1:
 
 @pytest.mark.parametrize("argv", [
     ["--help"], ["demo", "--help"], ["bench", "--help"], ["analyze", "--help"],
-    ["figure", "--help"], [], ["nope"], ["run"], ["bench", "--model", "resnet"],
+    ["figure", "--help"], ["run", "--help"], ["sweep", "--help"], ["config", "--help"],
+    ["results", "--help"], ["info", "--help"], [], ["nope"], ["run"], ["bench", "--model", "resnet"],
     ["bench", "--clients", "x"], ["demo", "--seeds", "300000000"], ["demo", "--rounds", "0"],
     ["analyze", "--workdir", "w", "--steps", "0"], ["analyze", "--workdir", "w", "--client", "-1"],
 ])

@@ -2,18 +2,27 @@
 default and meaning; `fedln-jax config` prints the resolved config without running."""
 import dataclasses
 import json
+import pathlib
 
 import pytest
 
+from fedln_jax import config_help
 from fedln_jax.cli import main
 from fedln_jax.config import Config
-from fedln_jax.config_help import MEANINGS, key_rows
+from fedln_jax.config_help import MEANINGS, key_rows, keys_help
 
 
 def test_every_config_field_has_a_meaning_and_nothing_else_does():
     fields = [f.name for f in dataclasses.fields(Config)]
     assert sorted(MEANINGS) == sorted(fields)
     assert all(MEANINGS[k].strip() for k in fields)
+
+
+def test_the_packaged_key_table_is_the_config_classs():
+    """The CLI prints config_keys.txt (no JAX at --help); it must be what Config says now."""
+    packaged = (pathlib.Path(config_help.__file__).parent / "config_keys.txt").read_text()
+    assert packaged.rstrip("\n") == keys_help(), (
+        "regenerate it: python -m fedln_jax.config_help > fedln_jax/config_keys.txt")
 
 
 def _help(capsys, command):
