@@ -100,7 +100,8 @@ ARCHS = {
                 widths=(64, 64, 384, 192)),
     # The digits CNN. Its convs are narrow (16/32); the demo runs it at conv_features=32/64,
     # the narrowest width of the width ablation at which fn comes close to ln (final accuracy
-    # 0.902 vs 0.918, against 0.798 vs 0.909 at 16/32; docs/models.md#width). The default
+    # 0.902 vs 0.918 on AVX2, 0.858 vs 0.923 on AVX-512, against 0.798 vs 0.909 at 16/32;
+    # docs/models.md#width). The default
     # stays 16/32, the model of the other digits sections of docs/results.md (each names its own).
     "small_cnn": dict(cls=ConvNet, kw=dict(conv_features=(16, 32), kernel_size=3, padding="SAME",
                                            dense_features=(128, 64)),
