@@ -26,7 +26,7 @@ import os
 import statistics
 import sys
 import time
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +35,7 @@ import numpy as np
 from fedln_jax import bench_torch
 from fedln_jax.algorithms import get_algorithm
 from fedln_jax.bench import cpu_model, device_peak_mb, matmul_peak_gflops, peak_rss_mb, _jaxlib_version
-from fedln_jax.bench_report import add_ratios, format_seconds, markdown_table
+from fedln_jax.bench_report import add_ratios, format_seconds, markdown_table, time_calls
 from fedln_jax.client import epochs_needed, make_apply_fn
 from fedln_jax.config import Config
 from fedln_jax.errors import FedlnError
@@ -71,16 +71,23 @@ class Sizes(NamedTuple):
     local_steps: int
     batch_size: int
     images_per_client: int | None     # None: TRAIN_IMAGES / cohort
+    warmup: bool                      # a warm-up round before the timed calls
     calls: int                        # timed calls of run_block (the median is reported)
     seconds_per_config: float         # target time of the timed calls together
     max_rounds_per_call: int
     matmul_size: int
 
+    @property
+    def fewest_rounds(self) -> int:
+        """The rounds a configuration runs at the least (bench_report.time_calls)."""
+        return 1 + 2 * self.calls if self.warmup else self.calls * self.max_rounds_per_call
+
 
 # matmul size 0: chosen per backend
-FULL = Sizes("paper", 32, "", "", LOCAL_STEPS, BATCH_SIZE, None, 3, 10.0, 1000, 0)
-# The paper CNN's layers at 16x16 and widths 4/4, 8/8: compiling dominates, and costs the same.
-QUICK = Sizes("quick", 16, "4/4", "8/8", 2, 2, 4, 1, 0.0, 2, 128)
+FULL = Sizes("paper", 32, "", "", LOCAL_STEPS, BATCH_SIZE, None, True, 3, 10.0, 1000, 0)
+# The paper CNN's layers at 16x16 and widths 4/4, 8/8, one round each: it checks that every
+# configuration runs; compiling dominates, and costs about what it costs at the full size.
+QUICK = Sizes("quick", 16, "4/4", "8/8", 2, 2, 4, False, 1, 0.0, 1, 128)
 
 
 # ----------------------------------------------------------------------------- the grid
@@ -93,7 +100,7 @@ def parse_list(text: str, flag: str, allowed=None, positive_int=False) -> list:
     if len(set(items)) != len(items):
         raise FedlnError(f"{flag} repeats a value: {text!r}")
     if positive_int:
-        if not all(item.isdigit() and int(item) >= 1 for item in items):
+        if not all(item.isascii() and item.isdecimal() and int(item) >= 1 for item in items):
             raise FedlnError(f"{flag} must list positive integers, got {text!r}")
         return [int(item) for item in items]
     if allowed is not None and (bad := [item for item in items if item not in allowed]):
@@ -104,7 +111,7 @@ def parse_list(text: str, flag: str, allowed=None, positive_int=False) -> list:
 def parse_chunks(text: str) -> list[str]:
     items = parse_list(text, "--chunk-policy")
     for item in items:
-        if item not in CHUNKS and not (item.isdigit() and int(item) >= 1):
+        if item not in CHUNKS and not (item.isascii() and item.isdecimal() and int(item) >= 1):
             raise FedlnError(f"--chunk-policy: {item!r} is neither one of {', '.join(CHUNKS)} "
                              f"nor a positive width")
     return items
@@ -166,27 +173,39 @@ def protocol_members(point: Point, data, images_per_client: int, sizes: Sizes) -
     return [exp._replace(config=config.replace(seed=seed)) for seed in range(point.runs)]
 
 
-def time_point(point: Point, data, images_per_client: int, sizes: Sizes) -> dict:
-    """Compile and time one configuration; the measured part of its row."""
+class Prepared(NamedTuple):
+    """A configuration built and compiled, ready to be timed."""
+    program: Any
+    compiled: Any
+    compile_seconds: float      # lowering and compiling its block of rounds
+
+
+def block_args(program, state, rounds: int, runs: int) -> tuple:
+    """The arguments of `run_block` for `rounds` rounds of `runs` runs from `state`."""
+    return state, program.hparams, program.data, jnp.int32(rounds), program.scalars([0.0] * runs)
+
+
+def prepare_point(point: Point, data, images_per_client: int, sizes: Sizes) -> Prepared:
+    """Build one configuration as the training loop does and compile its block of rounds."""
     program = build_program(protocol_members(point, data, images_per_client, sizes), jax.devices())
-    loss_sum = program.scalars([0.0] * point.runs)
-    args = lambda state, n: (state, program.hparams, program.data, jnp.int32(n), loss_sum)
     start = time.perf_counter()
-    compiled = program.run_block.lower(*args(program.fresh, 1)).compile()
-    compile_seconds = time.perf_counter() - start
+    compiled = program.run_block.lower(*block_args(program, program.fresh, 1, point.runs)).compile()
+    return Prepared(program, compiled, time.perf_counter() - start)
 
-    def call(state, n):
+
+def time_point(point: Point, prepared: Prepared, sizes: Sizes) -> dict:
+    """Time one compiled configuration; the measured part of its row."""
+    program, compiled = prepared.program, prepared.compiled
+    state = program.fresh
+
+    def call(n):
+        nonlocal state
         start = time.perf_counter()
-        state, loss, bad = jax.block_until_ready(compiled(*args(state, n)))
-        return state, loss, bad, time.perf_counter() - start
+        state, loss, bad = jax.block_until_ready(compiled(*block_args(program, state, n, point.runs)))
+        return (loss, bad), time.perf_counter() - start
 
-    state, _, _, first = call(program.fresh, 1)     # warm-up: the first call runs slower
-    per_call = sizes.seconds_per_config / sizes.calls
-    n = max(2, min(sizes.max_rounds_per_call, int(per_call / max(first, 1e-6))))
-    times = []
-    for _ in range(sizes.calls):
-        state, loss, bad, seconds = call(state, n)
-        times.append(seconds)
+    results, first, n = time_calls(call, sizes)
+    loss, bad = results[-1][0]
     mean_loss = float(np.max(np.asarray(loss))) / n
     if not math.isfinite(mean_loss) or np.any(np.asarray(bad) >= 0):
         raise FedlnError(f"{point}: the timed rounds produced a non-finite loss")
@@ -194,9 +213,10 @@ def time_point(point: Point, data, images_per_client: int, sizes: Sizes) -> dict
     program_bytes = (None if memory is None else memory.temp_size_in_bytes
                      + memory.argument_size_in_bytes + memory.output_size_in_bytes
                      - memory.alias_size_in_bytes)
-    return {"compile_seconds": compile_seconds, "first_round_seconds": first,
+    return {"compile_seconds": prepared.compile_seconds, "first_round_seconds": first,
             "rounds_per_call": n, "calls": sizes.calls,
-            "round_seconds_median": statistics.median(times) / n, "train_loss": mean_loss,
+            "round_seconds_median": statistics.median(t for _, t in results) / n,
+            "train_loss": mean_loss,
             "program_memory_mb": None if program_bytes is None else program_bytes / 2 ** 20}
 
 
@@ -262,8 +282,7 @@ def skip_reason(point: Point, rows: list[dict], elapsed: float, budget: float | 
              and not r["conv_impl"].startswith("torch")]
     if config_limit is None or not rates:
         return None
-    rounds = 1 + 2 * sizes.calls                         # warm-up + the fewest timed rounds
-    estimate = rounds * point.runs * point.cohort * sizes.local_steps / max(rates)
+    estimate = sizes.fewest_rounds * point.runs * point.cohort * sizes.local_steps / max(rates)
     if estimate > config_limit:
         return (f"skipped: its rounds would take about {estimate:.0f} s at the best rate measured "
                 f"so far, over the --config-limit of {config_limit:g} s")
@@ -302,9 +321,8 @@ def run_protocol(grid: list[Point], sizes: Sizes, out: str | None = None,
         if point.cohort not in images and reason is None:
             images.clear()                              # one cohort's images on the device at a time
             images[point.cohort] = protocol_data(point.cohort, per_client, sizes.side)
-        row = _measure(lambda: protocol_row(point, time_point(point, images[point.cohort],
-                                                              per_client, sizes), peaks, sizes),
-                       point, reason)
+        row = _measure(lambda: protocol_row(point, time_point(point, prepare_point(
+            point, images[point.cohort], per_client, sizes), sizes), peaks, sizes), point, reason)
         _emit(rows, {**row, **env}, out, log)
     return rows
 

@@ -1,11 +1,30 @@
-"""The rows of `fedln-jax bench --protocol paper` as a markdown table, and their ratios to the
-PyTorch rows (bench_protocol.py measures them; docs/benchmarks.md explains the columns)."""
+"""How `fedln-jax bench --protocol paper` times a configuration (JAX or PyTorch alike), its
+rows as a markdown table, and their ratios to the PyTorch rows (bench_protocol.py measures
+them; docs/benchmarks.md explains the columns)."""
 from __future__ import annotations
+
+from typing import Callable
 
 TORCH_IMPLS = ("torch_loop", "torch_func")
 COLUMNS = ("conv_impl", "dtype", "R", "cohort", "chunk", "compile s", "rounds/s",
            "client steps/s", "GFLOP/s", "fraction of peak", "program MiB", "peak MiB",
            "10,000 rounds", "vs torch loop", "vs torch.func")
+
+
+def time_calls(call: Callable[[int], tuple], sizes) -> tuple[list[tuple], float, int]:
+    """Time `call(n)` (runs n rounds, returns (value, seconds)): a warm-up round (the first
+    call runs slower), then sizes.calls calls of n rounds, n sized so that they fill about
+    sizes.seconds_per_config. Without sizes.warmup (--quick, which only checks that a
+    configuration runs) one call of sizes.max_rounds_per_call rounds, whose time is also the
+    first round's. Returns the timed calls' results, the first round's seconds and n."""
+    if not sizes.warmup:
+        n = sizes.max_rounds_per_call
+        results = [call(n) for _ in range(sizes.calls)]
+        return results, results[0][1] / n, n
+    _, first = call(1)
+    n = max(2, min(sizes.max_rounds_per_call,
+                   int(sizes.seconds_per_config / sizes.calls / max(first, 1e-6))))
+    return [call(n) for _ in range(sizes.calls)], first, n
 
 
 def is_torch(row: dict) -> bool:

@@ -22,7 +22,8 @@ import importlib.util
 import statistics
 import time
 
-IMPLS = ("torch_loop", "torch_func")
+from fedln_jax.bench_report import TORCH_IMPLS as IMPLS, time_calls
+
 LR = 0.01
 
 
@@ -139,11 +140,10 @@ def func_round_fn(cohort: int, images_per_client: int, sizes):
 
 
 def time_torch(impl: str, cohort: int, images_per_client: int, sizes) -> dict:
-    """The measured part of a row for one PyTorch implementation (as time_point of
-    bench_protocol: a warm-up round, then sizes.calls timed calls of n rounds)."""
+    """The measured part of a row for one PyTorch implementation, timed as the JAX rows are
+    (bench_report.time_calls)."""
     build = loop_round_fn if impl == "torch_loop" else func_round_fn
     torch, device, one_round = build(cohort, images_per_client, sizes)
-    calls = sizes.calls
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -155,13 +155,10 @@ def time_torch(impl: str, cohort: int, images_per_client: int, sizes) -> dict:
         sync()
         return float(loss.detach()), time.perf_counter() - start
 
-    _, first = call(1)
-    n = max(2, min(sizes.max_rounds_per_call,
-                   int(sizes.seconds_per_config / calls / max(first, 1e-6))))
-    results = [call(n) for _ in range(calls)]
+    results, first, n = time_calls(call, sizes)
     peak = torch.cuda.max_memory_allocated() / 2 ** 20 if device.type == "cuda" else None
     return {"compile_seconds": None, "first_round_seconds": first, "rounds_per_call": n,
-            "calls": calls, "round_seconds_median": statistics.median(t for _, t in results) / n,
+            "calls": sizes.calls, "round_seconds_median": statistics.median(t for _, t in results) / n,
             "train_loss": results[-1][0], "program_memory_mb": None, "torch_peak_mb": peak,
             "torch_device": device_name(), "torch_version": torch.__version__,
             "torch_threads": torch.get_num_threads()}

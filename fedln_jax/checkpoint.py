@@ -194,7 +194,7 @@ def newest_step(workdir: str) -> int:
     directory = checkpoint_dir(workdir)
     if not directory.exists():
         return 0
-    return max((int(p.name) for p in directory.iterdir() if p.name.isdigit()), default=0)
+    return max((int(p.name) for p in directory.iterdir() if p.name.isdecimal()), default=0)
 
 
 def restore_latest(manager: ocp.CheckpointManager, target, check_meta,

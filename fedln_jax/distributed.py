@@ -56,8 +56,8 @@ def settings(coordinator: Optional[str] = None, num_processes: Optional[int] = N
 def check_address(address: str) -> None:
     """HOST:PORT with a non-empty host and a port in 1..65535 (jax would fail deep inside)."""
     host, sep, port = address.strip().rpartition(":")
-    if not sep or not host or any(c.isspace() for c in host) or not port.isdigit() \
-            or not 0 < int(port) < 65536:
+    port_ok = port.isascii() and port.isdecimal() and 0 < int(port) < 65536   # "²" is a digit
+    if not sep or not host or any(c.isspace() for c in host) or not port_ok:
         raise FedlnError(f"--coordinator must be HOST:PORT with a port in 1..65535, got {address!r}")
 
 

@@ -14,8 +14,8 @@ import sys
 import pytest
 
 from fedln_jax import bench_torch
-from fedln_jax.bench_protocol import QUICK, Point, build_grid, skip_reason
-from fedln_jax.bench_report import add_ratios, format_seconds, markdown_table
+from fedln_jax.bench_protocol import FULL, QUICK, Point, build_grid, skip_reason
+from fedln_jax.bench_report import add_ratios, format_seconds, markdown_table, time_calls
 from fedln_jax.cli import main
 from fedln_jax.models import train_flops_per_example
 
@@ -100,9 +100,27 @@ def test_skip_reasons():
     point = Point("lax", "float32", 8, 100, "cohort")
     assert skip_reason(point, [], 0.0, None, 10.0, QUICK) is None        # nothing measured yet
     assert skip_reason(point, [ok], 5.0, 5.0, None, QUICK).startswith("skipped: the budget")
-    # 8 runs x 100 clients x 2 steps = 1600 steps a round, 3 rounds at 100 steps/s: 48 s
-    assert "about 48 s" in skip_reason(point, [ok], 0.0, None, 40.0, QUICK)
-    assert skip_reason(point, [ok], 0.0, None, 50.0, QUICK) is None
+    # --quick: 8 runs x 100 clients x 2 steps = 1600 steps in its one round, at 100 steps/s 16 s
+    assert "about 16 s" in skip_reason(point, [ok], 0.0, None, 10.0, QUICK)
+    assert skip_reason(point, [ok], 0.0, None, 20.0, QUICK) is None
+    # full size: 8 x 100 x 10 steps a round; a warm-up round and 3 calls of 2 rounds: 560 s
+    assert "about 560 s" in skip_reason(point, [ok], 0.0, None, 500.0, FULL)
+    assert skip_reason(point, [ok], 0.0, None, 600.0, FULL) is None
+
+
+def test_time_calls_warms_up_then_fills_the_time_per_configuration():
+    calls = []
+
+    def call(n):                  # every round takes 0.25 s, the first call's round 1 s
+        calls.append(n)
+        return f"value {len(calls)}", (1.0 if len(calls) == 1 else 0.25 * n)
+
+    # FULL: 10 s over 3 calls at the first round's 1 s: 3 rounds a call (at least 2)
+    results, first, n = time_calls(call, FULL)
+    assert (calls, first, n) == ([1, 3, 3, 3], 1.0, 3)
+    assert results == [("value 2", 0.75), ("value 3", 0.75), ("value 4", 0.75)]
+    calls.clear()                 # --quick: no warm-up, one call of one round
+    assert time_calls(call, QUICK) == ([("value 1", 1.0)], 1.0, 1) and calls == [1]
 
 
 def test_table_ratios_and_a_skipped_row():
@@ -135,7 +153,9 @@ def test_table_ratios_and_a_skipped_row():
     ["--protocol", "paper", "--out", "/nonexistent-dir/rows.jsonl"],
     ["--protocol", "paper", "--model", "small_cnn"], ["--protocol", "paper", "--engine", "loop"],
     ["--protocol", "gpu"], ["--runs", "8"], ["--quick"], ["--out", "rows.jsonl"],
-    ["--dtype", "float16"], ["--dtype", ""], ["--protocol", "paper", "--dtype", ""]])
+    ["--dtype", "float16"], ["--dtype", ""], ["--protocol", "paper", "--dtype", ""],
+    ["--protocol", "paper", "--runs", "\u00b2"], ["--protocol", "paper", "--chunk-policy", "\u00b2"],
+])
 def test_bad_input(args, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     try:

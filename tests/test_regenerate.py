@@ -3,6 +3,7 @@ rounds, into a temporary page), runs shared between figures and reused on the ne
 invocation, bad input refused before anything is written."""
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -115,3 +116,19 @@ def test_the_page_names_a_figure_config_that_exists_for_every_section():
     loaded = regenerate.load_sections(results_page.PAGE, regenerate.configs_dir())
     assert set(loaded) == set(names)
     assert loaded["mnist5k_headline"].base.dataset == "mnist5k"
+
+
+def test_the_readme_demo_table_is_the_pages():
+    """The README copies the demo's table from docs/results.md, which `fedln-jax results`
+    writes: the numbers of each row must agree."""
+    number = r"\d\.\d{3}"
+    with open(os.path.join(ROOT, "docs", "results.md")) as f:
+        block = f.read().split("### Headline (the demo)")[1].split("```")[1]
+    page = {line.split()[0]: re.findall(number, line) for line in block.splitlines()
+            if line.split() and line.split()[0] in ("none", "ln", "fn")}
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = {cells[1].strip(): re.findall(number, line) for line in f
+                  if (cells := line.split("|"))[0] == "" and len(cells) > 2
+                  and cells[1].strip() in ("none", "ln", "fn")}
+    assert set(page) == {"none", "ln", "fn"} and all(len(v) == 6 for v in page.values())
+    assert readme == page
