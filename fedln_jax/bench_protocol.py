@@ -35,112 +35,19 @@ import numpy as np
 from fedln_jax import bench_torch
 from fedln_jax.algorithms import get_algorithm
 from fedln_jax.bench import cpu_model, device_peak_mb, matmul_peak_gflops, peak_rss_mb, _jaxlib_version
+from fedln_jax.bench_grid import (DEFAULT_GRID, FULL, MAX_RUNS, NUM_CLASSES, PROTOCOL_ROUNDS,
+                                  QUICK, TRAIN_IMAGES, Point, Sizes, build_grid, chunk_width,
+                                  client_images, memory_reason, protocol_floors)
 from fedln_jax.bench_report import add_ratios, format_seconds, markdown_table, time_calls
 from fedln_jax.client import epochs_needed, make_apply_fn
 from fedln_jax.config import Config
 from fedln_jax.errors import FedlnError
 from fedln_jax.experiment import Experiment
-from fedln_jax.models import DTYPES, build_model, train_flops_per_example
+from fedln_jax.lock import check_file_path
+from fedln_jax.memory import device_capacity
+from fedln_jax.models import build_model, train_flops_per_example
 from fedln_jax.program import build_program
 from fedln_jax.state import RoundSpec, make_data
-
-PROTOCOL_ROUNDS = 10_000
-LOCAL_STEPS, BATCH_SIZE, NUM_CLASSES = 10, 32, 10
-TRAIN_IMAGES = 50_000                 # CIFAR-10's training set, split evenly over the clients
-CONV_IMPLS = ("lax", "patches")
-CHUNKS = ("cohort", "narrow")         # the whole cohort in one vmap, or one client at a time
-DEFAULT_GRID = {"conv_impl": "lax,patches", "dtype": "float32,bfloat16", "runs": "1,8,64",
-                "cohort": "10,100", "chunk": "cohort,narrow"}
-
-
-class Point(NamedTuple):
-    """One configuration of the grid. chunk: 'cohort', 'narrow' or a width as text."""
-    conv_impl: str
-    dtype: str
-    runs: int
-    cohort: int
-    chunk: str
-
-
-class Sizes(NamedTuple):
-    """How big and how long: the protocol's sizes, or --quick's tiny ones."""
-    name: str
-    side: int                         # images are side x side x 3
-    conv_features: str                # "" = the paper CNN's widths
-    dense_features: str
-    local_steps: int
-    batch_size: int
-    images_per_client: int | None     # None: TRAIN_IMAGES / cohort
-    warmup: bool                      # a warm-up round before the timed calls
-    calls: int                        # timed calls of run_block (the median is reported)
-    seconds_per_config: float         # target time of the timed calls together
-    max_rounds_per_call: int
-    matmul_size: int
-
-    @property
-    def fewest_rounds(self) -> int:
-        """The rounds a configuration runs at the least (bench_report.time_calls)."""
-        return 1 + 2 * self.calls if self.warmup else self.calls * self.max_rounds_per_call
-
-
-# matmul size 0: chosen per backend
-FULL = Sizes("paper", 32, "", "", LOCAL_STEPS, BATCH_SIZE, None, True, 3, 10.0, 1000, 0)
-# The paper CNN's layers at 16x16 and widths 4/4, 8/8, one round each: it checks that every
-# configuration runs; compiling dominates, and costs about what it costs at the full size.
-QUICK = Sizes("quick", 16, "4/4", "8/8", 2, 2, 4, False, 1, 0.0, 1, 128)
-
-
-# ----------------------------------------------------------------------------- the grid
-
-
-def parse_list(text: str, flag: str, allowed=None, positive_int=False) -> list:
-    items = [item.strip() for item in str(text).split(",")]
-    if not items or any(not item for item in items):
-        raise FedlnError(f"{flag} must be a comma-separated list without empty items, got {text!r}")
-    if len(set(items)) != len(items):
-        raise FedlnError(f"{flag} repeats a value: {text!r}")
-    if positive_int:
-        if not all(item.isascii() and item.isdecimal() and int(item) >= 1 for item in items):
-            raise FedlnError(f"{flag} must list positive integers, got {text!r}")
-        return [int(item) for item in items]
-    if allowed is not None and (bad := [item for item in items if item not in allowed]):
-        raise FedlnError(f"{flag}: unknown value {bad[0]!r}; expected some of {', '.join(allowed)}")
-    return items
-
-
-def parse_chunks(text: str) -> list[str]:
-    items = parse_list(text, "--chunk-policy")
-    for item in items:
-        if item not in CHUNKS and not (item.isascii() and item.isdecimal() and int(item) >= 1):
-            raise FedlnError(f"--chunk-policy: {item!r} is neither one of {', '.join(CHUNKS)} "
-                             f"nor a positive width")
-    return items
-
-
-def build_grid(conv_impls: str, dtypes: str, runs: str, cohorts: str, chunks: str) -> list[Point]:
-    """Every configuration, the important ones first (a time limit then cuts the least
-    important): the paper's cohort before the larger one, one run before many, the listed
-    dtype, chunk and conv order within."""
-    axes = (parse_list(conv_impls, "--conv-impl", CONV_IMPLS), parse_list(dtypes, "--dtype", DTYPES),
-            parse_list(runs, "--runs", positive_int=True),
-            parse_list(cohorts, "--cohort", positive_int=True), parse_chunks(chunks))
-    points = [Point(c, d, r, k, w) for c in axes[0] for d in axes[1] for r in axes[2]
-              for k in axes[3] for w in axes[4]]
-    rank = lambda p: (axes[3].index(p.cohort), axes[2].index(p.runs), axes[1].index(p.dtype),
-                      axes[4].index(p.chunk), axes[0].index(p.conv_impl))
-    return sorted(points, key=rank)
-
-
-def chunk_width(chunk: str, cohort: int) -> int:
-    if chunk == "cohort":
-        return cohort
-    if chunk == "narrow":
-        return 1
-    return min(int(chunk), cohort)
-
-
-# ----------------------------------------------------------------------------- one configuration
-
 
 def protocol_data(cohort: int, images_per_client: int, side: int = 32):
     """Random uint8 images; client c holds images_per_client images of class c mod 10."""
@@ -232,7 +139,7 @@ def protocol_row(point: Point, measured: dict, peaks: dict, sizes: Sizes) -> dic
             "chunk_size": None if point.chunk == "-" else chunk_width(point.chunk, point.cohort),
             "status": "ok", "size": sizes.name, "local_steps": sizes.local_steps,
             "batch_size": sizes.batch_size, "image_side": sizes.side,
-            "images_per_client": sizes.images_per_client or TRAIN_IMAGES // point.cohort, **measured, "rounds_per_second": rounds_per_second,
+            "images_per_client": client_images(point.cohort, sizes), **measured, "rounds_per_second": rounds_per_second,
             "run_rounds_per_second": rounds_per_second * point.runs,
             "client_steps_per_second": steps_per_round * rounds_per_second,
             "gflop_per_round": flops / 1e9, "gflops_per_second": gflops,
@@ -306,8 +213,9 @@ def run_protocol(grid: list[Point], sizes: Sizes, out: str | None = None,
             open(path, "w").close()
     rows, images = [], {}
     torch_cohorts = set()
+    floors, (capacity, what) = protocol_floors(grid, sizes), device_capacity()
     for point in grid:
-        per_client = sizes.images_per_client or TRAIN_IMAGES // point.cohort
+        per_client = client_images(point.cohort, sizes)
         if with_torch and point.cohort not in torch_cohorts:
             torch_cohorts.add(point.cohort)
             for impl in bench_torch.IMPLS:
@@ -317,7 +225,8 @@ def run_protocol(grid: list[Point], sizes: Sizes, out: str | None = None,
                     impl, point.cohort, per_client, sizes), peaks, sizes),
                     Point(impl, "float32", 1, point.cohort, "-"), reason)
                 _emit(rows, {**row, **env}, out, log)
-        reason = skip_reason(point, rows, time.perf_counter() - start, budget, config_limit, sizes)
+        reason = (memory_reason(floors[point], capacity, what)
+                  or skip_reason(point, rows, time.perf_counter() - start, budget, config_limit, sizes))
         if point.cohort not in images and reason is None:
             images.clear()                              # one cohort's images on the device at a time
             images[point.cohort] = protocol_data(point.cohort, per_client, sizes.side)
@@ -384,24 +293,23 @@ def protocol_main(args) -> int:
     for flag, value in (("--budget", args.budget), ("--config-limit", args.config_limit)):
         if value is not None and not (math.isfinite(value) and value > 0):
             raise FedlnError(f"{flag} must be a positive number of seconds, got {value}")
+    sizes = QUICK if args.quick else FULL
+    if (runs := max(p.runs for p in grid)) > MAX_RUNS:
+        raise FedlnError(f"--runs {runs} is too large: at most {MAX_RUNS} runs in one program")
+    if (cohort := max(p.cohort for p in grid)) > TRAIN_IMAGES:
+        raise FedlnError(f"--cohort {cohort} is too large: at most {TRAIN_IMAGES} (CIFAR-10's "
+                         f"{TRAIN_IMAGES} training images shared out, one at least per client)")
+    capacity, what = device_capacity()
+    reasons = [memory_reason(f, capacity, what) for f in protocol_floors(grid, sizes).values()]
+    if all(reasons):   # not one configuration fits: a grid no device here could run
+        raise FedlnError(f"no configuration of the grid fits this device; the first one "
+                         f"{reasons[0].removeprefix('skipped: ')}; lower --runs or --cohort")
     if args.out is not None:
-        check_out_path(args.out)
-    rows = run_protocol(grid, QUICK if args.quick else FULL, out=args.out, budget=args.budget,
+        check_file_path(args.out, "--out", (os.path.splitext(args.out)[0] + ".md",))
+    rows = run_protocol(grid, sizes, out=args.out, budget=args.budget,
                         config_limit=args.config_limit,
                         with_torch=not args.no_torch and bench_torch.available())
     for row in rows:
         print(json.dumps(row))
     print(markdown_table(rows))
     return 0
-
-
-def check_out_path(out: str) -> None:
-    """--out must name a file in an existing directory (its .md goes beside it)."""
-    folder = os.path.dirname(os.path.abspath(out))
-    if not out.strip() or os.path.isdir(out):
-        raise FedlnError(f"--out {out!r} must name a file, not a directory")
-    if not os.path.isdir(folder):
-        raise FedlnError(f"--out {out!r}: the directory {folder} does not exist")
-    for path in (out, os.path.splitext(out)[0] + ".md"):
-        if os.path.exists(path) and not os.access(path, os.W_OK) or not os.access(folder, os.W_OK):
-            raise FedlnError(f"--out {out!r}: {path} cannot be written")

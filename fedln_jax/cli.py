@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     res_p.add_argument("--workdir", required=True, help="the figures and their shared runs")
     res_p.add_argument("--out", default="", help="the page (default: WORKDIR/results.md); its "
                        "images go to figures/ beside it")
-    res_p.add_argument("--only", default="", help="one section (figure) only, by name")
+    res_p.add_argument("--only", help="one section (figure) only, by name")
     res_p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                        help="applied to every run (e.g. rounds=2)")
     config_p = sub.add_parser("config", help="print the resolved config as JSON (nothing runs)",
@@ -281,7 +281,7 @@ def _dispatch(args) -> int:
         from fedln_jax.regenerate import regenerate
         command = " ".join(["fedln-jax results --workdir", args.workdir]
                            + (["--out", args.out] if args.out else [])
-                           + (["--only", args.only] if args.only else []) + args.overrides)
+                           + (["--only", args.only] if args.only is not None else []) + args.overrides)
         regenerate(args.workdir, args.out, only=args.only, overrides=args.overrides,
                    command=command)
         return 0

@@ -88,6 +88,24 @@ def load_figure(path: str) -> Figure:
     return figure_of_module(load_config_module(path), path)   # executed once
 
 
+def figure_overrides(overrides) -> dict:
+    """The KEY=VALUE overrides of every run of a figure. Its seeds are its own (FIGURE's
+    "seeds"): a seed override would give every run of a seed axis the same seed."""
+    extra = parse_overrides(list(overrides))
+    if "seed" in extra:
+        raise FedlnError("seed does not apply to a figure: its runs take the seeds its FIGURE "
+                         "lists (\"seeds\")")
+    return extra
+
+
+def figure_seeds(figure: Figure, seeds=None) -> tuple:
+    """The seeds a figure runs: `seeds` when given, else FIGURE's (default (0,))."""
+    seeds = tuple(figure.options.get("seeds", (0,)) if seeds is None else seeds)
+    if not seeds:
+        raise FedlnError(f"{figure.source}: a figure needs at least one seed")
+    return seeds
+
+
 def plan_runs(figure: Figure, extra: dict, seeds, workdir: str,
               runs_dir: str | None = None) -> list[PlannedRun]:
     """Every (run, seed) with its validated config and workdir, before any is trained.
@@ -139,11 +157,9 @@ def run_figure(figure: Figure | str, workdir: str, overrides=(), *, seeds=None,
     if isinstance(figure, str):
         figure = load_figure(figure)
     options = figure.options
-    extra = parse_overrides(list(overrides))
+    extra = figure_overrides(overrides)
     lock.check_own(workdir, ("runs", "results.json"), "a figure's runs")
-    seeds = tuple(options.get("seeds", (0,)) if seeds is None else seeds)
-    if not seeds:
-        raise FedlnError(f"{figure.source}: a figure needs at least one seed")
+    seeds = figure_seeds(figure, seeds)
     planned = plan_runs(figure, extra, seeds, workdir, runs_dir)
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
     start = time.time()

@@ -67,6 +67,27 @@ def _limits(directory: str) -> tuple[int, int]:
         return 255, 4096
 
 
+def check_file_path(path: str, flag: str, siblings: tuple[str, ...] = (),
+                    create_dirs: bool = False) -> None:
+    """`flag` must name a file in a writable directory (one that exists, or with create_dirs
+    one that can be made below the nearest existing one), and it and its siblings (files
+    written beside it) must be writable where they exist. Nothing is created."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not path.strip() or os.path.isdir(path):
+        raise FedlnError(f"{flag} {path!r} must name a file, not a directory")
+    existing = folder
+    while create_dirs and not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise FedlnError(f"{flag} {path!r}: the directory {folder} does not exist"
+                         + (f" and cannot be made ({existing} is not a directory)"
+                            if create_dirs else ""))
+    for target in (path, *siblings):
+        if os.path.isdir(target) or (os.path.exists(target) and not os.access(target, os.W_OK)) \
+                or not os.access(existing, os.W_OK):
+            raise FedlnError(f"{flag} {path!r}: {target} cannot be written")
+
+
 def check_own(workdir: str, markers: tuple[str, ...], what: str) -> None:
     """Refuse an existing non-empty directory that holds none of `markers` (the files that
     say it is `what`): a run must not write into someone's other files."""

@@ -20,7 +20,7 @@ import time
 from importlib import metadata, resources
 
 from fedln_jax import figures, lock
-from fedln_jax.config import Config, parse_overrides
+from fedln_jax.config import Config
 from fedln_jax.data.sources import DATASETS, load_dataset
 from fedln_jax.errors import FedlnError
 from fedln_jax.models.cnn import resolve_arch
@@ -60,20 +60,26 @@ def check_datasets(loaded, extra: dict) -> None:
 
 
 def regenerate(workdir: str, out: str = "", *, sections: tuple[Section, ...] = PAGE,
-               only: str = "", overrides=(), config_root: str = "", command: str = "") -> float:
+               only: str | None = None, overrides=(), config_root: str = "",
+               command: str = "") -> float:
     """Run (or reuse) every section's figure (only `only`'s when given), then write the page
     to `out` (default DIR/results.md) and its images to <out's directory>/figures/. Returns the
     wall time of this invocation in seconds."""
     start = time.time()
     names = [s.name for s in sections]
-    if only and only not in names:
+    if only is not None and only not in names:
         raise FedlnError(f"--only {only!r}: not a section of the page; sections: {', '.join(names)}")
-    extra = parse_overrides(list(overrides))   # checked before anything is written
+    if out:
+        lock.check_file_path(out, "--out", create_dirs=True)
+    # Everything below is checked before anything is written.
+    extra = figures.figure_overrides(overrides)
     loaded = load_sections(sections, config_root or configs_dir())
+    todo = [s for s in sections if only is None or s.name == only]
+    for s in todo:   # every run's config validated: rounds=0, say, stops here
+        figures.plan_runs(loaded[s.name], extra, figures.figure_seeds(loaded[s.name]), workdir)
     check_datasets(loaded.values(), extra)
     lock.check_own(workdir, MARKERS, "a results regeneration")
     out = out or os.path.join(workdir, "results.md")
-    todo = [s for s in sections if not only or s.name == only]
     ledger_path = os.path.join(workdir, "regenerate.json")
     os.makedirs(workdir, exist_ok=True)
     ledger = read_json(ledger_path) if os.path.exists(ledger_path) else {"invocations": []}

@@ -13,8 +13,9 @@ import sys
 
 import pytest
 
-from fedln_jax import bench_torch
-from fedln_jax.bench_protocol import FULL, QUICK, Point, build_grid, skip_reason
+from fedln_jax import bench_protocol, bench_torch
+from fedln_jax.bench_grid import FULL, QUICK, Point, build_grid, protocol_floors
+from fedln_jax.bench_protocol import skip_reason
 from fedln_jax.bench_report import add_ratios, format_seconds, markdown_table, time_calls
 from fedln_jax.cli import main
 from fedln_jax.models import train_flops_per_example
@@ -123,6 +124,31 @@ def test_time_calls_warms_up_then_fills_the_time_per_configuration():
     assert time_calls(call, QUICK) == ([("value 1", 1.0)], 1.0, 1) and calls == [1]
 
 
+def test_a_configuration_that_cannot_fit_is_skipped_and_a_grid_that_cannot_is_refused(
+        tmp_path, capsys, monkeypatch):
+    one, two = Point("lax", "float32", 1, 3, "cohort"), Point("lax", "float32", 2, 3, "cohort")
+    floors = protocol_floors([one, two], QUICK)
+    assert floors[one].data == 3 * 4 * (16 * 16 * 3 + 8)      # 3 clients x 4 images, + labels
+    assert floors[two].state == 2 * floors[one].state and floors[two].chunk == 2 * 3
+    out = tmp_path / "rows.jsonl"
+    args = ["bench", "--protocol", "paper", "--quick", "--no-torch", "--conv-impl", "lax",
+            "--dtype", "float32", "--runs", "1,2", "--cohort", "3", "--chunk-policy", "cohort",
+            "--out", str(out)]
+    capacity = floors[one].total
+    monkeypatch.setattr(bench_protocol, "device_capacity", lambda: (capacity, "a faked device"))
+    assert main(args) == 0
+    ok, skipped = [json.loads(line) for line in out.read_text().splitlines()]
+    check_row(ok)
+    assert skipped["runs"] == 2 and skipped["status"].startswith("skipped: needs at least")
+    capacity -= 1                                             # now not even R = 1 fits
+    out.unlink(), (tmp_path / "rows.md").unlink()
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no configuration of the grid fits") and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_table_ratios_and_a_skipped_row():
     base = {"dtype": "float32", "runs": 1, "cohort": 10, "chunk": "-", "status": "ok",
             "compile_seconds": None, "client_steps_per_second": 1.0, "gflops_per_second": 1.0,
@@ -155,6 +181,8 @@ def test_table_ratios_and_a_skipped_row():
     ["--protocol", "gpu"], ["--runs", "8"], ["--quick"], ["--out", "rows.jsonl"],
     ["--dtype", "float16"], ["--dtype", ""], ["--protocol", "paper", "--dtype", ""],
     ["--protocol", "paper", "--runs", "\u00b2"], ["--protocol", "paper", "--chunk-policy", "\u00b2"],
+    ["--protocol", "paper", "--runs", "1025"], ["--protocol", "paper", "--cohort", "10,50001"],
+    ["--protocol", "paper", "--quick", "--runs", "1024", "--cohort", "50000", "--chunk-policy", "cohort"],
 ])
 def test_bad_input(args, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

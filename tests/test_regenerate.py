@@ -108,6 +108,15 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path, configs, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --only 'nope'")
     assert not work.exists()
+    bad = [(dict(only=""), "--only ''"), (dict(overrides=["rounds=0"]), "rounds must be >= 1"),
+           (dict(overrides=["seed=1"]), "seed does not apply to a figure"),
+           (dict(out=str(tmp_path / "a_file" / "page.md")), "cannot be made"),
+           (dict(out=str(tmp_path)), "must name a file")]
+    (tmp_path / "a_file").write_text("")
+    for kwargs, message in bad:   # each refused before a progress line or a file
+        with pytest.raises(FedlnError, match=message):
+            regenerate.regenerate(str(work), sections=SECTIONS, config_root=configs, **kwargs)
+        assert capsys.readouterr().err == "" and not work.exists()
 
 
 def test_the_page_names_a_figure_config_that_exists_for_every_section():
