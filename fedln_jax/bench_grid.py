@@ -65,14 +65,20 @@ QUICK = Sizes("quick", 16, "4/4", "8/8", 2, 2, 4, False, 1, 0.0, 1, 128)
 # ----------------------------------------------------------------------------- the grid
 
 
+def is_count(item: str) -> bool:
+    """ASCII digits only: str.isdigit also accepts "²", which int() refuses."""
+    return item.isascii() and item.isdecimal()
+
+
 def parse_list(text: str, flag: str, allowed=None, positive_int=False) -> list:
     items = [item.strip() for item in str(text).split(",")]
     if not items or any(not item for item in items):
         raise FedlnError(f"{flag} must be a comma-separated list without empty items, got {text!r}")
+    items = [str(int(item)) if is_count(item) else item for item in items]   # 01 is 1
     if len(set(items)) != len(items):
         raise FedlnError(f"{flag} repeats a value: {text!r}")
     if positive_int:
-        if not all(item.isascii() and item.isdecimal() and int(item) >= 1 for item in items):
+        if not all(is_count(item) and int(item) >= 1 for item in items):
             raise FedlnError(f"{flag} must list positive integers, got {text!r}")
         return [int(item) for item in items]
     if allowed is not None and (bad := [item for item in items if item not in allowed]):
@@ -83,7 +89,7 @@ def parse_list(text: str, flag: str, allowed=None, positive_int=False) -> list:
 def parse_chunks(text: str) -> list[str]:
     items = parse_list(text, "--chunk-policy")
     for item in items:
-        if item not in CHUNKS and not (item.isascii() and item.isdecimal() and int(item) >= 1):
+        if item not in CHUNKS and not (is_count(item) and int(item) >= 1):
             raise FedlnError(f"--chunk-policy: {item!r} is neither one of {', '.join(CHUNKS)} "
                              f"nor a positive width")
     return items

@@ -305,7 +305,11 @@ def protocol_main(args) -> int:
         raise FedlnError(f"no configuration of the grid fits this device; the first one "
                          f"{reasons[0].removeprefix('skipped: ')}; lower --runs or --cohort")
     if args.out is not None:
-        check_file_path(args.out, "--out", (os.path.splitext(args.out)[0] + ".md",))
+        table = os.path.splitext(args.out)[0] + ".md"
+        if os.path.abspath(table) == os.path.abspath(args.out):
+            raise FedlnError(f"--out {args.out!r} ends in .md, the name of the table written "
+                             f"beside the rows: name the rows' file, e.g. rows.jsonl")
+        check_file_path(args.out, "--out", (table,))
     rows = run_protocol(grid, sizes, out=args.out, budget=args.budget,
                         config_limit=args.config_limit,
                         with_torch=not args.no_torch and bench_torch.available())

@@ -181,7 +181,8 @@ def test_table_ratios_and_a_skipped_row():
     ["--protocol", "gpu"], ["--runs", "8"], ["--quick"], ["--out", "rows.jsonl"],
     ["--dtype", "float16"], ["--dtype", ""], ["--protocol", "paper", "--dtype", ""],
     ["--protocol", "paper", "--runs", "\u00b2"], ["--protocol", "paper", "--chunk-policy", "\u00b2"],
-    ["--protocol", "paper", "--runs", "1025"], ["--protocol", "paper", "--cohort", "10,50001"],
+    ["--protocol", "paper", "--runs", "1,01"], ["--protocol", "paper", "--chunk-policy", "1,01"],
+    ["--protocol", "paper", "--out", "rows.md"], ["--protocol", "paper", "--runs", "1025"], ["--protocol", "paper", "--cohort", "10,50001"],
     ["--protocol", "paper", "--quick", "--runs", "1024", "--cohort", "50000", "--chunk-policy", "cohort"],
 ])
 def test_bad_input(args, capsys, tmp_path, monkeypatch):
