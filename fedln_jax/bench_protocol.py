@@ -26,7 +26,6 @@ import os
 import statistics
 import sys
 import time
-from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -80,30 +79,19 @@ def protocol_members(point: Point, data, images_per_client: int, sizes: Sizes) -
     return [exp._replace(config=config.replace(seed=seed)) for seed in range(point.runs)]
 
 
-class Prepared(NamedTuple):
-    """A configuration built and compiled, ready to be timed."""
-    program: Any
-    compiled: Any
-    compile_seconds: float      # lowering and compiling its block of rounds
-
-
 def block_args(program, state, rounds: int, runs: int) -> tuple:
     """The arguments of `run_block` for `rounds` rounds of `runs` runs from `state`."""
     return state, program.hparams, program.data, jnp.int32(rounds), program.scalars([0.0] * runs)
 
 
-def prepare_point(point: Point, data, images_per_client: int, sizes: Sizes) -> Prepared:
-    """Build one configuration as the training loop does and compile its block of rounds."""
+def time_point(point: Point, data, images_per_client: int, sizes: Sizes) -> dict:
+    """Build one configuration as the training loop does, compile its block of rounds and time
+    it; the measured part of its row."""
     program = build_program(protocol_members(point, data, images_per_client, sizes), jax.devices())
-    start = time.perf_counter()
-    compiled = program.run_block.lower(*block_args(program, program.fresh, 1, point.runs)).compile()
-    return Prepared(program, compiled, time.perf_counter() - start)
-
-
-def time_point(point: Point, prepared: Prepared, sizes: Sizes) -> dict:
-    """Time one compiled configuration; the measured part of its row."""
-    program, compiled = prepared.program, prepared.compiled
     state = program.fresh
+    start = time.perf_counter()
+    compiled = program.run_block.lower(*block_args(program, state, 1, point.runs)).compile()
+    compile_seconds = time.perf_counter() - start
 
     def call(n):
         nonlocal state
@@ -120,7 +108,7 @@ def time_point(point: Point, prepared: Prepared, sizes: Sizes) -> dict:
     program_bytes = (None if memory is None else memory.temp_size_in_bytes
                      + memory.argument_size_in_bytes + memory.output_size_in_bytes
                      - memory.alias_size_in_bytes)
-    return {"compile_seconds": prepared.compile_seconds, "first_round_seconds": first,
+    return {"compile_seconds": compile_seconds, "first_round_seconds": first,
             "rounds_per_call": n, "calls": sizes.calls,
             "round_seconds_median": statistics.median(t for _, t in results) / n,
             "train_loss": mean_loss,
@@ -200,8 +188,15 @@ def run_protocol(grid: list[Point], sizes: Sizes, out: str | None = None,
                  budget: float | None = None, config_limit: float | None = None,
                  with_torch: bool = True, log=None) -> list[dict]:
     """Measure every configuration (the torch rows of a cohort before its first JAX row),
-    writing each row to `out` (JSON lines) and the table to out's .md as it finishes."""
+    writing each row to `out` (JSON lines) and the table to out's .md as it finishes. One
+    whose memory floor exceeds the device is a skipped row; a grid of which none fits is
+    refused before anything is printed or written."""
     log = log or sys.stderr            # looked up now: a redirected stderr counts
+    floors, (capacity, what) = protocol_floors(grid, sizes), device_capacity()
+    reasons = {p: memory_reason(floors[p], capacity, what) for p in grid}
+    if all(reasons.values()):   # not one configuration fits: a grid no device here could run
+        raise FedlnError(f"no configuration of the grid fits this device; the first one "
+                         f"{reasons[grid[0]].removeprefix('skipped: ')}; lower --runs or --cohort")
     start, env = time.perf_counter(), environment()
     matmul_size = sizes.matmul_size or (2048 if env["backend"] == "cpu" else 8192)
     peaks = {d: matmul_peak_gflops(matmul_size, dtype=d) for d in sorted({p.dtype for p in grid} | {"float32"})}
@@ -213,7 +208,6 @@ def run_protocol(grid: list[Point], sizes: Sizes, out: str | None = None,
             open(path, "w").close()
     rows, images = [], {}
     torch_cohorts = set()
-    floors, (capacity, what) = protocol_floors(grid, sizes), device_capacity()
     for point in grid:
         per_client = client_images(point.cohort, sizes)
         if with_torch and point.cohort not in torch_cohorts:
@@ -225,13 +219,14 @@ def run_protocol(grid: list[Point], sizes: Sizes, out: str | None = None,
                     impl, point.cohort, per_client, sizes), peaks, sizes),
                     Point(impl, "float32", 1, point.cohort, "-"), reason)
                 _emit(rows, {**row, **env}, out, log)
-        reason = (memory_reason(floors[point], capacity, what)
+        reason = (reasons[point]
                   or skip_reason(point, rows, time.perf_counter() - start, budget, config_limit, sizes))
         if point.cohort not in images and reason is None:
             images.clear()                              # one cohort's images on the device at a time
             images[point.cohort] = protocol_data(point.cohort, per_client, sizes.side)
-        row = _measure(lambda: protocol_row(point, time_point(point, prepare_point(
-            point, images[point.cohort], per_client, sizes), sizes), peaks, sizes), point, reason)
+        row = _measure(lambda: protocol_row(point, time_point(point, images[point.cohort],
+                                                              per_client, sizes), peaks, sizes),
+                       point, reason)
         _emit(rows, {**row, **env}, out, log)
     return rows
 
@@ -299,11 +294,6 @@ def protocol_main(args) -> int:
     if (cohort := max(p.cohort for p in grid)) > TRAIN_IMAGES:
         raise FedlnError(f"--cohort {cohort} is too large: at most {TRAIN_IMAGES} (CIFAR-10's "
                          f"{TRAIN_IMAGES} training images shared out, one at least per client)")
-    capacity, what = device_capacity()
-    reasons = [memory_reason(f, capacity, what) for f in protocol_floors(grid, sizes).values()]
-    if all(reasons):   # not one configuration fits: a grid no device here could run
-        raise FedlnError(f"no configuration of the grid fits this device; the first one "
-                         f"{reasons[0].removeprefix('skipped: ')}; lower --runs or --cohort")
     if args.out is not None:
         table = os.path.splitext(args.out)[0] + ".md"
         if os.path.abspath(table) == os.path.abspath(args.out):
