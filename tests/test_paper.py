@@ -1,0 +1,113 @@
+"""fedln_jax/paper.py: the paper's numbers as data. What is invariant is checked (every value
+cited by table and page, in range, no key twice, each table's rows and columns complete);
+values that repeat across tables come from different runs, so they are not asserted equal."""
+import collections
+import re
+
+import pytest
+
+from fedln_jax import paper
+from fedln_jax.config import PAPER_PROTOCOL
+from fedln_jax.paper import PAGES, VALUES, paper_gap, paper_value, paper_values
+
+
+def test_every_value_has_a_source_with_its_page():
+    for v in VALUES:
+        assert re.fullmatch(r"(Table|Fig\.) \d+", v.source), v
+        assert v.page == PAGES[v.source] and v.page > 0, v
+        assert v.dataset and v.model and v.setting and v.method, v
+
+
+def test_values_are_accuracies_in_percent_points():
+    for v in VALUES:
+        assert 0.0 <= v.value <= 100.0, v
+        assert v.std is None or 0.0 <= v.std < 10.0, v
+        assert (v.std is None) == (v.seeds == 1), v
+
+
+def test_no_key_appears_twice():
+    counts = collections.Counter(v.key for v in VALUES)
+    assert [k for k, n in counts.items() if n > 1] == []
+
+
+def test_figure_values_and_only_they_are_read_off_a_plot():
+    for v in VALUES:
+        assert v.from_plot == v.source.startswith("Fig."), v
+        assert not v.approx_rounds or v.from_plot, v
+
+
+def complete_grid(values):
+    """Every (method, setting, dataset, model) of a table present exactly once."""
+    methods = {v.method for v in values}
+    columns = {(v.setting, v.dataset, v.model) for v in values}
+    return {(v.method, v.setting, v.dataset, v.model) for v in values} == {
+        (m, *c) for m in methods for c in columns}
+
+
+@pytest.mark.parametrize("source, methods, settings", [
+    ("Table 10", {"FedAvg", "FedProx", "SCAFFOLD", "FedLC", "FedDecorr", "FedRS", "FedYogi",
+                  "FedFN", "FedLN"}, 9),
+    ("Table 14", {"FedAvg", "FedYogi", "FedFN", "FedLN"}, 1),
+    ("Table 3", {"FedAvg", "FedFN layer-wise", "FedFN last layer", "FedLN layer-wise",
+                 "FedLN last layer + mean shift", "FedAvg with bias"}, 3),
+    ("Table 4", {"FedGN (2 groups)", "FedAvg + BN", "FedBN"}, 3),
+    ("Table 6", {"FedLN affine", "FedLN static", "FedLN before activation"}, 3),
+    ("Table 12", {"FedFN + FedYogi", "FedLN + FedYogi"}, 3),
+    ("Fig. 5", {"FedAvg", "FedFN", "FedLN"}, 5),
+    ("Fig. 7", {"FedAvg", "FedFN", "FedLN"}, 7),
+    ("Fig. 4", {"FedAvg", "FedFN", "FedLN", "centralized"}, 2),
+    ("Fig. 6", {"vanilla", "FN", "LN", "GN", "BN"}, 2),
+])
+def test_each_table_has_its_whole_method_set(source, methods, settings):
+    values = paper_values(source)
+    assert {v.method for v in values} == methods
+    assert len({v.setting for v in values}) == settings
+    assert complete_grid(values)
+
+
+def test_table_1_covers_nine_methods_on_three_datasets():
+    values = paper_values("Table 1")
+    assert {v.dataset for v in values} == {"CIFAR-10", "CIFAR-100", "TinyImageNet"}
+    assert len({v.method for v in values}) == 9 and len(values) == 81
+    assert complete_grid([v for v in values if v.dataset == "CIFAR-10"])
+
+
+def test_table_14_is_the_three_seed_table_of_the_cnn_and_resnet18():
+    values = paper_values("Table 14")
+    assert {v.model for v in values} == {"CNN", "ResNet-18"} and complete_grid(values)
+    assert all(v.seeds == 3 and v.std is not None for v in values)
+    assert [v for v in VALUES if v.seeds != 1] == values
+    # FedAvg with the CNN, one class, also in Table 10 (another run): both near 56.
+    t10 = paper_value("Table 10", "FedAvg", "1 class, E=10")
+    t14 = paper_value("Table 14", "FedAvg", "1 class")
+    assert t10 != t14 and abs(t10 - t14) < 5
+
+
+def test_lookups_and_gaps():
+    assert paper_value("Table 14", "FedLN", "1 class") == 77.21
+    assert paper_value("Table 14", "FedLN", "1 class", model="ResNet-18") == 83.40
+    assert paper_gap("Table 14", "FedFN", "FedLN", "1 class") == pytest.approx(-0.36)
+    assert paper_gap("Fig. 4", "FedFN", "FedLN", "1 class, ~400 rounds") == pytest.approx(-7)
+    assert paper_value("Table 1", "FedLN", "Dir 0.1", model="ResNet-18") == 89.1
+    with pytest.raises(KeyError, match="0 values"):
+        paper_value("Table 14", "FedBN", "1 class")
+
+
+def test_citations_and_horizons():
+    fig4 = paper.paper_entry("Fig. 4", "FedLN", "1 class, ~4,000 rounds")
+    assert paper.cite(fig4) == "Fig. 4, p.9, read off the plot"
+    assert paper.horizon_text(fig4) == "~4,000 rounds"
+    t14 = paper.paper_entry("Table 14", "FedLN", "1 class")
+    assert (paper.cite(t14), paper.horizon_text(t14)) == ("Table 14, p.24", "10,000 rounds")
+    assert paper.horizon_text(paper.paper_entry("Fig. 7", "FedLN", "1 class, lr 0.01")) == (
+        "a horizon the paper does not state")
+
+
+def test_protocol_settings_are_cited_and_match_the_paper_protocol_configs():
+    names = [s.name for s in paper.PROTOCOL]
+    assert len(set(names)) == len(names)
+    for s in paper.PROTOCOL:
+        assert s.source and 0 < s.page <= (s.last_page or s.page), s
+    for key in ("rounds", "local_steps", "batch_size", "lr", "momentum"):
+        assert PAPER_PROTOCOL[key] == paper.protocol_setting(key).value, key
+    assert paper.protocol_setting("eps").value == 1e-5
