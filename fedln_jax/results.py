@@ -1,8 +1,8 @@
 """Many runs, then a table: statistics over seeds, and the tables that print them.
 
 A run enters as its summary (summary.json): `final_test_accuracy`,
-`mean_last3_test_accuracy` (the mean of its last 3 evaluations: under label skew a single
-evaluation oscillates from round to round) and `status`. Runs are grouped into cells (one
+`mean_last3_test_accuracy` (the mean of its last LAST_K = 3 evaluations, train.summarize:
+under label skew a single evaluation oscillates from round to round) and `status`. Runs are grouped into cells (one
 setting, several seeds); a diverged seed is counted in its cell, never averaged.
 
 The tables: `grid_table` (figures: one row per series, one column per x), `seeds_table`
@@ -10,12 +10,21 @@ The tables: `grid_table` (figures: one row per series, one column per x), `seeds
 setting), `runs_table` (the notebook: one row per run), and a figure's analysis tables
 (`local_overfit_table`, `norms_table`: one series' `analysis.analyze_run` result per row
 group). docs/results.md shows them.
+
+Whether a run's horizon is long enough for its headline number: `horizon_check` (the last-k
+mean of its accuracy curves moves less than HORIZON_TOLERANCE over the last HORIZON_FRACTION
+of the rounds).
 """
 from __future__ import annotations
 
-from typing import Callable, Hashable, Iterable
+import dataclasses
+from typing import Callable, Hashable, Iterable, Optional, Sequence
 
 import numpy as np
+
+LAST_K = 3                 # a run's headline number: the mean of its last LAST_K evaluations
+HORIZON_FRACTION = 0.2     # the horizon check looks back over this last share of the rounds
+HORIZON_TOLERANCE = 0.02   # ... and passes when the last-k mean moved less than this there
 
 
 def group(keyed: Iterable[tuple[Hashable, dict]]) -> dict[Hashable, list[dict]]:
@@ -137,3 +146,49 @@ def norms_table(analyses: dict[str, dict]) -> str:
                      f"{_values(p['feature_norm_per_class_after'])} | "
                      f"{_values(p['head_norm_per_class_after'])} |")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# The horizon: has the curve settled?
+
+Curve = tuple[Sequence[int], Sequence[float]]   # (evaluated rounds, test accuracies)
+
+
+def last_k_mean(curve: Curve, until: Optional[float] = None, k: int = LAST_K) -> Optional[float]:
+    """The mean of the last k evaluations at or before round `until` (None: of the whole
+    curve), as a run's summary computes it; None when there is none."""
+    kept = [a for r, a in zip(*curve) if until is None or r <= until]
+    return float(np.mean(kept[-k:])) if kept else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Horizon:
+    rounds: int           # the last evaluated round, T
+    cut: float            # (1 - HORIZON_FRACTION) T
+    before: float         # mean over the curves of their last-k means ending at `cut`
+    end: float            # ... ending at T: the headline number
+
+    @property
+    def moved(self) -> float:
+        return self.end - self.before
+
+    @property
+    def settled(self) -> bool:
+        return abs(self.moved) < HORIZON_TOLERANCE
+
+
+def horizon_check(curves: Sequence[Curve], k: int = LAST_K) -> Optional[Horizon]:
+    """The criterion for a horizon long enough for a claim: the last-k mean (over seeds: one
+    curve each) moves less than HORIZON_TOLERANCE over the last HORIZON_FRACTION of the rounds,
+    i.e. between the last-k mean ending at (1 - HORIZON_FRACTION) T and the one ending at T.
+    None when there is no curve, or one without an evaluation at or before the cut."""
+    curves = [c for c in curves if len(c[0])]
+    if not curves:
+        return None
+    rounds = max(max(c[0]) for c in curves)
+    cut = (1 - HORIZON_FRACTION) * rounds
+    before = [last_k_mean(c, cut, k) for c in curves]
+    if None in before:
+        return None
+    end = [last_k_mean(c, None, k) for c in curves]
+    return Horizon(rounds, cut, float(np.mean(before)), float(np.mean(end)))

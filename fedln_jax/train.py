@@ -29,6 +29,7 @@ from fedln_jax.evaluation import evaluation_row
 from fedln_jax.experiment import Experiment, mesh_devices
 from fedln_jax.memory import out_of_memory_reported
 from fedln_jax.program import Program, build_program
+from fedln_jax.results import LAST_K
 from fedln_jax.state import ServerState, derive_server_context
 from fedln_jax.tensorboard_events import RunBoard
 from fedln_jax.version import __version__
@@ -383,7 +384,7 @@ def summarize(history: list[dict], wall_seconds: float, *, status: str = "comple
     (completed | interrupted | diverged), and checkpoint timings of this session."""
     accuracies = [row["test_accuracy"] for row in history]
     summary = {"final_test_accuracy": accuracies[-1] if accuracies else None,
-               "mean_last3_test_accuracy": float(np.mean(accuracies[-3:])) if accuracies else None,
+               "mean_last3_test_accuracy": float(np.mean(accuracies[-LAST_K:])) if accuracies else None,
                "best_test_accuracy": max(accuracies) if accuracies else None,
                "final_train_loss": history[-1]["train_loss"] if history else None,
                "rounds_completed": (history[-1]["round"] if rounds_completed is None and history

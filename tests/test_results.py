@@ -99,3 +99,32 @@ def test_analysis_tables_of_a_figure():
     assert results.norms_table(analyses).splitlines()[2:] == [
         "| fn | global | 8.00 8.00 | 1.00 0.50 |",
         "| fn | after 5 local steps | 8.00 8.00 | 1.50 0.25 |"]
+
+
+def test_last_k_mean_is_the_summarys_statistic():
+    from fedln_jax.train import summarize
+    rounds, acc = [2, 4, 6, 8, 10], [0.1, 0.2, 0.3, 0.4, 0.9]
+    history = [{"round": r, "test_accuracy": a, "train_loss": 1.0} for r, a in zip(rounds, acc)]
+    assert results.last_k_mean((rounds, acc)) == pytest.approx(
+        summarize(history, 0.0)["mean_last3_test_accuracy"])
+    assert results.last_k_mean((rounds, acc), until=8) == pytest.approx((0.2 + 0.3 + 0.4) / 3)
+    assert results.last_k_mean((rounds, acc), until=1) is None
+
+
+def test_horizon_check_on_synthetic_curves():
+    T = 100
+    rounds = list(range(5, T + 1, 5))
+    flat = [0.5 + (0.01 if r % 10 else -0.01) for r in rounds]   # oscillates, does not move
+    rising = [0.3 + 0.4 * r / T for r in rounds]                  # still climbing at T
+    settled = results.horizon_check([(rounds, flat), (rounds, flat)])
+    assert settled.rounds == T and settled.cut == pytest.approx((1 - results.HORIZON_FRACTION) * T)
+    assert abs(settled.moved) < results.HORIZON_TOLERANCE and settled.settled
+    climbing = results.horizon_check([(rounds, rising)])
+    # last-3 ending at 100 (90, 95, 100) vs ending at 80 (70, 75, 80): 0.4 * 20 / 100 = 0.08
+    assert climbing.moved == pytest.approx(0.08) and not climbing.settled
+    assert climbing.end == pytest.approx(results.last_k_mean((rounds, rising)))
+    # Over seeds: the mean of the seeds' last-k means, as the table's cells.
+    both = results.horizon_check([(rounds, flat), (rounds, rising)])
+    assert both.end == pytest.approx((settled.end + climbing.end) / 2)
+    assert results.horizon_check([]) is None
+    assert results.horizon_check([([T], [0.5])]) is None     # nothing at or before the cut
