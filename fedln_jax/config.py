@@ -16,15 +16,13 @@ from fedln_jax.data.augment import AUGMENT_SETTINGS, resolve_augmentation
 from fedln_jax.data.partition import SCHEMES
 from fedln_jax.data.sources import DATASETS
 from fedln_jax.errors import FedlnError
-from fedln_jax.models import (CONV_IMPLS, DTYPES, MODEL_NAMES, NORM_POSITIONS, NORM_PRESETS,
-                              model_widths)
+from fedln_jax.models import (CONV_IMPLS, DTYPES, INITS, MODEL_NAMES, NORM_POSITIONS,
+                              NORM_PRESETS, model_widths)
 from fedln_jax.tensorboard_events import check_installed as check_tensorboard_installed
 
 
 def _field(default: Any, *, choices=None, value: bool = False, resumable: bool = False):
-    """A config field whose metadata says how the package treats the key:
-
-    choices: the allowed values, taken from the registry that owns the names.
+    """A config field whose metadata says how the package treats the key. choices: the allowed values, taken from the registry that owns the names.
     value: only a value a round reads, never shapes or code: runs differing only in value
       keys share one vectorized program (program.py, docs/scale.md).
     resumable: decides how rounds are laid out (chunking, devices) or saved, never the
@@ -84,19 +82,20 @@ class Config:
     norm_position: str = _field("after", choices=NORM_POSITIONS)
     gn_groups: int = 4
     tau: float = 1.0                    # logit temperature
+    init: str = _field("torch", choices=INITS)  # weights: torch (the reference's) | lecun (flax's)
     # algorithm (fedln_jax/algorithms). A hyperparameter owned by other algorithms must keep
     # its default: setting it is an error, since it would silently do nothing.
     algorithm: str = _field("fedavg", choices=REGISTRY)
     # None = the algorithm's default: 1.0, 0.01 for fedadam/fedyogi
     server_lr: Optional[float] = _field(None, value=True)
-    prox_mu: float = _field(1.0, value=True)  # fedprox: loss + mu/2 ||w - w_global||^2 (paper: 1)
+    prox_mu: float = _field(0.01, value=True)  # fedprox: mu/2 ||w - w_global||^2 (paper: swept 0.001-1, 0.01 best)
     server_momentum: float = _field(0.9, value=True)  # fedavgm
     server_beta1: float = _field(0.9, value=True)  # fedadam, fedyogi (docs/method.md#baselines)
     server_beta2: float = _field(0.99, value=True)  # fedadam, fedyogi
     server_tau: float = _field(1e-3, value=True)  # fedadam, fedyogi: added to sqrt(v)
     fedlc_tau: float = _field(1.0, value=True)  # fedlc: margin tau * n_k^(-1/4)
     fedrs_alpha: float = _field(0.5, value=True)  # fedrs: scale of absent classes' logits, in (0, 1]
-    feddecorr_coef: float = _field(0.1, value=True)  # feddecorr (paper: 0.1)
+    feddecorr_coef: float = _field(0.5, value=True)  # feddecorr (paper: 0.5)
     # bookkeeping and execution
     seed: int = _field(0, value=True)
     # save the run state every N rounds (0 = only at the end)
@@ -148,16 +147,13 @@ class Config:
             allowed, value = f.metadata.get("choices"), getattr(self, f.name)
             if allowed is not None and value not in allowed:
                 raise FedlnError(f"{f.name}={value!r} is not one of {', '.join(allowed)}")
-        positive = ("num_clients", "local_steps", "batch_size", "rounds", "eval_every",
-                    "gn_groups", "keep_checkpoints", "min_client_examples")
-        for key in positive:
+        for key in ("num_clients", "local_steps", "batch_size", "rounds", "eval_every",
+                    "gn_groups", "keep_checkpoints", "min_client_examples"):
             if getattr(self, key) < 1:
                 raise FedlnError(f"{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("lr", "dirichlet_beta", "tau", "test_fraction", "server_tau"):
-            if not getattr(self, key) > 0:
+        for key in ("lr", "dirichlet_beta", "tau", "test_fraction", "server_tau", "server_lr"):
+            if getattr(self, key) is not None and not getattr(self, key) > 0:
                 raise FedlnError(f"{key} must be > 0, got {getattr(self, key)}")
-        if self.server_lr is not None and not self.server_lr > 0:
-            raise FedlnError(f"server_lr must be > 0, got {self.server_lr}")
         for key in ("client_chunk_size", "num_devices"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise FedlnError(f"{key} must be >= 1 (or none for the default), "
@@ -385,11 +381,14 @@ def build_config(config_file: Optional[str], overrides: list[str]) -> Config:
     return base.replace(**parse_overrides(overrides)).validate()
 
 
+# Keys added later whose default is not the behaviour before them (runs before `init`: lecun).
+LEGACY_VALUES = {"init": "lecun"}
+
+
 def with_defaults(values: dict[str, Any]) -> dict[str, Any]:
-    """A config.json written before a key existed, with that key at its default: every key
-    added later defaults to the behaviour from before it (e.g. conv_features "" = the model's
-    own widths), so such a run stays resumable and comparable."""
-    return {**Config().to_dict(), **values}
+    """A config.json written before a key existed, with that key at the behaviour from before
+    it (its default, or LEGACY_VALUES'), so such a run stays resumable and comparable."""
+    return {**Config().to_dict(), **LEGACY_VALUES, **values}
 
 
 def diff_keys(a: dict[str, Any], b: dict[str, Any]) -> list[str]:

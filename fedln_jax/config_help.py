@@ -45,6 +45,7 @@ MEANINGS = {
     "norm_position": "norm after (the paper) or before the ReLU",
     "gn_groups": "groups of the gn preset",
     "tau": "logits are divided by tau",
+    "init": "weight initialization: torch (PyTorch's default, the paper's code), lecun (flax's)",
     # algorithm
     "algorithm": "the federated algorithm (docs/algorithms.md)",
     "server_lr": "server step on the averaged update (none = the algorithm's default)",

@@ -61,7 +61,7 @@ def build_experiment(config: Config) -> Experiment:
                         norm_layers=config.norm_layers, norm_position=config.norm_position,
                         gn_groups=config.gn_groups, tau=config.tau, conv_impl=config.conv_impl,
                         dtype=config.dtype, conv_features=config.conv_features,
-                        dense_features=config.dense_features)
+                        dense_features=config.dense_features, init=config.init)
     devices = mesh_devices(config)
     num_devices = len(devices)
     spec = RoundSpec(

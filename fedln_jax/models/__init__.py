@@ -8,8 +8,9 @@ from fedln_jax.choices import DTYPES
 from fedln_jax.errors import FedlnError
 from fedln_jax.models.cnn import ARCHS, MLP, WIDTH_FIELDS, ConvNet, parse_features, resolve_arch
 from fedln_jax.models.flops import forward_macs, train_flops_per_example
-from fedln_jax.models.layers import CONV_IMPLS, Conv, conv2d, max_pool2, resolve_conv_impl
-from fedln_jax.models.resnet import RESNET_WIDTHS, ResNet
+from fedln_jax.models.layers import (CONV_IMPLS, INITS, Conv, conv2d, kernel_init, max_pool2,
+                                     resolve_conv_impl)
+from fedln_jax.models.resnet import RESNET_WIDTHS, ResNet, resnet_feature_dim
 from fedln_jax.models.normalizers import (NORM_PRESETS, PRIMITIVES, NormDef, NormModule, Preset,
                                           Primitive, apply_norm, check_width, expand_norm_layers,
                                           group_norm, preset, resolve_norm)
@@ -29,12 +30,17 @@ def num_norm_positions(name: str) -> int:
     return len(ARCHS[name]["widths"])
 
 
-def feature_dim(name: str, dense_features="") -> int:
+def feature_dim(name: str, dense_features="", image_shape=None) -> int:
     """Dimension d of the penultimate feature phi of model `name` (with the widths of the
-    dense_features config key, when set)."""
+    dense_features config key, when set). A ResNet's d depends on the input size (avg_pool 4 +
+    flatten, as the reference: 512 at 32x32, 2048 at 64x64), so it needs `image_shape`, the
+    [H, W, ...] of one input; the CNN and MLP ignore it."""
     _check_name(name)
     if name in RESNET_WIDTHS:
-        return RESNET_WIDTHS[name][-1]
+        if image_shape is None:
+            raise ValueError(f"feature_dim of {name!r} depends on the input size: pass "
+                             "image_shape=(H, W, C)")
+        return resnet_feature_dim(RESNET_WIDTHS[name][-1], tuple(image_shape)[:2])
     return resolve_arch(name, dense_features=dense_features)["widths"][-1]
 
 
@@ -79,7 +85,7 @@ def _check_name(name):
 def build_model(name: str, norm: str, num_classes: int, *, norm_layers: str = "",
                 norm_position: str = "after", gn_groups: int = 4, tau: float = 1.0,
                 conv_impl: str = "auto", dtype: str = "float32", conv_features="",
-                dense_features=""):
+                dense_features="", init: str = "torch"):
     """Build a flax Linen model (bias-free everywhere except the ResNet head).
 
     Args:
@@ -97,6 +103,8 @@ def build_model(name: str, norm: str, num_classes: int, *, norm_layers: str = ""
         statistics and logits stay float32 either way.
       conv_features: widths of the convs of cnn/small_cnn, "32,64" or (32, 64); "" = the model's.
       dense_features: widths of the hidden dense layers of cnn/small_cnn/mlp; "" = the model's.
+      init: weight initialization, "torch" (PyTorch's default, the paper's reference code) or
+        "lecun" (flax's default); models.layers.INITS.
 
     Returns:
       A Linen module: `apply(variables, x, train=..., return_features=...)`, x float32 NHWC.
@@ -113,6 +121,7 @@ def build_model(name: str, norm: str, num_classes: int, *, norm_layers: str = ""
     if dtype not in DTYPES:
         raise FedlnError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
     conv, pool = resolve_conv_impl(conv_impl)
+    kernel_init(init)   # an unknown name is refused here, before anything is built
     if name in RESNET_WIDTHS:
         resolve_resnet_widths(name, conv_features, dense_features)
         if dtype != "float32":
@@ -131,14 +140,14 @@ def build_model(name: str, norm: str, num_classes: int, *, norm_layers: str = ""
         check_width(spec, width)
     # The names are resolved here, once: the modules receive factories.
     kw = dict(arch["kw"], num_classes=num_classes, norms=tuple(resolve_norm(s) for s in specs),
-              norm_position=norm_position, tau=tau, dtype=dtype)
+              norm_position=norm_position, tau=tau, dtype=dtype, weight_init=init)
     if arch["cls"] is ConvNet:
         kw.update(conv_impl=conv, pool_impl=pool)
     return arch["cls"](**kw)
 
 
 __all__ = [
-    "build_model", "MODEL_NAMES", "DTYPES", "NORM_PRESETS", "NORM_POSITIONS", "PRIMITIVES", "CONV_IMPLS",
+    "build_model", "MODEL_NAMES", "DTYPES", "INITS", "kernel_init", "NORM_PRESETS", "NORM_POSITIONS", "PRIMITIVES", "CONV_IMPLS",
     "expand_norm_layers", "resolve_norm", "preset", "check_width", "num_norm_positions",
     "feature_dim", "ConvNet", "MLP", "ResNet", "resnet_norm_layers", "Conv", "conv2d", "max_pool2",
     "resolve_conv_impl", "NormDef", "NormModule", "Preset", "Primitive", "apply_norm",

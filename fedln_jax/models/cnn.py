@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from fedln_jax.errors import FedlnError
-from fedln_jax.models.layers import Conv, max_pool2
+from fedln_jax.models.layers import Conv, kernel_init, max_pool2
 from fedln_jax.models.normalizers import NormDef, apply_norm
 
 
@@ -24,9 +24,10 @@ def _act_norm(x, norm, *, position, spatial, train, name):
     return apply_norm(norm, nn.relu(x), spatial=spatial, train=train, name=name)
 
 
-def _head(phi, num_classes, tau, return_features, dtype):
+def _head(phi, num_classes, tau, return_features, dtype, init):
     # The loss is taken in float32 whatever the compute dtype.
-    logits = nn.Dense(num_classes, use_bias=False, dtype=dtype, name="head")(phi).astype(jnp.float32)
+    logits = nn.Dense(num_classes, use_bias=False, dtype=dtype, kernel_init=kernel_init(init),
+                      name="head")(phi).astype(jnp.float32)
     if tau != 1.0:
         logits = logits / tau
     return (logits, phi) if return_features else logits
@@ -51,6 +52,7 @@ class ConvNet(nn.Module):
     conv_impl: str = "patches"
     pool_impl: str = "reshape"
     dtype: str = "float32"      # compute dtype; parameters stay float32
+    weight_init: str = "torch"  # models.layers.INITS (not `init`: that is Module.init)
 
     @nn.compact
     def __call__(self, x, train: bool = False, return_features: bool = False):
@@ -58,18 +60,19 @@ class ConvNet(nn.Module):
         j = 0
         for i, f in enumerate(self.conv_features):
             x = Conv(f, (self.kernel_size, self.kernel_size), self.padding, self.conv_impl,
-                     name=f"conv{i}")(x)
+                     weight_init=self.weight_init, name=f"conv{i}")(x)
             x = _act_norm(x, self.norms[j], position=self.norm_position, spatial=True,
                           train=train, name=f"norm{j}")
             x = max_pool2(x, self.pool_impl)
             j += 1
         x = x.reshape(x.shape[:-3] + (-1,))
         for i, f in enumerate(self.dense_features):
-            x = nn.Dense(f, use_bias=False, dtype=self.dtype, name=f"dense{i}")(x)
+            x = nn.Dense(f, use_bias=False, dtype=self.dtype, kernel_init=kernel_init(self.weight_init),
+                         name=f"dense{i}")(x)
             x = _act_norm(x, self.norms[j], position=self.norm_position, spatial=False,
                           train=train, name=f"norm{j}")
             j += 1
-        return _head(x, self.num_classes, self.tau, return_features, self.dtype)
+        return _head(x, self.num_classes, self.tau, return_features, self.dtype, self.weight_init)
 
 
 class MLP(nn.Module):
@@ -81,16 +84,18 @@ class MLP(nn.Module):
     norm_position: str = "after"
     tau: float = 1.0
     dtype: str = "float32"      # compute dtype; parameters stay float32
+    weight_init: str = "torch"  # models.layers.INITS (not `init`: that is Module.init)
 
     @nn.compact
     def __call__(self, x, train: bool = False, return_features: bool = False):
         x = jnp.asarray(x, self.dtype)
         x = x.reshape(x.shape[:-3] + (-1,))
         for i, f in enumerate(self.hidden):
-            x = nn.Dense(f, use_bias=False, dtype=self.dtype, name=f"dense{i}")(x)
+            x = nn.Dense(f, use_bias=False, dtype=self.dtype, kernel_init=kernel_init(self.weight_init),
+                         name=f"dense{i}")(x)
             x = _act_norm(x, self.norms[i], position=self.norm_position, spatial=False,
                           train=train, name=f"norm{i}")
-        return _head(x, self.num_classes, self.tau, return_features, self.dtype)
+        return _head(x, self.num_classes, self.tau, return_features, self.dtype, self.weight_init)
 
 
 # Architecture of each model name: constructor kwargs and the width at each normalized position.
