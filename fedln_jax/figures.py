@@ -139,8 +139,12 @@ def train_runs(configs: list[Config], workdirs: list[str], *, keep_diverged: boo
     first = {w: i for i, w in reversed(list(enumerate(workdirs)))}
     # A shared run (the same workdir twice: the same config in a shared runs_dir) trains once.
     todo = [i for i, s in enumerate(summaries) if s is None and first[workdirs[i]] == i]
-    # Runs differing only in values (the seeds, an lr axis) train as one vectorized program.
-    trained = train.run_group([configs[i] for i in todo], [workdirs[i] for i in todo], quiet=quiet)
+    # Each run is its own program (a runs axis of 1): stacked with others, XLA may order its
+    # sums differently, so a run's bits would depend on which figure trained it first and with
+    # what (docs/scale.md#layout). Measured on the demo's fn seeds (40 rounds, 2 cores): 23.5 s
+    # alone vs 29.9 s as one 3-run program, so nothing is lost on the CPU.
+    trained = train.run_group([configs[i] for i in todo], [workdirs[i] for i in todo], quiet=quiet,
+                              max_runs_per_program=1)
     for i, summary in zip(todo, trained):
         if summary["status"] == "diverged" and not keep_diverged:
             raise DivergedError(f"{workdirs[i]}: " + train.diverged_message(configs[i], summary),

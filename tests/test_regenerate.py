@@ -141,3 +141,25 @@ def test_the_readme_demo_table_is_the_pages():
                   and cells[1].strip() in ("none", "ln", "fn")}
     assert set(page) == {"none", "ln", "fn"} and all(len(v) == 6 for v in page.values())
     assert readme == page
+
+
+def test_a_run_has_the_same_bits_whichever_figure_trains_it(tmp_path):
+    """The runs axis is part of the layout: a figure trains every run as its own program, so
+    seed 1 trained beside seed 0 equals seed 1 trained alone, to the bit."""
+    from fedln_jax import figures
+    config = tmp_path / "two_seeds.py"
+    cnn = BASE.replace('model="mlp", dense_features="8/8"', 'model="small_cnn", conv_features="4/8", '
+                       'dense_features="16/8"').replace("local_steps=1", "local_steps=3")
+    config.write_text(cnn + ('FIGURE = {"kind": "curves", "seeds": (0, 1), "table": "seeds"}\n'
+                              'def get_runs():\n'
+                              '    return [{"name": "fn", "series": "fn", "x": None,\n'
+                              '             "overrides": {"norm": "fn"}}]\n'))
+    both = figures.run_figure(str(config), str(tmp_path / "both"), quiet=True)
+    alone = figures.run_figure(str(config), str(tmp_path / "alone"), seeds=(1,), quiet=True)
+    pick = lambda result: next(r for r in result["runs"] if r["seed"] == 1)
+    def rows(result):   # every metric but the wall clock
+        lines = open(os.path.join(pick(result)["workdir"], "metrics.jsonl")).read().splitlines()
+        return [{k: v for k, v in json.loads(line).items() if k != "elapsed_seconds"}
+                for line in lines]
+    assert rows(both) == rows(alone) and len(rows(both)) == 3
+    assert pick(both)["final"] == pick(alone)["final"]
