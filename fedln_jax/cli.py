@@ -207,17 +207,22 @@ def _dispatch(args) -> int:
     if hasattr(args, "cache_dir"):   # bench measures compilation: it never reads the cache
         from fedln_jax import compile_cache
         cache_dir = compile_cache.enable(args.cache_dir)
+    if args.command in ("run", "sweep"):
+        # First: JAX joins the processes only while no backend is up, and on a host with a
+        # GPU/TPU plugin any backend query (the check below) starts one.
+        from fedln_jax import distributed
+        distributed.initialize(args.coordinator, args.num_processes, args.process_id,
+                               auto=args.distributed)
     if args.command in ("run", "sweep", "demo", "figure", "results", "bench", "info"):
         from fedln_jax.environment import warn_if_cpu_fallback
-        warn_if_cpu_fallback()   # a GPU/TPU plugin that did not load: one line, even if --quiet
+        warn_if_cpu_fallback()   # a plugin that gave no backend: one line, even if --quiet
+    elif args.command == "analyze" or getattr(args, "plan", False):
+        from fedln_jax.environment import start_backends
+        start_backends()   # JAX that cannot start: one error line (the warning is for training)
     if args.command == "info":
         from fedln_jax.environment import describe
         print("\n".join(describe(cache_dir)))
         return 0
-    if args.command in ("run", "sweep"):
-        from fedln_jax import distributed
-        distributed.initialize(args.coordinator, args.num_processes, args.process_id,
-                               auto=args.distributed)
     if args.command == "sweep":
         from fedln_jax.sweep import run_sweep
         rows = run_sweep(args.workdir, args.config, args.grid, quiet=args.quiet,

@@ -2,37 +2,27 @@
 
 An accelerator user's worst outcome is a run that quietly trains on the CPU, 100x slower,
 because the GPU or TPU plugin did not load (a plugin built for another jaxlib, a missing CUDA
-library, `JAX_PLATFORMS=cpu` left in the environment). JAX logs at most one line about it.
-`fallback_warning()` turns that state into one warning line naming the plugin and the reason;
-`fedln-jax info` and every training command print it (docs/install.md#no-silent-cpu-fallback).
+library, `JAX_PLATFORMS=cpu` left in the environment). JAX logs at most one line about it, or a
+traceback that looks like a crash and is not one. `fallback_warning()` names every plugin that
+is installed but gave JAX no backend (found as JAX finds them: fedln_jax.plugins), with the
+reason, in one line; `fedln-jax info` and every training command print it
+(docs/install.md#no-silent-cpu-fallback), after jax.distributed.initialize, never before.
 """
 from __future__ import annotations
 
-import importlib.metadata
-import os
+import dataclasses
 import platform
 import sys
 
 import jax
 
+# PLUGIN_PLATFORMS, fallback_reason, installed_plugins, start_backends: for callers of before
+from fedln_jax.plugins import (PLUGIN_PLATFORMS, fallback_reason, installed_plugins,  # noqa: F401
+                               plugin_report, start_backends, version_of)
 from fedln_jax.version import __version__
 
 LIBRARIES = ("jax", "jaxlib", "flax", "optax", "chex", "orbax-checkpoint", "numpy")
-# Distributions that bring an accelerator backend to JAX, and the JAX platform each serves.
-PLUGIN_PLATFORMS = {
-    "jax-cuda12-plugin": "cuda", "jax-cuda13-plugin": "cuda",
-    "jax-cuda12-pjrt": "cuda", "jax-cuda13-pjrt": "cuda",
-    "jax-rocm7-plugin": "rocm", "jax-rocm7-pjrt": "rocm",
-    "libtpu": "tpu", "libtpu-nightly": "tpu",
-}
 _warned = False   # the fallback warning is printed once per process
-
-
-def version_of(distribution: str) -> str | None:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def library_versions() -> dict:
@@ -43,44 +33,40 @@ def library_versions() -> dict:
     return versions
 
 
-def installed_plugins() -> dict:
-    """{distribution: version} of the accelerator plugins installed beside JAX."""
-    found = {name: version_of(name) for name in PLUGIN_PLATFORMS}
-    return {name: version for name, version in found.items() if version is not None}
-
-
-def fallback_reason(plugin: str, plugin_version: str) -> str:
-    """Why JAX is not using `plugin`: the error JAX recorded, the platform list the user set,
-    or a plugin built for another jaxlib; else that it did not register a backend."""
-    platform_name = PLUGIN_PLATFORMS[plugin]
-    try:   # JAX keeps the error of each backend it failed to initialize (private, may vanish)
-        from jax._src import xla_bridge
-        recorded = getattr(xla_bridge, "_backend_errors", {}).get(platform_name)
-    except ImportError:
-        recorded = None
-    if recorded:
-        return f"JAX said: {' '.join(str(recorded).split())}"
-    requested = os.environ.get("JAX_PLATFORMS") or os.environ.get("JAX_PLATFORM_NAME")
-    if requested and platform_name not in requested.lower() and "gpu" not in requested.lower():
-        return f"JAX_PLATFORMS={requested} excludes it"
-    jaxlib = version_of("jaxlib")
-    if platform_name != "tpu" and jaxlib and plugin_version != jaxlib:
-        return f"it was built for jaxlib {plugin_version}, this is jaxlib {jaxlib}"
-    return "it registered no backend (is its driver or runtime missing?)"
-
-
 def fallback_warning() -> str | None:
-    """One line when an accelerator plugin is installed but JAX's backend is the CPU, else None."""
-    plugins = installed_plugins()
-    if not plugins or jax.default_backend() != "cpu":
+    """One line naming every installed plugin that gave JAX no backend, with the reason; None
+    when there is none."""
+    broken = [(p, why) for p, gave, why in plugin_report() if why is not None]
+    if not broken:
         return None
-    name, version = sorted(plugins.items())[0]
-    return (f"warning: {name} {version} is installed but JAX runs on the CPU: "
-            f"{fallback_reason(name, version)}; training goes on, on the CPU")
+    # The CUDA kernels beside a failed CUDA plugin: one entry (module plugins sort first).
+    merged = []
+    for plugin, why in broken:
+        owner = next((p for p, _ in merged if p.module is not None and plugin.module is None
+                      and p.platform and p.platform == plugin.platform), None)
+        if owner is not None:
+            owner.also.append(f"{plugin.name} {plugin.version}")
+        else:
+            merged.append((dataclasses.replace(plugin, also=[]), why))
+    backend = jax.default_backend()
+    if backend == "cpu":
+        tail = "training goes on, on the CPU"
+        if len(merged) == 1:
+            plugin, why = merged[0]
+            return f"warning: {plugin.label()} is installed but JAX runs on the CPU: {why}; {tail}"
+        head = f"warning: {len(merged)} JAX plugins are installed but JAX runs on the CPU: "
+    else:
+        tail = f"JAX runs on {backend}"
+        if len(merged) == 1:
+            plugin, why = merged[0]
+            return f"warning: {plugin.label()} is installed but gave JAX no backend: {why}; {tail}"
+        head = f"warning: {len(merged)} JAX plugins are installed but gave JAX no backend: "
+    return head + "; ".join(f"{p.label()}: {why}" for p, why in merged) + f"; {tail}"
 
 
 def warn_if_cpu_fallback() -> None:
-    """Print the fallback warning on stderr, once per process (also under --quiet)."""
+    """Start the backends and print the plugin warning on stderr, once per process (also under
+    --quiet). After jax.distributed.initialize, never before."""
     global _warned
     line = fallback_warning()
     if line and not _warned:
@@ -108,9 +94,10 @@ def device_memory_bytes(device) -> int | None:
 def describe(cache_dir: str | None) -> list[str]:
     """The lines of `fedln-jax info`."""
     lines = [f"{name:<17} {version or '-'}" for name, version in library_versions().items()]
-    plugins = installed_plugins()
-    lines.append("plugins           " + (", ".join(f"{n} {v}" for n, v in sorted(plugins.items()))
-                                         or "none (CPU only)"))
+    report = plugin_report()
+    lines.append("plugins           " + (", ".join(
+        p.label() + (f" -> {gave}" if gave else " -> no backend" if why else "")
+        for p, gave, why in report) or "none (CPU only)"))
     lines.append(f"backend           {jax.default_backend()}")
     kinds: dict[str, list] = {}
     for device in jax.devices():
