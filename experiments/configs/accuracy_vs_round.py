@@ -1,6 +1,6 @@
 """The paper's analysis 1 (docs/method.md#analyses): test accuracy vs round, one-class split, for none / bn / gn / ln / fn.
 
-Digits, 10 clients x 1 class, 10 local steps of batch 32, lr 0.01, 30 rounds, seeds 0 and 1.
+Digits, 10 clients x 1 class, 10 local steps of batch 32, lr 0.01, 200 rounds, seeds 0 and 1.
 Run:  fedln-jax figure --config experiments/configs/accuracy_vs_round.py --workdir runs/acc_vs_round
 (one run: fedln-jax run --workdir runs/acc_gn --config experiments/configs/accuracy_vs_round.py norm=gn)
 """
@@ -12,7 +12,7 @@ FIGURE = {"kind": "curves", "seeds": (0, 1),
 
 def get_config() -> Config:
     return Config(dataset="digits", partition="n_class", classes_per_client=1, num_clients=10,
-                  local_steps=10, batch_size=32, lr=0.01, rounds=30, eval_every=5)
+                  local_steps=10, batch_size=32, lr=0.01, rounds=200, eval_every=5)
 
 
 def get_runs() -> list[dict]:

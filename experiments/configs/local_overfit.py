@@ -1,6 +1,6 @@
 """The paper, section 5 (docs/method.md#analyses, items 2-4): local overfitting, feature norms, feature collapse (none / ln / fn).
 
-Digits, 10 clients x 1 class, 30 rounds, lr 0.01. Each global model is then probed: 1, 2 and 5
+Digits, 10 clients x 1 class, 200 rounds, lr 0.01. Each global model is then probed: 1, 2 and 5
 local SGD steps of client 0 (the engine's own local training), and the whole test set is scored.
 
 Run:  fedln-jax figure --config experiments/configs/local_overfit.py --workdir runs/local_overfit
@@ -11,13 +11,13 @@ One run:  fedln-jax run --workdir runs/lo_fn --config experiments/configs/local_
 """
 from fedln_jax import Config
 
-FIGURE = {"kind": "final", "seeds": (0,), "title": "digits, 10 clients x 1 class, 30 rounds",
+FIGURE = {"kind": "final", "seeds": (0,), "title": "digits, 10 clients x 1 class, 200 rounds",
           "analyze": {"client": 0, "steps": (1, 2, 5)}}
 
 
 def get_config() -> Config:
     return Config(dataset="digits", partition="n_class", classes_per_client=1, num_clients=10,
-                  local_steps=10, batch_size=32, lr=0.01, rounds=30, eval_every=5)
+                  local_steps=10, batch_size=32, lr=0.01, rounds=200, eval_every=5)
 
 
 def get_runs() -> list[dict]:
