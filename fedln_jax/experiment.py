@@ -14,6 +14,7 @@ from fedln_jax.algorithms import Algorithm, get_algorithm
 from fedln_jax.client import epochs_needed, make_apply_fn
 from fedln_jax.config import Config
 from fedln_jax.data import class_counts, client_test_weights, load_dataset, partition
+from fedln_jax.data.dataset import Dataset
 from fedln_jax.data.sources import LoadOptions
 from fedln_jax.errors import FedlnError
 from fedln_jax.memory import (AUTO_CHUNK_MARGIN, Floor, activation_bytes, check_fits,
@@ -39,14 +40,17 @@ class Experiment(NamedTuple):
     algorithm: Algorithm
 
 
-def build_experiment(config: Config) -> Experiment:
-    """Data, partition, model and round spec. Raises FedlnError on impossible requests."""
+def build_experiment(config: Config, dataset: Dataset | None = None) -> Experiment:
+    """Data, partition, model and round spec. Raises FedlnError on impossible requests.
+    `dataset`: the data to use instead of loading config.dataset (plan.py's stand-in of the
+    declared shapes)."""
     config.validate()
-    dataset = load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed,
-                           test_fraction=config.test_fraction,
-                           options=LoadOptions(download=config.download,
-                                               image_size=config.image_size,
-                                               pacs_domain=config.pacs_domain))
+    if dataset is None:
+        dataset = load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed,
+                               test_fraction=config.test_fraction,
+                               options=LoadOptions(download=config.download,
+                                                   image_size=config.image_size,
+                                                   pacs_domain=config.pacs_domain))
     if config.num_clients > len(dataset.y_train):   # before a partition of that many clients
         raise FedlnError(f"num_clients={config.num_clients} exceeds the {len(dataset.y_train)} "
                          f"training examples of {config.dataset}: every client needs one; "

@@ -62,3 +62,31 @@ def test_auto_chunk_keeps_the_default_on_the_cpu_and_an_explicit_width(monkeypat
     monkeypatch.setattr(experiment, "on_cpu", lambda: False)
     explicit = Config(**TINY, client_chunk_size=3).validate()
     assert experiment.build_experiment(explicit).spec.chunk_size == 3
+
+
+def test_a_dataset_that_is_not_here_is_planned_from_its_declared_shapes(monkeypatch, tmp_path,
+                                                                         capsys):
+    """README's `fedln-jax config --plan model=cnn dataset=cifar10` on a fresh clone: the plan
+    needs only the shapes, so it stands zero images of the declared shape in for the data,
+    says so, and downloads nothing. The example counts are cut to keep the test quick."""
+    from fedln_jax.cli import main
+    monkeypatch.setitem(plan.DECLARED_SIZES, "cifar10", (200, 50))
+    empty = tmp_path / "tfds"
+    empty.mkdir()
+    assert main(["config", "--plan", "model=cnn", "dataset=cifar10", f"data_dir={empty}",
+                 "num_clients=10", "conv_features=8/16", "local_steps=2", "batch_size=8"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(
+        "note: planned from the declared shapes of cifar10 (200 train + 50 test images of "
+        f"32x32x3, 10 classes): dataset 'cifar10' is not in {empty} (a plan downloads nothing)")
+    assert any(line.startswith("  fits               yes") for line in lines)
+    assert list(empty.iterdir()) == []
+    result = plan.memory_plan(Config(**{**TINY, "dataset": "cifar10", "model": "cnn",
+                                        "data_dir": str(empty)}).validate())
+    assert result["floor"]["data"] >= 250 * 32 * 32 * 3
+
+
+def test_a_dataset_without_declared_sizes_still_needs_its_data(tmp_path):
+    with pytest.raises(FedlnError, match="tinyimagenet"):
+        plan.memory_plan(Config(**{**TINY, "dataset": "tinyimagenet", "model": "cnn",
+                                   "data_dir": str(tmp_path)}).validate())
