@@ -92,16 +92,45 @@ def test_scaffold_corrects_the_gradient_and_updates_its_variate():
     np.testing.assert_allclose(server["c"]["w"], [3.25])
 
 
-def test_fedlc_calibrates_with_finite_margins_for_absent_classes():
-    margins = calibration_margins(jnp.array([16.0, 1.0, 0.0]), 1.0)
-    np.testing.assert_allclose(margins, [0.5, 1.0, 1.0])
-    ctx = context({}, {"fedlc_tau": 1.0}, counts=(16.0, 1.0, 0.0))
-    loss = REGISTRY["fedlc"].client_loss(jnp.zeros((1, 3)), None, jnp.array([0]), ctx)
-    # logits (-0.5, -1, -1), class 0: -log(e^-.5 / (e^-.5 + 2 e^-1)) = log(1 + 2 e^-.5)
-    assert float(loss) == pytest.approx(math.log(1 + 2 * math.exp(-0.5)), rel=1e-6)
-    grads = jax.grad(lambda z: REGISTRY["fedlc"].client_loss(z, None, jnp.array([0]), ctx))(
-        jnp.zeros((1, 3)))
+def fedlc_loss(logits, y, counts, tau=1.0):
+    ctx = context({}, {"fedlc_tau": tau}, counts=counts)
+    return REGISTRY["fedlc"].client_loss(jnp.asarray(logits), None, jnp.asarray(y), ctx)
+
+
+def test_fedlc_removes_absent_classes_from_the_softmax_by_hand():
+    # 4 classes, the client holds 16 of class 0 and 1 of class 2: margins 16^(-1/4) = 0.5 and 1
+    counts = (16.0, 0.0, 1.0, 0.0)
+    np.testing.assert_allclose(np.asarray(calibration_margins(jnp.array(counts), 1.0))[[0, 2]],
+                               [0.5, 1.0])
+    logits = np.array([[1.0, 5.0, 2.0, -3.0], [0.0, 0.0, 0.0, 0.0]], np.float32)
+    y = np.array([0, 2])
+    # example 1: z0 = 1 - 0.5, z2 = 2 - 1; example 2: z0 = -0.5, z2 = -1 (classes 1, 3 absent)
+    by_hand = ((-0.5 + math.log(math.exp(0.5) + math.exp(1.0)))
+               + (1.0 + math.log(math.exp(-0.5) + math.exp(-1.0)))) / 2
+    assert float(fedlc_loss(logits, y, counts)) == pytest.approx(by_hand, rel=1e-6)
+    # an absent class's logit does not enter the loss at all
+    assert float(fedlc_loss(logits + np.array([0, 50.0, 0, -50.0]), y, counts)) == pytest.approx(
+        by_hand, rel=1e-6)
+    grads = np.asarray(jax.grad(lambda z: fedlc_loss(z, y, counts))(jnp.asarray(logits)))
     assert np.all(np.isfinite(grads))
+    np.testing.assert_array_equal(grads[:, [1, 3]], 0.0)        # absent classes: exactly zero
+    p = lambda a, b: math.exp(a) / (math.exp(a) + math.exp(b))   # softmax over the two present
+    expected = np.array([[p(0.5, 1.0) - 1, p(1.0, 0.5)], [p(-0.5, -1.0), p(-1.0, -0.5) - 1]]) / 2
+    np.testing.assert_allclose(grads[:, [0, 2]], expected, rtol=1e-5, atol=1e-7)
+
+
+def test_fedlc_with_one_class_has_zero_loss_and_zero_gradient():
+    counts, y = (0.0, 7.0, 0.0), np.array([1, 1])
+    logits = np.array([[3.0, -2.0, 9.0], [0.1, 40.0, -5.0]], np.float32)
+    assert float(fedlc_loss(logits, y, counts)) == 0.0
+    grads = np.asarray(jax.grad(lambda z: fedlc_loss(z, y, counts))(jnp.asarray(logits)))
+    np.testing.assert_array_equal(grads, 0.0)
+    # so a one-class client's local SGD leaves the model where it started
+    w0 = {"w": jnp.array([[0.3, -0.2], [0.1, 0.5]])}
+    w, loss = one_local_step("fedlc", context(w0, {"lr": 0.1, "fedlc_tau": 1.0},
+                                              counts=(1.0, 0.0)), params=w0)
+    np.testing.assert_array_equal(w, w0["w"])
+    assert loss == 0.0
 
 
 def test_fedrs_scales_absent_logits_by_alpha():
@@ -112,17 +141,51 @@ def test_fedrs_scales_absent_logits_by_alpha():
     assert float(loss) == pytest.approx(math.log(2 + math.e), rel=1e-6)
 
 
+def decorr_by_hand(x):
+    """The official FedDecorr loss written out with loops (eps 1e-8, unbiased variance,
+    corr = x^T x not divided by N, mean over the off-diagonal entries, then / N)."""
+    n, c = len(x), len(x[0])
+    if n == 1:
+        return 0.0
+    cols = []
+    for j in range(c):
+        col = [x[i][j] for i in range(n)]
+        mean = sum(col) / n
+        var = sum((v - mean) ** 2 for v in col) / (n - 1)
+        cols.append([(v - mean) / math.sqrt(1e-8 + var) for v in col])
+    off = [sum(cols[a][i] * cols[b][i] for i in range(n)) ** 2
+           for a in range(c) for b in range(c) if a != b]
+    return sum(off) / len(off) / n
+
+
 def test_feddecorr_penalty_by_hand():
-    eps = 1e-5
-    anti = jnp.array([[1.0, 2.0], [3.0, 0.0]])          # the two features perfectly anti-correlated
-    assert float(decorrelation_penalty(anti)) == pytest.approx(1 / (1 + eps) ** 2, rel=1e-6)
-    uncorrelated = jnp.array([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]])
-    assert float(decorrelation_penalty(uncorrelated)) == pytest.approx(0.5 / (1 + eps) ** 2, rel=1e-6)
-    ctx = context({}, {"feddecorr_coef": 0.1})
-    logits = jnp.zeros((2, 2))
-    loss = REGISTRY["feddecorr"].client_loss(logits, anti, jnp.array([0, 1]), ctx)
-    assert float(loss) == pytest.approx(math.log(2) + 0.1 / (1 + eps) ** 2, rel=1e-6)
-    assert np.isfinite(float(decorrelation_penalty(jnp.ones((4, 3)))))   # constant features
+    x = [[1.0, 2.0, 0.0],
+         [2.0, 0.0, 1.0],
+         [3.0, 1.0, 1.0],
+         [6.0, 1.0, 2.0]]
+    assert float(decorrelation_penalty(jnp.array(x))) == pytest.approx(decorr_by_hand(x), rel=1e-5)
+    # two anti-correlated features, N = 2: columns -+1 and +-1, unbiased var 2, so
+    # corr_01 = -2 / (2 + eps); mean over the two off-diagonal entries of its square, / N = 2
+    anti = [[1.0, 2.0], [3.0, 0.0]]
+    assert float(decorrelation_penalty(jnp.array(anti))) == pytest.approx(
+        0.5 * (2 / (2 + 1e-8)) ** 2, rel=1e-6)
+    assert decorr_by_hand(anti) == pytest.approx(0.5, rel=1e-6)
+    ctx = context({}, {"feddecorr_coef": 0.5})
+    loss = REGISTRY["feddecorr"].client_loss(jnp.zeros((2, 2)), jnp.array(anti), jnp.array([0, 1]),
+                                             ctx)
+    assert float(loss) == pytest.approx(math.log(2) + 0.5 * 0.5, rel=1e-6)
+
+
+def test_feddecorr_penalty_is_zero_for_one_example_and_finite_for_constant_features():
+    one = jnp.array([[1.0, -2.0, 3.0]])
+    assert float(decorrelation_penalty(one)) == 0.0
+    np.testing.assert_array_equal(jax.grad(decorrelation_penalty)(one), 0.0)
+    x = jnp.array([[1.0, 5.0, 2.0], [2.0, 5.0, 0.0], [4.0, 5.0, 1.0]])    # column 1 constant
+    value, grads = jax.value_and_grad(decorrelation_penalty)(x)
+    assert float(value) == pytest.approx(decorr_by_hand(np.asarray(x).tolist()), rel=1e-5)
+    assert np.isfinite(float(value)) and np.all(np.isfinite(grads))
+    assert np.isfinite(float(decorrelation_penalty(jnp.ones((4, 3)))))    # all constant
+    assert float(jax.jit(decorrelation_penalty)(jnp.ones((4, 3)))) == 0.0
 
 
 def server_steps(name, hparams, means):
@@ -213,13 +276,26 @@ def fedavg_round():
     dict(algorithm="fedprox", prox_mu=0.0),
     dict(algorithm="fedrs", fedrs_alpha=1.0),
     dict(algorithm="feddecorr", feddecorr_coef=0.0),
-    dict(algorithm="fedlc", fedlc_tau=0.0),
     dict(algorithm="fedavgm", server_momentum=0.0, server_lr=1.0),
     dict(algorithm="scaffold"),          # round 1: all variates are zero
 ])
 def test_reductions_equal_fedavg_exactly(fedavg_round, overrides):
     reduced = one_vmapped_round(tiny_config(**overrides))
     assert max_diff(reduced.params, fedavg_round.params) == 0.0
+
+
+def test_fedlc_without_margins_is_fedavg_only_where_every_client_holds_every_class():
+    """tau = 0 leaves the softmax over the client's own classes: FedAvg exactly under an IID
+    split (every class present), a restricted softmax under the n_class split."""
+    iid = dict(partition="iid")
+    assert np.all(np.asarray(build_experiment(tiny_config(**iid)).data.class_counts_CK) > 0)
+    fedlc = one_vmapped_round(tiny_config(algorithm="fedlc", fedlc_tau=0.0, **iid))
+    assert max_diff(fedlc.params, one_vmapped_round(tiny_config(**iid)).params) == 0.0
+
+
+def test_fedlc_without_margins_differs_from_fedavg_under_label_skew(fedavg_round):
+    fedlc = one_vmapped_round(tiny_config(algorithm="fedlc", fedlc_tau=0.0))
+    assert max_diff(fedlc.params, fedavg_round.params) > 1e-4
 
 
 def quadratic_problem(curvatures, optima, steps, lr):
@@ -349,6 +425,25 @@ def test_server_lr_defaults_per_algorithm():
     assert set(hp) == {"lr", "server_lr", "momentum", "weight_decay", "server_beta1",
                        "server_beta2", "server_tau"}
     assert float(hp["server_beta2"]) == pytest.approx(0.99)
+
+
+def test_baseline_defaults_are_the_papers():
+    """docs/algorithms.md: the paper's baseline settings (Appendix D, pp. 21-22), as
+    fedln_jax.paper records them, are the defaults (server_lr: FedYogi's)."""
+    from fedln_jax.algorithms.fedadam import V0
+    from fedln_jax.paper import PROTOCOL
+    c = Config()
+    assert (c.prox_mu, c.fedrs_alpha, c.fedlc_tau, c.feddecorr_coef) == (0.01, 0.5, 1.0, 0.5)
+    assert (c.server_beta1, c.server_beta2, c.server_tau) == (0.9, 0.99, 1e-3)
+    assert Config(algorithm="fedyogi").resolved_server_lr == 0.01
+    baselines = {s.name: s.value for s in PROTOCOL if s.source == "Appendix D"}
+    defaults = {**c.to_dict(), "server_lr": Config(algorithm="fedyogi").resolved_server_lr,
+                "server_v0": V0, "scaffold_option": "II"}       # option II: scaffold.py
+    assert {k: defaults[k] for k in baselines} == baselines
+    hp = hparams_of(Config(algorithm="fedyogi").validate())
+    state = get_algorithm("fedyogi").server_tx(hp).init({"w": jnp.zeros(2)})
+    np.testing.assert_array_equal(state.v["w"], np.float32(1e-6))      # v0
+    np.testing.assert_array_equal(state.m["w"], 0.0)
 
 
 @pytest.mark.parametrize("overrides, fragment", [
