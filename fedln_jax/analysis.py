@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedln_jax import checkpoint, experiment, plots
+from fedln_jax.algorithms import without_inert_hparams
 from fedln_jax.client import (client_class_counts, epochs_needed, gather_client_batches,
                               make_client_round)
 from fedln_jax.config import INT32_MAX, from_dict
@@ -192,7 +193,7 @@ def load_run(workdir: str, check=None):
                          f"--workdir {workdir}` first")
     try:
         with open(path) as f:
-            config = from_dict(json.load(f)).validate()
+            config = from_dict(without_inert_hparams(json.load(f))).validate()
     except (OSError, ValueError, TypeError):
         raise FedlnError(f"{path} is unreadable or not a fedln-jax config") from None
     exp = experiment.build_experiment(config)

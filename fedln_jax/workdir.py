@@ -11,6 +11,7 @@ from typing import Any
 from etils import epath
 
 from fedln_jax import checkpoint, lock
+from fedln_jax.algorithms import without_inert_hparams
 from fedln_jax.config import Config, diff_keys, resumable_keys, with_defaults
 from fedln_jax.environment import device_summary
 from fedln_jax.errors import FedlnError
@@ -29,7 +30,9 @@ def compare_configs(previous: dict, config: Config, what: str) -> None:
     """Allow the same config, the same with `rounds` raised (extending the run), or with
     RESUMABLE_CHANGES; refuse anything else with a FedlnError naming each differing key."""
     current = config.to_dict()
-    previous = with_defaults(previous)  # a config.json from before a key was added
+    # a config.json from before a key was added, or before a default of a hyperparameter
+    # its algorithm does not read changed
+    previous = with_defaults(without_inert_hparams(previous))
     differing = [k for k in diff_keys(previous, current) if k not in RESUMABLE_CHANGES]
     if differing == ["rounds"] and isinstance(previous.get("rounds"), int) \
             and config.rounds > previous["rounds"]:
@@ -124,7 +127,8 @@ def finished_summary(workdir: str, config: Config, statuses=("completed",)) -> d
         summary = json.loads((epath.Path(workdir) / "summary.json").read_text())
     except (OSError, ValueError):
         return None
-    if with_defaults(previous) != config.to_dict() or summary.get("status") not in statuses:
+    if with_defaults(without_inert_hparams(previous)) != config.to_dict() \
+            or summary.get("status") not in statuses:
         return None
     if summary["status"] == "completed" and summary.get("rounds_completed") != config.rounds:
         return None

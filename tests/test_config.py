@@ -102,3 +102,19 @@ def test_value_and_resumable_keys_are_declared_on_the_fields():
                                   "server_tau", "fedlc_tau", "fedrs_alpha", "feddecorr_coef"}
     assert set(resumable_keys()) == {"checkpoint_every", "keep_checkpoints",
                                      "client_chunk_size", "num_devices", "tensorboard"}
+
+
+def test_a_config_json_from_before_the_baseline_defaults_changed():
+    """prox_mu 1.0 -> 0.01 and feddecorr_coef 0.1 -> 0.5 (docs/algorithms.md): a run whose
+    algorithm does not read them still resumes, is still found finished and still loads; a
+    fedprox run recorded with the old default is a different run unless asked for again."""
+    from fedln_jax.algorithms import without_inert_hparams
+    from fedln_jax.config import from_dict
+    from fedln_jax.workdir import compare_configs
+    old = {**Config(norm="fn").to_dict(), "prox_mu": 1.0, "feddecorr_coef": 0.1}
+    compare_configs(old, Config(norm="fn"), "workdir")                        # no error
+    assert from_dict(without_inert_hparams(old)).validate() == Config(norm="fn")
+    prox = {**Config(algorithm="fedprox").to_dict(), "prox_mu": 1.0, "feddecorr_coef": 0.1}
+    with pytest.raises(FedlnError, match=r"prox_mu: 1\.0 -> 0\.01"):
+        compare_configs(prox, Config(algorithm="fedprox"), "workdir")
+    compare_configs(prox, Config(algorithm="fedprox", prox_mu=1.0), "workdir")  # no error

@@ -22,6 +22,16 @@ OWNED_HPARAMS = {key: tuple(a.name for a in REGISTRY.values() if key in a.hparam
                  for a in REGISTRY.values() for key in a.hparam_keys}
 
 
+def without_inert_hparams(values: dict) -> dict:
+    """A recorded config dict (config.json, a checkpoint's) without the hyperparameters its
+    algorithm does not read. Filled in with today's defaults (config.with_defaults), a run
+    recorded before such a default changed (prox_mu 1.0 -> 0.01, feddecorr_coef 0.1 -> 0.5)
+    still matches its config; the run's own algorithm's hyperparameters are kept as recorded."""
+    algorithm = values.get("algorithm", "fedavg")
+    return {k: v for k, v in values.items()
+            if k not in OWNED_HPARAMS or algorithm in OWNED_HPARAMS[k]}
+
+
 def get_algorithm(name: str) -> Algorithm:
     if name not in REGISTRY:
         raise FedlnError(f"unknown algorithm {name!r}; expected one of {', '.join(ALGORITHM_NAMES)}")
@@ -31,4 +41,4 @@ def get_algorithm(name: str) -> Algorithm:
 __all__ = ["Algorithm", "ClientContext", "REGISTRY", "ALGORITHM_NAMES", "OWNED_HPARAMS",
            "get_algorithm", "make_algorithm", "init_client_states", "cross_entropy",
            "calibration_margins", "restriction_scales", "decorrelation_penalty",
-           "scale_by_server_moments"]
+           "scale_by_server_moments", "without_inert_hparams"]
