@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     res_p.add_argument("--out", default="", help="the page (default: WORKDIR/results.md); its "
                        "images go to figures/ beside it")
     res_p.add_argument("--only", help="one section (figure) only, by name")
+    res_p.add_argument("--page", choices=("main", "paper"), default="main",
+                       help="main: docs/results.md (digits, mnist5k); paper: the paper's CIFAR-10 "
+                       "configs beside the paper's numbers (meant for a GPU)")
     res_p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                        help="applied to every run (e.g. rounds=2)")
     config_p = sub.add_parser("config", help="print the resolved config as JSON (nothing runs)",
@@ -286,9 +289,10 @@ def _dispatch(args) -> int:
         from fedln_jax.regenerate import regenerate
         command = " ".join(["fedln-jax results --workdir", args.workdir]
                            + (["--out", args.out] if args.out else [])
-                           + (["--only", args.only] if args.only is not None else []) + args.overrides)
-        regenerate(args.workdir, args.out, only=args.only, overrides=args.overrides,
-                   command=command)
+                           + (["--only", args.only] if args.only is not None else [])
+                           + (["--page", args.page] if args.page != "main" else []) + args.overrides)
+        regenerate(args.workdir, args.out, page=args.page, only=args.only,
+                   overrides=args.overrides, command=command)
         return 0
     raise FedlnError(f"unknown command {args.command!r}")
 

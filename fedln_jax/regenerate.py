@@ -20,12 +20,13 @@ import time
 from importlib import metadata, resources
 
 from fedln_jax import figures, lock
-from fedln_jax.config import Config
+from fedln_jax.config import Config, load_config_file
 from fedln_jax.data.sources import DATASETS, load_dataset
 from fedln_jax.errors import FedlnError
 from fedln_jax.models.cnn import resolve_arch
-from fedln_jax.results_page import PAGE, Section
-from fedln_jax.workdir import write_json, write_text
+from fedln_jax.paper_page import PAGES
+from fedln_jax.results_page import Section, fixed_text
+from fedln_jax.workdir import read_metrics, write_json, write_text
 
 MARKERS = ("figures", "runs", "regenerate.json")
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy")
@@ -39,14 +40,17 @@ def configs_dir() -> str:
 
 
 def load_sections(sections, config_root: str) -> dict[str, figures.Figure]:
-    """Every section's figure, loaded before anything runs (a bad config stops here)."""
+    """Every section's figure, loaded before anything runs (a bad config stops here). A
+    section with its own `runs` takes a single-run config (a paper table's) as their base."""
     loaded = {}
     for s in sections:
         path = os.path.join(config_root, s.config)
         if not os.path.isfile(path):
             raise FedlnError(f"section {s.name!r}: no figure config {path} (run from a checkout "
                              f"of the repository, which holds experiments/configs)")
-        loaded[s.name] = figures.load_figure(path)
+        loaded[s.name] = (figures.Figure(path, load_config_file(path), list(s.runs),
+                                         dict(s.options))
+                          if s.runs else figures.load_figure(path))
     return loaded
 
 
@@ -59,13 +63,19 @@ def check_datasets(loaded, extra: dict) -> None:
         load_dataset(dataset, data_dir=data_dir)
 
 
-def regenerate(workdir: str, out: str = "", *, sections: tuple[Section, ...] = PAGE,
-               only: str | None = None, overrides=(), config_root: str = "",
-               command: str = "") -> float:
-    """Run (or reuse) every section's figure (only `only`'s when given), then write the page
-    to `out` (default DIR/results.md) and its images to <out's directory>/figures/. Returns the
-    wall time of this invocation in seconds."""
+def regenerate(workdir: str, out: str = "", *, page: str = "main",
+               sections: tuple[Section, ...] | None = None, only: str | None = None,
+               overrides=(), config_root: str = "", command: str = "") -> float:
+    """Run (or reuse) every section's figure of `page` (results_page.PAGES: "main", the
+    page of docs/results.md, or "paper", the paper's configs; `sections` instead of the
+    page's, with its template; only `only`'s figure when given), then write the page to `out`
+    (default DIR/results.md) and its images to <out's directory>/figures/. Returns the wall
+    time of this invocation in seconds."""
     start = time.time()
+    if page not in PAGES:
+        raise FedlnError(f"--page {page!r}: not a page; pages: {', '.join(PAGES)}")
+    template = PAGES[page].template
+    sections = PAGES[page].sections if sections is None else sections
     names = [s.name for s in sections]
     if only is not None and only not in names:
         raise FedlnError(f"--only {only!r}: not a section of the page; sections: {', '.join(names)}")
@@ -97,12 +107,12 @@ def regenerate(workdir: str, out: str = "", *, sections: tuple[Section, ...] = P
             write_json(ledger_path, ledger)
             # The page after every figure: a regeneration stopped midway leaves a page that
             # shows what is done and marks the rest "not regenerated yet".
-            write_page(sections, loaded, workdir, out, extra, ledger)
+            write_page(sections, loaded, workdir, out, extra, ledger, template)
     finally:   # a kill (SIGTERM, Ctrl-C) still counts the time it spent
         entry["load_after"] = round(os.getloadavg()[0], 1)
         entry["seconds"] = round(time.time() - start, 1)
         write_json(ledger_path, ledger)
-    write_page(sections, loaded, workdir, out, extra, ledger)
+    write_page(sections, loaded, workdir, out, extra, ledger, template)
     total = sum(e["seconds"] for e in ledger["invocations"])
     log(f"wrote {out}; this invocation {entry['seconds']:.0f} s, all invocations of this "
         f"workdir {total:.0f} s ({total / 60:.1f} min)")
@@ -121,10 +131,13 @@ def figure_dir(workdir: str, section: Section) -> str:
 # The page
 
 
-def write_page(sections, loaded, workdir: str, out: str, extra: dict, ledger: dict) -> None:
+def write_page(sections, loaded, workdir: str, out: str, extra: dict, ledger: dict,
+               template_file: str = PAGES["main"].template) -> None:
     image_dir = os.path.join(os.path.dirname(os.path.abspath(out)), "figures")
     os.makedirs(image_dir, exist_ok=True)
-    template = resources.files("fedln_jax").joinpath("results_template.md").read_text()
+    template = resources.files("fedln_jax").joinpath(template_file).read_text()
+    for marker, text in fixed_text().items():   # numbers of the fixed text, from the code
+        template = template.replace(marker, text)
     body, group = [], None
     for s in sections:
         if s.group != group:
@@ -155,11 +168,9 @@ def render_section(s: Section, figure: figures.Figure, fdir: str, image_dir: str
     path = os.path.join(fdir, "results.json")
     if not os.path.exists(path):
         return "\n".join(lines + ["(not regenerated yet: run the command at the top of the page)", ""])
-    result = read_json(path)
+    result = with_curves(read_json(path))
     configs = [p.config for p in figures.plan_runs(figure, extra, result["seeds"], fdir)]
-    lines += [describe(configs, result), "",
-              f"Alone: `fedln-jax figure --config experiments/configs/{s.config} --workdir "
-              f"runs/{s.name}` ({len(result['runs'])} runs).", ""]
+    lines += [describe(configs, result), "", f"Alone: {alone(s)} ({len(result['runs'])} runs).", ""]
     for table in ("table.md", "table.txt"):
         text = read_text(os.path.join(fdir, table)).rstrip()
         if text:
@@ -170,12 +181,55 @@ def render_section(s: Section, figure: figures.Figure, fdir: str, image_dir: str
     for e in s.extras:
         if e.endswith(".md"):
             lines += [read_text(os.path.join(fdir, e)).rstrip(), ""]
-    lines += [" ".join(s.notes(result)) if s.notes else "", ""]
+    lines += [notes_text(s.notes(result)) if s.notes else "", ""]
     for src, dst in shown:
         if os.path.exists(os.path.join(fdir, src)):
             shutil.copyfile(os.path.join(fdir, src), os.path.join(image_dir, dst))
             lines += [f"![{s.heading}](figures/{dst})", ""]
     return "\n".join(lines)
+
+
+def notes_text(notes: list[str]) -> str:
+    """A section's sentences as Markdown: sentences in a paragraph, '- ' items as a list."""
+    blocks, paragraph = [], []
+    for line in notes:
+        if line.startswith("- "):
+            if paragraph:
+                blocks.append(" ".join(paragraph))
+                paragraph = []
+            if not blocks or not blocks[-1].startswith("- "):
+                blocks.append(line)
+            else:
+                blocks[-1] += "\n" + line
+        else:
+            paragraph.append(line)
+    if paragraph:
+        blocks.append(" ".join(paragraph))
+    return "\n\n".join(blocks)
+
+
+def alone(s: Section) -> str:
+    """The command that makes this section's figure by itself."""
+    if s.runs:   # a single-run config with the section's runs: the page's command, --only
+        return f"`fedln-jax results --page paper --only {s.name} --workdir runs/paper_results`"
+    return f"`fedln-jax figure --config experiments/configs/{s.config} --workdir runs/{s.name}`"
+
+
+def with_curves(result: dict) -> dict:
+    """results.json with what its runs' workdirs hold: every completed run's accuracy curve
+    (metrics.jsonl) as "curves": [{series, x, seed, rounds, accuracy}], and every run's
+    config.json as "configs": [{series, x, seed, config}]; a run whose files are gone has none."""
+    curves, configs = [], []
+    for r in result["runs"]:
+        key = {"series": r["series"], "x": r["x"], "seed": r["seed"]}
+        rows = read_metrics(r["workdir"]) if r["status"] != "diverged" else []
+        if rows:
+            curves.append({**key, "rounds": [row["round"] for row in rows],
+                           "accuracy": [row["test_accuracy"] for row in rows]})
+        config_path = os.path.join(r["workdir"], "config.json")
+        if os.path.exists(config_path):
+            configs.append({**key, "config": read_json(config_path)})
+    return {**result, "curves": curves, "configs": configs}
 
 
 def options_image(figure: figures.Figure) -> str:
