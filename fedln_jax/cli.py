@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "env FEDLN_DISTRIBUTED=1)")
     demo_p = sub.add_parser("demo", help="the headline comparison on the embedded digits")
     demo_p.add_argument("--workdir", default="fedln_demo")
-    demo_p.add_argument("--rounds", type=int, default=60)
+    demo_p.add_argument("--rounds", type=int, default=200)   # fedln_jax.demo.DEMO_ROUNDS
     demo_p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..n-1)")
     demo_p.add_argument("--quiet", action="store_true")
     bench_p = sub.add_parser("bench", help="time rounds on synthetic data; prints one JSON object")
@@ -184,8 +184,8 @@ def check_options(args) -> None:
             raise FedlnError("--rounds and --seeds must be >= 1")
         if args.seeds > MAX_DEMO_SEEDS:
             raise FedlnError(f"--seeds {args.seeds} is too many for the demo: at most "
-                             f"{MAX_DEMO_SEEDS} (its seeds train as one program each of none, "
-                             f"ln, fn); use `fedln-jax sweep seed=...` for a longer study")
+                             f"{MAX_DEMO_SEEDS} (three runs, none, ln and fn, per seed); use "
+                             f"`fedln-jax sweep seed=...` for a longer study")
         if args.rounds > INT32_MAX:
             raise FedlnError(f"--rounds {args.rounds} is too large: at most {INT32_MAX}")
     if args.command == "analyze":
