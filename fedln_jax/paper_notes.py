@@ -162,7 +162,8 @@ def claim_notes(result: dict, value: Callable[[str], Optional[float]], claims: S
         if va is None or vb is None or not found:
             continue
         ours = points(va - vb)
-        lines.append(item(beside(f"{a} - {b}", ours, ours_where(result), found),
+        where = ours_where(result) + groups_note(a, result)
+        lines.append(item(beside(f"{a} - {b}", ours, where, found),
                           agreement(says, test, ours, result, found, settled)))
     return lines
 
@@ -246,7 +247,7 @@ def run_config(result: dict, series: str) -> dict:
 def groups_note(series: str, result: dict) -> str:
     """GN: the paper's Table 4 uses 2 groups; where ours used another number, it says so."""
     groups = run_config(result, series).get("gn_groups") if series == "gn" else None
-    return f" (ours {groups} groups, the paper's 2)" if groups not in (None, 2) else ""
+    return f", GN with {groups} groups where the paper's has 2" if groups not in (None, 2) else ""
 
 
 def shrink_note(series: str) -> str:
@@ -325,8 +326,8 @@ def local_overfit_beside(result: dict, settled: Optional[bool]) -> list[str]:
         f"ours none {lost['none']:.1f}, fn {lost['fn']:.1f} (each from its own global model: "
         f"none {points(probe['none']['global_acc_before']):.1f}, fn "
         f"{points(probe['fn']['global_acc_before']):.1f}; {where}); paper FedAvg "
-        f"{start - after['FedAvg']:.0f}, FN {start - after['FedFN']:.0f} (both from FedAvg's "
-        f"global model at ~{start:.0f}; {paper.cite(basis)}).",
+        f"{start - after['FedAvg']:.0f}, FN {start - after['FedFN']:.0f} (both from ~{start:.0f} "
+        f"before; {paper.cite(basis)}).",
         f"After the probe: ours none {points(probe['none']['global_acc_after']):.1f}, fn "
         f"{points(probe['fn']['global_acc_after']):.1f} points (chance {100 / classes:.1f} for "
         f"{classes} classes), class 0 recall none "

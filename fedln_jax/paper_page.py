@@ -49,9 +49,9 @@ def values_beside(result: dict, setting: str, cell: Callable[[str], Optional[dic
         if c is None or not found:
             continue
         lines.append(f"- {s}: ours {pn.points(c['last3_mean']):.2f} (final "
-                     f"{pn.points(c['final_mean']):.2f}; {pn.ours_where(result)})"
-                     f"{pn.groups_note(s, result)}"
-                     f"; paper " + ", ".join(value_text(v) for v in found) + ".")
+                     f"{pn.points(c['final_mean']):.2f}; {pn.ours_where(result)}"
+                     f"{pn.groups_note(s, result)}); paper "
+                     + ", ".join(value_text(v) for v in found) + ".")
     return lines
 
 

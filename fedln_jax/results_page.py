@@ -83,7 +83,7 @@ def verdict(ok: bool, settled: Optional[bool] = None) -> str:
     """"holds here" / "does not hold here"; at a horizon that has not settled (settled False)
     "holds here so far" / "is not settled at this horizon"."""
     if settled is False:
-        return "holds here so far (not settled at this horizon)" if ok else (
+        return "holds here so far, at a horizon that has not settled" if ok else (
             "is not settled at this horizon")
     return "holds here" if ok else "does not hold here"
 
@@ -139,6 +139,17 @@ def horizon_sentence(checks: dict[tuple, Optional[Horizon]]) -> str:
 # Notes: the sentences generated from a figure's numbers
 
 
+def headline_verdicts(result: dict, settled: Optional[bool]) -> list[str]:
+    """The paper's two claims about none / ln / fn at one x, checked on the last-k means."""
+    none, ln, fn = (last3(result, s) for s in ("none", "ln", "fn"))
+    if None in (none, ln, fn):
+        return []
+    close = pn.ABOUT_EQUAL_POINTS / 100
+    return [f"The paper's claim that LN and FN beat vanilla FedAvg under one-class skew "
+            f"{verdict(ln > none and fn > none, settled)}; its claim that FN does about as well "
+            f"as LN (within {close:g} here) {verdict(abs(fn - ln) <= close, settled)}."]
+
+
 def headline_notes(result: dict) -> list[str]:
     """none / ln / fn at one x: the gaps, whether ln's and fn's curves settled, the paper's
     two claims about the gaps, and each gap beside the paper's (Table 14, Fig. 4)."""
@@ -148,31 +159,30 @@ def headline_notes(result: dict) -> list[str]:
     lines = [f"Last-{LAST_K} means over seeds: ln - none {signed(diff(ln, none))}, fn - none "
              f"{signed(diff(fn, none))}, fn - ln {signed(diff(fn, ln))}.",
              horizon_sentence(checks)]
-    if None not in (none, ln, fn):
-        lines.append(f"The paper's claim that LN and FN beat vanilla FedAvg under one-class skew "
-                     f"{verdict(ln > none and fn > none, settled)}; its claim that FN does about "
-                     f"as well as LN (within {pn.ABOUT_EQUAL_POINTS / 100:g} here) "
-                     f"{verdict(abs(fn - ln) <= pn.ABOUT_EQUAL_POINTS / 100, settled)}.")
+    lines += headline_verdicts(result, settled)
     lines += pn.claim_notes(result, lambda s: last3(result, s), pn.HEADLINE_CLAIMS,
                             pn.headline_refs, settled)
     return [line for line in lines if line]
 
 
 def curves_notes(result: dict) -> list[str]:
-    """Every normalizer over the rounds: BN and GN beside FedAvg and the paper's Table 4,
-    then the headline's sentences."""
+    """Every normalizer over the rounds: the headline's sentences, with BN and GN beside
+    FedAvg and the paper's Table 4."""
     vals = {s: last3(result, s) for s in series_of(result)}
-    settled = settled_of(horizons(result, ("ln", "fn")))
+    checks = horizons(result, ("ln", "fn"))
+    settled = settled_of(checks)
     lines = [f"Last-{LAST_K} means over seeds: " + ", ".join(
-        f"{s} {v:.3f}" for s, v in vals.items() if v is not None) + "."]
+        f"{s} {v:.3f}" for s, v in vals.items() if v is not None) + ".", horizon_sentence(checks)]
     if vals.get("bn") is not None:
         lines.append(f"BatchNorm {'is at chance level (<= 0.15)' if vals['bn'] <= 0.15 else 'is above chance'}"
                      f" under one-class skew; the paper's claim that BN does not help here "
                      f"{verdict(vals.get('none') is not None and vals['bn'] <= vals['none'], settled)}"
                      " (bn <= none).")
-    lines += pn.claim_notes(result, vals.get, pn.NORM_CLAIMS,
-                            lambda a, b: pn.norm_refs(a, "1 class"), settled)
-    return lines + headline_notes(result)[1:]
+    lines += headline_verdicts(result, settled)
+    lines += pn.claim_notes(result, vals.get, pn.HEADLINE_CLAIMS + pn.NORM_CLAIMS,
+                            lambda a, b: (pn.norm_refs(a, "1 class") if a in ("bn", "gn")
+                                          else pn.headline_refs(a, b)), settled)
+    return [line for line in lines if line]
 
 
 def skew_notes(result: dict) -> list[str]:

@@ -256,7 +256,7 @@ def test_the_paper_page_on_mock_cifar10(tmp_path, capsys):
     assert (f"- ln: ours {100 * ln['last3_mean']:.2f} (final {100 * ln['final_mean']:.2f}; "
             f"cifar10, 2 rounds, last-3 mean over 3 seeds); paper FedLN 79.25 (Table 10, p.23), "
             f"FedLN 77.21 +- 0.85 (Table 14, p.24, 3 seeds).") in page
-    assert "- gn: ours" in page and "groups, the paper's 2" not in page   # gn_groups=2
+    assert "- gn: ours" in page and "where the paper's has 2" not in page   # gn_groups=2
     assert page.index("- none: ours") < page.index("- bn: ours") < page.index("- fn: ours")
     assert "FedGN (2 groups) 77.15 (Table 4, p.10)" in page
     assert "Horizon check (the last-3 mean moves less than 0.02" in page
@@ -264,3 +264,50 @@ def test_the_paper_page_on_mock_cifar10(tmp_path, capsys):
     assert "dataset (cifar10" not in page and "in horizon (2 rounds vs 10,000 rounds)" in page
     assert (tmp_path / "page" / "figures" / "paper_cifar10_one_class.png").exists()
     assert not (tmp_path / "tfds").exists()
+
+
+def grid_result(values: dict, rounds=30, dataset="digits", analysis=None):
+    """A grid figure's results.json: values {(series, x): last-k mean}, flat curves (settled)."""
+    rs = list(range(5, rounds + 1, 5))
+    table = [{"series": s, "x": x, "n": 1, "diverged": 0, "last3_mean": v, "final_mean": v}
+             for (s, x), v in values.items()]
+    return {"seeds": [0], "rounds": rounds, "protocol": {"dataset": dataset},
+            "table": table, "runs": [{"seed": 0}], "analysis": analysis or {},
+            "curves": [{"series": s, "x": x, "seed": 0, "rounds": rs, "accuracy": [v] * len(rs)}
+                       for (s, x), v in values.items()]}
+
+
+def test_skew_notes_set_each_split_beside_the_papers():
+    xs = ("1-class", "2-class", "dir0.1", "iid")
+    vals = {("none", x): 0.5 for x in xs}
+    vals.update({("ln", x): v for x, v in zip(xs, (0.8, 0.7, 0.6, 0.55))})
+    vals.update({("bn", x): v for x, v in zip(xs, (0.1, 0.6, 0.7, 0.9))})
+    text = "\n".join(results_page.skew_notes(grid_result(vals)))
+    assert ("- ln - none beside the paper, in points: 1-class ours +30.0, paper +20.34 "
+            "(Table 3, p.9); 2-class ours +20.0, paper +6.26 (Table 3, p.9); dir0.1 ours +10.0, "
+            "paper +5.65 (Table 3, p.9), +6.0 (Fig. 5, p.10, read off the plot)") in text
+    assert "Ours has the paper's sign at every split the paper has" in text
+    assert ("1-class ours -40.0, paper -47.19 (Table 4, p.10 minus Table 3, p.9)") in text
+    assert "Ours has the paper's sign at 1-class and the opposite sign at 2-class and dir0.1" in text
+    assert "The paper's ln - FedAvg gap shrinks from +20.34" in text   # four splits: the range
+
+
+def test_lr_and_local_overfit_notes_cite_figs_7_and_2():
+    xs = (0.003, 0.01, 0.03, 0.1)
+    vals = {("none", x): v for x, v in zip(xs, (0.2, 0.4, 0.5, 0.3))}
+    vals.update({("fn", x): v for x, v in zip(xs, (0.6, 0.65, 0.62, 0.61))})
+    text = " ".join(results_page.lr_notes(grid_result(vals)))
+    assert ("paper FedAvg 28.5, FedFN 3.0, FedLN 6.5 (its lr 0.005-0.1, within ours; Fig. 7, "
+            "p.12, read off the plot, one class, a horizon the paper does not state)") in text
+    assert "spread(fn) - spread(none): ours -25.0 points" in text and "ours meets it" in text
+    probe = lambda before, after: {"steps": 5, "global_acc_before": before,
+                                   "global_acc_after": after,
+                                   "per_class_recall_after": [1.0] + [0.0] * 9}
+    analysis = {s: {"local_overfit_by_steps": [probe(b, a)]}
+                for s, b, a in (("none", 0.6, 0.1), ("fn", 0.7, 0.1))}
+    result = grid_result({("none", None): 0.6, ("fn", None): 0.7}, analysis=analysis)
+    text = " ".join(results_page.local_overfit_notes(result))
+    assert ("ours none 50.0, fn 60.0 (each from its own global model: none 60.0, fn 70.0; "
+            "digits, 30 rounds, the final global model of seed 0); paper FedAvg 37, FN 14") in text
+    assert "(chance 10.0 for 10 classes)" in text
+    assert ("lost(fn) - lost(none): ours +10.0 points") in text and "ours does not at 30" in text
