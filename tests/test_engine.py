@@ -152,6 +152,7 @@ def test_eval_counts_match_plain_argmax():
 @pytest.mark.parametrize("layers", [
     "mean,l2,scale0.5,l2s",              # mean-shift, L2, constant scale, scaled L2
     "lscale,gn2_affine,ln_affine,bn",    # learnable scale, affine GN/LN, BN at the feature
+    "bn_affine,bn,mean,bn_affine",       # BN with scale/bias, and without (the reference's)
 ])
 def test_every_primitive_trains_a_round(layers):
     """Each per-layer primitive: a vmapped round equals the reference loop, finite, and its

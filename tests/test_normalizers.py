@@ -154,9 +154,35 @@ def test_bn_batch_stats_and_running_average():
     close(new["batch_stats"]["norm0"]["mean"], [0.2])
     close(new["batch_stats"]["norm0"]["var"], [1.0])
     # eval uses the running statistics
-    v2 = {"params": v["params"], "batch_stats": new["batch_stats"]}
+    v2 = {"batch_stats": new["batch_stats"]}
     close(m.apply(v2, x), [[(1 - 0.2) / math.sqrt(1 + EPS)], [(3 - 0.2) / math.sqrt(1 + EPS)]],
           rtol=1e-5)
+    # bn is the reference's BN: no scale, no bias (a bias would break scale-equivariance)
+    assert "params" not in v
+
+
+def test_bn_without_affine_cancels_a_positive_scale_and_bn_affine_adds_scale_and_bias():
+    x = jnp.array([[1.0, -2.0], [3.0, 0.5], [0.0, 4.0]])
+    m = _BN()
+    v = m.init(jax.random.key(0), x)
+    y = m.apply(v, x, train=True, mutable=["batch_stats"])[0]
+    # per-feature BN in train mode: a positive scale of the input cancels (up to eps)
+    close(m.apply(v, 3.0 * x, train=True, mutable=["batch_stats"])[0], y, rtol=1e-4, atol=1e-5)
+
+    class Affine(nn.Module):
+        @nn.compact
+        def __call__(self, x, train=False):
+            return apply_norm(resolve_norm("bn_affine"), x, spatial=False, train=train,
+                              name="norm0")
+
+    a = Affine()
+    va = a.init(jax.random.key(0), x)
+    assert set(va["params"]["norm0"]) == {"scale", "bias"} and set(va["batch_stats"]["norm0"]) \
+        == {"mean", "var"}
+    va = {"params": {"norm0": {"scale": jnp.array([2.0, 3.0]), "bias": jnp.array([1.0, -1.0])}},
+          "batch_stats": va["batch_stats"]}
+    close(a.apply(va, x, train=True, mutable=["batch_stats"])[0],
+          y * jnp.array([2.0, 3.0]) + jnp.array([1.0, -1.0]), rtol=1e-5)
 
 
 # ---- names and presets ----

@@ -4,7 +4,9 @@ A position is either a conv map [..., H, W, C] ("spatial": per-example statistic
 H, W, C) or a dense feature [..., D] (statistics over D). Primitives:
 
   none          identity
-  bn            flax BatchNorm (running stats in `batch_stats`, momentum 0.9, eps 1e-5, affine)
+  bn            BatchNorm, running stats in `batch_stats` (momentum 0.9, eps 1e-5), no affine,
+                as the reference's BN (a bias would break the positive scale-equivariance)
+  bn_affine     bn + learnable per-channel scale and bias (flax's default BatchNorm)
   gn<G>         GroupNorm with G groups, eps 1e-5, no affine ("gn<G>_affine": per-channel affine)
   ln            GroupNorm with 1 group, no affine
   ln_affine     ln + learnable per-channel scale and bias (the bias breaks scale-equivariance)
@@ -68,14 +70,17 @@ class Identity(NormModule):
 
 
 class BatchNorm(NormModule):
-    """flax's nn.BatchNorm in this module's own scope (params scale/bias, batch_stats mean/var
-    directly under the position's name), so FedBN finds BN layers as the keys of the
-    `batch_stats` collection."""
+    """flax's nn.BatchNorm in this module's own scope (batch_stats mean/var, and with `affine`
+    params scale/bias, directly under the position's name), so FedBN finds a BN layer as the
+    module path that owns `batch_stats` leaves. Without `affine` (primitive `bn`, the reference's
+    BN) it has no parameters at all; `bn_affine` adds a learnable per-channel scale and bias."""
+
+    affine: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         bn = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPS,
-                          dtype=jnp.float32)
+                          use_scale=self.affine, use_bias=self.affine, dtype=jnp.float32)
         nn.share_scope(self, bn)
         # Normalize in float32 whatever the compute dtype: x - mean cancels badly in bf16.
         return bn(x.astype(jnp.float32)).astype(x.dtype)
@@ -189,6 +194,7 @@ class Primitive:
 PRIMITIVES: dict[str, Primitive] = {
     "none": Primitive(Identity),
     "bn": Primitive(BatchNorm),
+    "bn_affine": Primitive(BatchNorm, dict(affine=True)),
     "gn<G>": Primitive(GroupNorm, arg=("groups", group_count)),
     "gn<G>_affine": Primitive(GroupNorm, dict(affine=True), arg=("groups", group_count)),
     "ln": Primitive(GroupNorm, dict(groups=1)),
