@@ -12,7 +12,7 @@ import pytest
 from fedln_jax.algorithms import (ALGORITHM_NAMES, REGISTRY, ClientContext, calibration_margins,
                                   decorrelation_penalty, get_algorithm, init_client_states,
                                   restriction_scales, scale_by_server_moments)
-from fedln_jax.algorithms.fedbn import local_layers
+from fedln_jax.algorithms.fedbn import bn_layer_paths, local_layers
 from fedln_jax.client import make_client_update
 from fedln_jax.config import Config
 from fedln_jax.errors import FedlnError
@@ -247,6 +247,40 @@ def test_fedbn_overlays_and_extracts_the_local_bn_layers():
     assert float(s["batch_stats"]["norm0"]["var"][0]) == 8.0
     chex.assert_trees_all_equal(local_layers(p, s), local)
     assert alg.init_client_state({"dense0": {}}, {}) == ()            # no BN: FedBN is FedAvg
+
+
+def test_fedbn_overlay_by_path_on_a_nested_dict():
+    """BN layers found by full path at any depth; only their own leaves are local."""
+    alg = get_algorithm("fedbn")
+    params = {"stem": {"kernel": 1.0},
+              "block": {"conv": {"kernel": 2.0}, "bn": {"scale": 3.0, "bias": 4.0},
+                        "inner": {"bn": {"scale": 5.0}, "conv": {"kernel": 6.0}}},
+              "head": {"kernel": 7.0, "bias": 8.0}}
+    mstate = {"batch_stats": {"block": {"bn": {"mean": 0.0, "var": 1.0},
+                                        "inner": {"bn": {"mean": 0.5, "var": 2.0}}}},
+              "other": {"x": 9.0}}
+    assert bn_layer_paths(mstate) == (("block", "bn"), ("block", "inner", "bn"))
+    local = local_layers(params, mstate)
+    assert local == {"params": {"block": {"bn": {"scale": 3.0, "bias": 4.0},
+                                          "inner": {"bn": {"scale": 5.0}}}},
+                     "batch_stats": mstate["batch_stats"]}
+    own = {"params": {"block": {"bn": {"scale": 30.0, "bias": 40.0},
+                                "inner": {"bn": {"scale": 50.0}}}},
+           "batch_stats": {"block": {"bn": {"mean": 10.0, "var": 11.0},
+                                     "inner": {"bn": {"mean": 12.0, "var": 13.0}}}}}
+    p, s = alg.client_start(params, mstate, own)
+    assert p == {"stem": {"kernel": 1.0},
+                 "block": {"conv": {"kernel": 2.0}, "bn": {"scale": 30.0, "bias": 40.0},
+                           "inner": {"bn": {"scale": 50.0}, "conv": {"kernel": 6.0}}},
+                 "head": {"kernel": 7.0, "bias": 8.0}}
+    assert s == {"batch_stats": own["batch_stats"], "other": {"x": 9.0}}
+    assert params["block"]["bn"]["scale"] == 3.0                      # the inputs are untouched
+    # BN without affine (primitive bn): the statistics alone are local
+    assert local_layers({"block": {"conv": {"kernel": 2.0}}}, mstate) == {
+        "batch_stats": mstate["batch_stats"]}
+    p, s = alg.client_start({"block": {"conv": {"kernel": 2.0}}}, mstate,
+                            {"batch_stats": own["batch_stats"]})
+    assert p == {"block": {"conv": {"kernel": 2.0}}} and s["batch_stats"] == own["batch_stats"]
 
 
 def test_personalized_accuracy_uses_each_clients_own_recall():
