@@ -32,6 +32,7 @@ from fedln_jax.memory import (Floor, analysis_of, check_fits, client_round_bytes
                               peak_of, tree_bytes)
 from fedln_jax.models import (build_model, forward_macs, resolve_conv_impl,  # noqa: F401
                               train_flops_per_example)
+from fedln_jax.models.resnet import resnet_feature_dim
 from fedln_jax.placement import client_mesh, default_chunk_size, replicate
 from fedln_jax.reference import make_loop_round
 from fedln_jax.round import make_multi_round_fn, make_round_fn
@@ -50,8 +51,10 @@ MAX_TIMED_ROUNDS = 10_000
 
 def resnet18_forward_macs(num_classes: int = 10, size: int = 32) -> int:
     """MACs of the CIFAR-style ResNet-18 of the paper (docs/method.md#models) (3x3 stem, stride 1, no max-pool,
-    BasicBlocks [2,2,2,2] of widths 64..512, 1x1 projection shortcuts, linear head), for
-    predictions before that model is built; normalizers and the residual adds are not counted."""
+    BasicBlocks [2,2,2,2] of widths 64..512, 1x1 projection shortcuts, avg_pool 4 + flatten,
+    linear head), for predictions before that model is built; normalizers, the pooling and the
+    residual adds are not counted."""
+    head = resnet_feature_dim(512, (size, size)) * num_classes   # 512 x classes at 32x32
     macs = size * size * 64 * 9 * 3                          # stem
     cin = 64
     for stage, width in enumerate((64, 128, 256, 512)):
@@ -63,7 +66,7 @@ def resnet18_forward_macs(num_classes: int = 10, size: int = 32) -> int:
             if cin != width:
                 macs += size * size * width * cin             # 1x1 projection shortcut
             cin = width
-    return macs + 512 * num_classes
+    return macs + head
 
 
 # ----------------------------------------------------------------------------- measurements
