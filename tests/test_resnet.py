@@ -318,3 +318,22 @@ def test_fedbn_round_on_the_resnet_averages_the_convs_and_keeps_bn_per_client(ci
     restored = checkpoint.restore_latest(checkpoint.open_manager(str(tmp_path), 1),
                                          jax.tree.map(jnp.zeros_like, new), lambda meta: None)
     chex.assert_trees_all_equal(restored.state.client_states, new.client_states)
+
+
+def test_the_resnet_starts_from_the_init_it_is_given():
+    """init=torch: every kernel within +-1/sqrt(fan_in) and the head's bias within
+    +-1/sqrt(d) (PyTorch's defaults); init=lecun: flax's, the bias zeros."""
+    import numpy as np
+    x = jnp.zeros((1, 32, 32, 3))
+    for init in ("torch", "lecun"):
+        params = build_model("resnet18_tiny", "none", 10, init=init).init(jax.random.key(0), x)["params"]
+        bias = np.asarray(params["head"]["bias"])
+        d = params["head"]["kernel"].shape[0]
+        if init == "lecun":
+            assert not bias.any()
+            continue
+        assert 0 < np.abs(bias).max() <= 1 / np.sqrt(d)
+        kernels = [params["stem"]["kernel"], params["stage1_block0"]["proj"]["kernel"],
+                   params["stage3_block1"]["conv2"]["kernel"], params["head"]["kernel"]]
+        for k in kernels:
+            assert np.abs(np.asarray(k)).max() <= 1 / np.sqrt(np.prod(k.shape[:-1])) + 1e-7

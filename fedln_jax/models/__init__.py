@@ -132,7 +132,8 @@ def build_model(name: str, norm: str, num_classes: int, *, norm_layers: str = ""
             check_width(hidden, width)
         check_width(feature, widths[-1])
         return ResNet(num_classes=num_classes, norms=(resolve_norm(hidden), resolve_norm(feature)),
-                      widths=widths, norm_position=norm_position, tau=tau, conv_impl=conv)
+                      widths=widths, norm_position=norm_position, tau=tau, conv_impl=conv,
+                      weight_init=init)
     arch = resolve_arch(name, conv_features, dense_features)
     widths = arch["widths"]
     specs = expand_norm_layers(norm, len(widths), norm_layers, gn_groups)

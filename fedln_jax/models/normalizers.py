@@ -11,7 +11,7 @@ H, W, C) or a dense feature [..., D] (statistics over D). Primitives:
   ln            GroupNorm with 1 group, no affine
   ln_affine     ln + learnable per-channel scale and bias (the bias breaks scale-equivariance)
   mean          mean-shift only: x - mean
-  l2            x / max(||x||, 1e-12)
+  l2            x / max(||x||, 1e-5)   (eps 1e-5 as in every normalizer of the paper, p.19)
   l2s           l2 * sqrt(#elements per example)   (FN's fixed-scale feature normalization)
   scale<c>      multiply by the constant c, e.g. scale2.5
   lscale        learnable scalar scale, init 1
@@ -40,7 +40,7 @@ from fedln_jax.errors import FedlnError
 GN_EPS = 1e-5
 BN_EPS = 1e-5
 BN_MOMENTUM = 0.9
-L2_EPS = 1e-12
+L2_EPS = 1e-5   # the paper uses eps 1e-5 in every normalization, FN included (p.19)
 
 # A module factory: factory(spatial=bool, name=str) -> a module called as module(x, train).
 NormDef = Callable[..., nn.Module]

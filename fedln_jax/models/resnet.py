@@ -25,12 +25,13 @@ the stride-2 convs), so a vmapped federated round stays on the matmul path.
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import jax.numpy as jnp
 from flax import linen as nn
 
-from fedln_jax.models.layers import Conv
+from fedln_jax.models.layers import Conv, bias_init, kernel_init
 from fedln_jax.models.normalizers import NormDef, apply_norm
 
 
@@ -77,15 +78,17 @@ class BasicBlock(nn.Module):
     norm: NormDef
     norm_position: str = "after"
     conv_impl: str = "patches"
+    weight_init: str = "torch"  # models.layers.INITS (not `init`: that is Module.init)
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        y = Conv(self.features, (3, 3), 1, self.conv_impl, strides=self.stride, name="conv1")(x)
+        conv = functools.partial(Conv, impl=self.conv_impl, weight_init=self.weight_init)
+        y = conv(self.features, (3, 3), 1, strides=self.stride, name="conv1")(x)
         y = _act_norm(y, self.norm, position=self.norm_position, train=train, name="norm1")
-        y = Conv(self.features, (3, 3), 1, self.conv_impl, name="conv2")(y)
+        y = conv(self.features, (3, 3), 1, name="conv2")(y)
         if self.stride != 1 or x.shape[-1] != self.features:
             # the reference's shortcut: a bare 1x1 conv with the block's stride, no normalizer
-            x = Conv(self.features, (1, 1), 0, self.conv_impl, strides=self.stride, name="proj")(x)
+            x = conv(self.features, (1, 1), 0, strides=self.stride, name="proj")(x)
         return _act_norm(y + x, self.norm, position=self.norm_position, train=train, name="norm2")
 
 
@@ -103,21 +106,24 @@ class ResNet(nn.Module):
     norm_position: str = "after"
     tau: float = 1.0
     conv_impl: str = "patches"
+    weight_init: str = "torch"  # models.layers.INITS; the head's bias too (torch: U(+-1/sqrt(d)))
 
     @nn.compact
     def __call__(self, x, train: bool = False, return_features: bool = False):
         hidden, feature = self.norms
         x = jnp.asarray(x, jnp.float32)
-        x = Conv(self.widths[0], (3, 3), 1, self.conv_impl, name="stem")(x)
+        x = Conv(self.widths[0], (3, 3), 1, self.conv_impl, weight_init=self.weight_init,
+                 name="stem")(x)
         x = _act_norm(x, hidden, position=self.norm_position, train=train, name="stem_norm")
         for i, (width, count) in enumerate(zip(self.widths, self.blocks)):
             for j in range(count):
                 stride = 2 if i > 0 and j == 0 else 1
                 x = BasicBlock(width, stride, hidden, self.norm_position, self.conv_impl,
-                               name=f"stage{i}_block{j}")(x, train)
+                               self.weight_init, name=f"stage{i}_block{j}")(x, train)
         phi = avg_pool_flatten(x)   # the reference's F.avg_pool2d(out, 4) + flatten
         phi = apply_norm(feature, phi, spatial=False, train=train, name="feature_norm")
-        logits = nn.Dense(self.num_classes, use_bias=True, name="head")(phi)
+        logits = nn.Dense(self.num_classes, use_bias=True, kernel_init=kernel_init(self.weight_init),
+                          bias_init=bias_init(self.weight_init, phi.shape[-1]), name="head")(phi)
         if self.tau != 1.0:
             logits = logits / self.tau
         return (logits, phi) if return_features else logits
