@@ -1,5 +1,5 @@
-"""Analyses: hand-computed pure functions, the probe == the engine's local training, analyze and
-figure end to end, and bad input."""
+"""Analyses: hand-computed pure functions, the probe == the engine's local training == SGD by
+hand, analyze and figure end to end, and bad input."""
 import json
 import math
 import os
@@ -7,12 +7,15 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from fedln_jax import analysis, evaluation, experiment, train
+from fedln_jax.client import client_batch_indices, gather_client_batches
 from fedln_jax.cli import main
 from fedln_jax.config import Config
 from fedln_jax.reference import make_loop_round
+from fedln_jax.round import client_keys, round_key
 
 from conftest import weighted_mean
 
@@ -173,3 +176,112 @@ def test_analysis_every_logs_norms_and_spectrum(tmp_path):
     for r in rows[1:]:  # round 2, and the last round
         np.testing.assert_allclose(r["feature_norm_per_class"], 8.0, rtol=1e-5)
         assert len(r["head_norm_per_class"]) == 10 and r["singular_values"][0] == pytest.approx(1)
+
+
+# ----------------------------------------------------------------------------- the probe by hand
+# An independent check of the local-overfit probe (the paper's Fig. 2, p. 7): plain SGD steps
+# written here with jax.grad and optax.sgd on client 0's own examples, then the test set scored
+# with model.apply. The batch is the whole client (batch_size = its 40 examples), so every step
+# sees exactly those examples whatever their order, and the hand-written steps need nothing of
+# the engine's batching.
+
+ONE_CLASS = dict(dataset="synthetic", num_clients=10, classes_per_client=1, local_steps=10,
+                 batch_size=40, rounds=1, eval_every=1, lr=0.05)
+
+
+def _sgd_by_hand(exp, params, model_state, x, y, steps):
+    def loss_fn(p, ms):
+        variables = {"params": p, **ms}
+        if ms:  # BN: train-mode statistics, as in local training
+            logits, new = exp.model.apply(variables, x, train=True, mutable=list(ms))
+            ms = dict(new)
+        else:
+            logits = exp.model.apply(variables, x, train=True)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), ms
+
+    tx = optax.sgd(exp.config.lr)
+    opt_state = tx.init(params)
+    for _ in range(steps):
+        (_, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, model_state)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+    return params, model_state
+
+
+@pytest.mark.parametrize("norm, init", [("fn", "torch"), ("none", "torch"), ("fn", "lecun"),
+                                        ("bn", "torch")])
+def test_probe_equals_sgd_by_hand(norm, init):
+    exp = experiment.build_experiment(Config(**ONE_CLASS, norm=norm, init=init).validate())
+    state = experiment.initial_state(exp)
+    count = int(exp.data.counts_C[0])
+    assert count == exp.config.batch_size and exp.counts_CK[0].tolist() == [count] + [0] * 9
+    rows = np.asarray(exp.data.idx_C[0])[:count]
+    x = jnp.asarray(np.asarray(exp.data.x)[rows], jnp.float32) * exp.spec.pixel_scale
+    y = jnp.asarray(np.asarray(exp.data.y)[rows])
+    assert set(np.asarray(y).tolist()) == {0}  # client 0 holds class 0 only
+    for steps in (1,) if norm == "bn" else (1, 5):  # bn: see below
+        params, model_state = _sgd_by_hand(exp, state.params, state.model_state, x, y, steps)
+        got_params, got_state, _ = analysis.local_train(exp, state, 0, steps)
+        diff = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), params, got_params)
+        if norm == "bn":
+            # Under BN at this init a conv channel has a batch variance ~eps (a nearly dead
+            # ReLU), so the conv kernels' gradient is ill-conditioned: even jit vs eager of the
+            # same hand-written step differ by ~1e-2 there (and, after 5 steps, everywhere).
+            # After one step the layers after the convs and the batch statistics must agree.
+            diff = {k: v for k, v in diff.items() if not k.startswith("conv")}
+        assert max(jax.tree.leaves(diff)) < 1e-5, (steps, diff)
+        if model_state:
+            sdiff = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), model_state, got_state)
+            assert max(jax.tree.leaves(sdiff)) < 1e-5
+        # the probe scores the local model: the test set by hand, mean recall over the 10 classes
+        # (one class per client, so the run's test_accuracy is the mean of the recalls)
+        if norm == "bn":
+            continue
+        logits = exp.model.apply({"params": params, **model_state},
+                                 jnp.asarray(exp.x_test, jnp.float32) * exp.spec.pixel_scale,
+                                 train=False)
+        pred, y_test = np.asarray(logits).argmax(-1), np.asarray(exp.y_test)
+        recall = [float(np.mean(pred[y_test == k] == k)) for k in range(10)]
+        probe = analysis.local_overfit(exp, state, 0, steps)
+        np.testing.assert_allclose(probe["per_class_recall_after"], recall, atol=1e-9)
+        assert probe["global_acc_after"] == pytest.approx(np.mean(recall), abs=1e-6)
+        assert probe["client_classes"] == [0] and probe["steps"] == steps
+        assert probe["lr"] == exp.config.lr
+
+
+def test_probe_batches_are_the_clients_own_examples():
+    """With batch 8 < 40 examples: each step's batch holds 8 distinct examples of client 0,
+    all of class 0, and 5 steps walk through all 40 once (one epoch, drop-last)."""
+    exp = experiment.build_experiment(Config(**{**ONE_CLASS, "batch_size": 8}).validate())
+    state = experiment.initial_state(exp)
+    spec = exp.spec._replace(local_steps=5)
+    key = client_keys(round_key(state), jnp.array([0], jnp.int32))[0]
+    ix_SB = np.asarray(client_batch_indices(key, exp.data.idx_C[0], exp.data.counts_C[0], spec))
+    own = set(np.asarray(exp.data.idx_C[0])[:40].tolist())
+    assert ix_SB.shape == (5, 8) and set(ix_SB.ravel().tolist()) == own
+    _, y_SB = gather_client_batches(exp.data, spec, key, jnp.int32(0))
+    assert set(np.asarray(y_SB).ravel().tolist()) == {0}
+
+
+def test_fn_probe_step_on_the_body_shrinks_with_its_scale():
+    """Why one probe step can wipe out an FN model that is early in training (docs/analyses.md,
+    local overfitting): the FN network is the same function when every body layer is scaled by a
+    (bias-free ReLU layers, the feature normalized before the head), but SGD's step on a body
+    layer is then 1/a as large, 1/a^2 relative to the weights. A small body (a small pre-FN
+    feature norm) takes a large relative step; the head's step does not depend on a."""
+    exp = experiment.build_experiment(Config(**ONE_CLASS, norm="fn").validate())
+    state = experiment.initial_state(exp)
+    body = [k for k in state.params if k != "head"]
+    a = 2.0
+    scaled = state._replace(params={k: ({"kernel": v["kernel"] * a} if k in body else v)
+                                    for k, v in state.params.items()})
+    x = jnp.asarray(exp.x_test, jnp.float32) * exp.spec.pixel_scale
+    logits = [exp.model.apply({"params": s.params}, x) for s in (state, scaled)]
+    np.testing.assert_allclose(logits[0], logits[1], rtol=1e-4, atol=1e-5)
+    step = [jax.tree.map(jnp.subtract, analysis.local_train(exp, s, 0, 1)[0], s.params)
+            for s in (state, scaled)]
+    for k in body:
+        np.testing.assert_allclose(step[1][k]["kernel"] * a, step[0][k]["kernel"],
+                                   rtol=2e-3, atol=1e-7)
+    np.testing.assert_allclose(step[1]["head"]["kernel"], step[0]["head"]["kernel"],
+                               rtol=1e-4, atol=1e-8)
