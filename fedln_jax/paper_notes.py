@@ -2,7 +2,7 @@
 runs (a figure's results.json) next to the same gap in the paper (fedln_jax/paper.py, by
 table and page), and say in words where the two agree and why they may not (the dataset, the
 horizon). Every number and every word that depends on one is computed here from those two
-sources; fedln_jax/results_page.py puts the sentences under each section.
+sources; fedln_jax/results_page.py and fedln_jax/paper_page.py put them under each section.
 
 Ours are accuracies in [0, 1]; the paper's are percent points: ours are printed in points
 here (100 x) so that the two read side by side.

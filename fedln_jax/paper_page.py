@@ -22,11 +22,14 @@ def table10_setting(setting: str, result: dict) -> Optional[str]:
 
 def paper_entries(series: str, setting: str, result: dict) -> list[PaperValue]:
     """The paper's CIFAR-10 CNN values of this normalizer at this setting: Table 10 (at our
-    E), Table 14 (one class) for none/ln/fn; Table 4 for bn/gn."""
+    E; its FedLN has a learnable affine), Table 6's LN without affine (ours; at E = 10, the
+    protocol's) and Table 14 (one class) for none/ln/fn; Table 4 for bn/gn."""
     found = []
     if series in pn.METHOD:
         t10 = table10_setting(setting, result)
         found += [paper.paper_entry("Table 10", pn.METHOD[series], t10)] if t10 else []
+        if series == "ln" and result["protocol"]["local_steps"] == 10:
+            found.append(paper.paper_entry("Table 6", "FedLN static", setting))
         found += paper.paper_values("Table 14", method=pn.METHOD[series], setting=setting,
                                     model=paper.CNN)
     elif series in ("bn", "gn"):

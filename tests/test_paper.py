@@ -161,3 +161,15 @@ def test_the_papers_gaps_for_bn_gn_and_the_splits():
     assert lrs == (0.005, 0.01, 0.05, 0.1)
     assert spreads == pytest.approx({"FedAvg": 28.5, "FedFN": 3.0, "FedLN": 6.5})
     assert "shrinks from +20.34 (1 class) to +5.65 points (Dir 0.1)" in pn.shrink_note("ln")
+
+
+def test_the_paper_page_names_the_papers_values_of_each_normalizer():
+    from fedln_jax.paper_page import paper_entries, value_text
+    at_e10 = a_result("cifar10", 10_000)
+    assert [value_text(v) for v in paper_entries("ln", "1 class", at_e10)] == [
+        "FedLN 78.04 (Table 10, p.23)", "FedLN static 77.17 (Table 6, p.12)",
+        "FedLN 77.21 +- 0.85 (Table 14, p.24, 3 seeds)"]
+    assert [v.source for v in paper_entries("none", "Dir 0.1", at_e10)] == ["Table 10"]
+    assert [v.method for v in paper_entries("gn", "2 classes", at_e10)] == ["FedGN (2 groups)"]
+    at_e5 = {**at_e10, "protocol": {"dataset": "cifar10", "local_steps": 5}}
+    assert [v.source for v in paper_entries("ln", "1 class", at_e5)] == ["Table 14"]
