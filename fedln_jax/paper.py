@@ -7,8 +7,9 @@ percent points, as printed; a table value is the last round of a single run unle
 values were read off the plots and are good to about +-1 point (`from_plot`). Only the tables
 with a counterpart in this project are here: the CIFAR-10 CNN by setting (Tables 3, 4, 6, 10,
 12, 14), Table 1's baselines, and Figures 2 and 4-7; docs/results.md prints them beside the
-runs' numbers (fedln_jax/results_page.py). `PROTOCOL` holds the training and baseline
-settings the paper states.
+runs' numbers (fedln_jax/paper_notes.py writes the sentences; `fedln-jax results --page
+paper` renders the paper's own configs beside them, fedln_jax/paper_page.py). `PROTOCOL` holds
+the training and baseline settings the paper states.
 """
 from __future__ import annotations
 
