@@ -148,22 +148,28 @@ def cifar_like():
     x[y == 1, :16] //= 4  # some class signal
     return make_data(x, y, [np.arange(6), np.arange(6, 12)])
 
+HP = {"lr": jnp.float32(0.05), "server_lr": jnp.float32(1.0)}
 
-@pytest.mark.parametrize("norm", NORM_PRESETS)
-def test_every_norm_trains_a_round(norm, cifar_like):
-    """Build, one vmapped FedAvg round (2 clients x 2 steps), eval; shapes and finiteness."""
-    model = build_model("resnet18_tiny", norm, 3)
+
+def tiny_round(model, algorithm):
+    """(model, apply_fn, initial state, round fn) of a 2-client x 2-step round at 32x32; the
+    round's hyper-parameters are HP."""
     apply_fn = make_apply_fn(model)
     spec = RoundSpec(num_clients=2, cohort_size=2, local_steps=2, batch_size=3,
                      max_epochs=1, pixel_scale=1 / 255, chunk_size=1, momentum=0.0,
                      weight_decay=0.0)
-    hp = {"lr": jnp.float32(0.05), "server_lr": jnp.float32(1.0)}
-    state = init_state(model, jnp.zeros((1, 32, 32, 3)), 0, FEDAVG, hparams=hp, num_clients=2)
-    round_fn = make_round_fn(apply_fn, spec, FEDAVG)
+    state = init_state(model, jnp.zeros((1, 32, 32, 3)), 0, algorithm, hparams=HP, num_clients=2)
+    return model, apply_fn, state, make_round_fn(apply_fn, spec, algorithm)
+
+
+@pytest.mark.parametrize("norm", NORM_PRESETS)
+def test_every_norm_trains_a_round(norm, cifar_like):
+    """Build, one vmapped FedAvg round (2 clients x 2 steps), eval; shapes and finiteness."""
+    model, apply_fn, state, round_fn = tiny_round(build_model("resnet18_tiny", norm, 3), FEDAVG)
     x = cifar_like.x[:4].astype(jnp.float32) / 255
 
     def f(state, data):
-        new, metrics = round_fn(state, hp, data)
+        new, metrics = round_fn(state, HP, data)
         logits, phi = model.apply({"params": new.params, **new.model_state}, x,
                                   return_features=True)
         return new, metrics, logits, phi
@@ -287,19 +293,13 @@ def test_fedbn_round_on_the_resnet_averages_the_convs_and_keeps_bn_per_client(ci
     from fedln_jax.evaluation import make_personalized_eval_fn
     from fedln_jax.placement import client_mesh, replicate
 
-    model = build_model("resnet18_tiny", "none", 3, norm_layers="bn_affine,none")
-    apply_fn = make_apply_fn(model)
-    spec = RoundSpec(num_clients=2, cohort_size=2, local_steps=2, batch_size=3,
-                     max_epochs=1, pixel_scale=1 / 255, chunk_size=1, momentum=0.0,
-                     weight_decay=0.0)
-    hp = {"lr": jnp.float32(0.05), "server_lr": jnp.float32(1.0)}
-    state = init_state(model, jnp.zeros((1, 32, 32, 3)), 0, FEDBN, hparams=hp, num_clients=2)
-    round_fn = make_round_fn(apply_fn, spec, FEDBN)
+    model, apply_fn, state, round_fn = tiny_round(
+        build_model("resnet18_tiny", "none", 3, norm_layers="bn_affine,none"), FEDBN)
     evaluate = make_personalized_eval_fn(apply_fn, FEDBN, 3, 1 / 255, batch_size=4)
     x, y = cifar_like.x[::3], cifar_like.y[::3]
 
     def f(state, data):
-        new, metrics = round_fn(state, hp, data)
+        new, metrics = round_fn(state, HP, data)
         return new, metrics, evaluate(new.params, new.model_state, new.client_states, x, y)
 
     new, metrics, out = jax.jit(f, compiler_options=_O0)(state, cifar_like)
