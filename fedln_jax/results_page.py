@@ -125,7 +125,7 @@ def horizon_sentence(checks: dict[tuple, Optional[Horizon]]) -> str:
                 f"{HORIZON_FRACTION:.0%} of the rounds was found for every run).")
     h0 = next(iter(checks.values()))
     parts = [f"{s}{'' if x is None else f' at {x}'} {h.before:.3f} -> {h.end:.3f} "
-             f"({h.moved:+.3f})" for (s, x), h in checks.items()]
+             f"({round(h.moved, 3) + 0.0:+.3f})" for (s, x), h in checks.items()]
     moving = [f"{s}{'' if x is None else f' at {x}'}" for (s, x), h in checks.items()
               if not h.settled]
     outcome = ("settled" if not moving else
