@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from fedln_jax.workdir import save_figure
+
 
 def _pyplot():
     import matplotlib
@@ -32,7 +34,7 @@ def plot_accuracy_curves(curves: dict[str, list[list[dict]]], path: str, title: 
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -63,7 +65,7 @@ def plot_norms(result: dict, path: str) -> None:
     _bars(b, {"global": result["head_norm_per_class"], after: probe["head_norm_per_class_after"]},
           "||w_c||", f"head row norm per class ({result['norm']})")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -81,7 +83,7 @@ def plot_spectra(spectra: dict[str, list], path: str, title: str = "") -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -127,7 +129,7 @@ def plot_final_vs_x(table: list[dict], path: str, xlabel: str = "", xscale: str 
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -142,7 +144,7 @@ def plot_local_overfit_grid(results: dict[str, dict], path: str) -> None:
               f"(classes {probes[0]['client_classes']})")
         ax.set_ylim(0, 1.05)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 

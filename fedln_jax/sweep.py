@@ -11,8 +11,8 @@ says completed (or diverged).
 from __future__ import annotations
 
 import csv
+import io
 import itertools
-import json
 import os
 import re
 import sys
@@ -25,7 +25,8 @@ from fedln_jax.program import cut, program_key
 from fedln_jax.experiment import build_experiment
 from fedln_jax.plots import _pyplot
 from fedln_jax.train import check_runs, is_writer, run_group
-from fedln_jax.workdir import finished_summary, write_json
+from fedln_jax.workdir import (finished_summary, missing_keys, read_json, save_figure,
+                               write_json, write_text)
 
 
 def parse_grid(items: list[str]) -> dict[str, list[Any]]:
@@ -64,6 +65,11 @@ def run_name(changes: dict[str, Any]) -> str:
         return "run"
     text = "_".join(f"{k}={v}" for k, v in changes.items())
     return re.sub(r"[^A-Za-z0-9._=+-]", "-", text)
+
+
+SUMMARY_KEYS = {"final_test_accuracy": (int, float, type(None)),
+                "mean_last3_test_accuracy": (int, float, type(None)), "rounds_completed": int,
+                "status": str}
 
 
 def is_complete(workdir: str, config: Config) -> bool:
@@ -151,8 +157,9 @@ def describe_plan(runs, todo: list[int], groups: list[list[int]],
 def collect(runs, dirs, keys: list[str]) -> list[dict]:
     rows = []
     for (name, config), run_dir in zip(runs, dirs):
-        with open(os.path.join(run_dir, "summary.json")) as f:
-            summary = json.load(f)
+        summary = read_json(os.path.join(run_dir, "summary.json"),
+                            f"remove {run_dir} and rerun the sweep to train it again",
+                            check=lambda obj: missing_keys(obj, SUMMARY_KEYS))
         row = {"run": name, **{k: getattr(config, k) for k in keys if k != "seed"},
                "seed": config.seed, "norm_of_run": config.norm,
                "final_test_accuracy": summary["final_test_accuracy"],
@@ -165,16 +172,18 @@ def collect(runs, dirs, keys: list[str]) -> list[dict]:
 
 def write_results(workdir: str, rows: list[dict], keys: list[str]) -> None:
     swept = [k for k in keys if k != "seed"]
-    with open(os.path.join(workdir, "results.csv"), "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["run", *swept, "seed", "final_test_accuracy",
-                         "mean_last3_test_accuracy", "rounds_completed", "status"])
-        for row in rows:
-            writer.writerow([row["run"], *(row[k] for k in swept), row["seed"],
-                             row["final_test_accuracy"], row["mean_last3_test_accuracy"],
-                             row["rounds_completed"], row["status"]])
-    with open(os.path.join(workdir, "results.md"), "w") as f:
-        f.write(results.sweep_table(cells(rows, swept), swept) + "\n")
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow(["run", *swept, "seed", "final_test_accuracy",
+                     "mean_last3_test_accuracy", "rounds_completed", "status"])
+    for row in rows:
+        writer.writerow([row["run"], *(row[k] for k in swept), row["seed"],
+                         row["final_test_accuracy"], row["mean_last3_test_accuracy"],
+                         row["rounds_completed"], row["status"]])
+    # Each file replaced whole (workdir.write_text): a kill never leaves half a table.
+    write_text(os.path.join(workdir, "results.csv"), table.getvalue())
+    write_text(os.path.join(workdir, "results.md"),
+               results.sweep_table(cells(rows, swept), swept) + "\n")
     plot_sweep(rows, swept, os.path.join(workdir, "sweep.png"))
 
 
@@ -216,5 +225,5 @@ def plot_sweep(rows: list[dict], swept: list[str], path: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)

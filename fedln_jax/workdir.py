@@ -61,12 +61,7 @@ def check_workdir(workdir: str, config: Config) -> dict | None:
                              f"use a new workdir")
         lock.check_own(workdir, ("config.json",), "a run")
         return None
-    try:
-        previous = json.loads(path.read_text())
-    except (OSError, ValueError):
-        raise FedlnError(f"{path} is unreadable; use a new workdir") from None
-    if not isinstance(previous, dict):
-        raise FedlnError(f"{path} is not a JSON object; use a new workdir")
+    previous = read_json(path, "use a new workdir")
     compare_configs(previous, config, f"workdir {workdir!r}")
     check_metrics_cover(workdir, previous)
     return previous
@@ -101,6 +96,61 @@ def write_text(path, text: str) -> None:
     tmp = path.parent / (path.name + ".tmp")
     tmp.write_text(text)
     tmp.replace(path)
+
+
+def read_json(path, fix: str, check=None) -> Any:
+    """The one checked reader of the JSON state the commands keep (a results ledger, a figure's
+    results.json, a run's config.json or summary.json): a file that cannot be read, is not
+    JSON (truncated, emptied) or fails `check` (a function returning what is wrong, or None)
+    is one FedlnError naming the file and what to do (`fix`), never a traceback."""
+    path = epath.Path(path)
+    try:
+        obj = json.loads(path.read_text())
+    except OSError as exc:
+        raise FedlnError(f"{path} cannot be read ({exc.strerror or exc}); {fix}") from None
+    except ValueError as exc:   # JSONDecodeError, or bytes that are not UTF-8
+        what = "is empty" if not path.read_bytes().strip() else f"is not valid JSON ({exc})"
+        raise FedlnError(f"{path} {what}: it was truncated or overwritten; {fix}") from None
+    problem = ("is not a JSON object" if not isinstance(obj, dict) and check is None
+               else check(obj) if check is not None else None)
+    if problem:
+        raise FedlnError(f"{path} {problem}; {fix}")
+    return obj
+
+
+def missing_keys(obj: Any, keys: dict[str, type | tuple]) -> str | None:
+    """For read_json's check: what is wrong with `obj` as a dict with these keys and types."""
+    if not isinstance(obj, dict):
+        return "is not a JSON object"
+    for key, kind in keys.items():
+        if key not in obj:
+            return f"lacks {key!r}"
+        if not isinstance(obj[key], kind):
+            return f"has {key!r} of the wrong type ({type(obj[key]).__name__})"
+    return None
+
+
+def temp_path(path) -> str:
+    """The temporary file beside `path` that an atomic write renames over it (same directory,
+    same suffix, so that matplotlib infers the same format)."""
+    head, name = os.path.split(str(path))
+    stem, suffix = os.path.splitext(name)
+    return os.path.join(head, f".{stem}.tmp{suffix}")
+
+
+def save_figure(fig, path, **kwargs) -> None:
+    """fig.savefig, atomically: a kill never leaves a half-written image."""
+    tmp = temp_path(path)
+    fig.savefig(tmp, **kwargs)
+    os.replace(tmp, path)
+
+
+def copy_file(src, dst) -> None:
+    """shutil.copyfile, atomically."""
+    import shutil
+    tmp = temp_path(dst)
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
 
 
 def read_metrics(workdir: str) -> list[dict]:

@@ -204,3 +204,39 @@ def test_sweep_prints_its_results_table(swept, capsys):
     out = capsys.readouterr().out
     assert out.startswith("| dirichlet_beta | final test accuracy (mean +- std) | seeds |")
     assert out.rstrip().endswith(f"4 runs; wrote results.csv, results.md, sweep.png in {swept}")
+
+
+def test_result_files_are_replaced_whole_never_written_in_place(swept, tmp_path, monkeypatch):
+    """The CSV, the table and the plot go to a temporary file beside them, renamed over the
+    old one (workdir.write_text, workdir.save_figure): a writer killed midway leaves the old
+    file whole, and a finished one leaves no temporary file behind."""
+    from fedln_jax import sweep
+    from fedln_jax.workdir import save_figure, write_text
+    assert {"results.csv", "results.md", "sweep.png"} <= set(os.listdir(swept))
+    assert not [n for n in os.listdir(swept) if ".tmp" in n]
+    work = tmp_path / "copy"
+    work.mkdir()
+    rows = sweep.collect(*zip(*[(run, str(swept / "runs" / run[0])) for run in
+                                expand(Config(), parse_grid(GRID))]), list(parse_grid(GRID)))
+    for name in ("results.csv", "results.md", "sweep.png"):
+        (work / name).write_bytes(b"old")
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt   # as a kill midway through the first write
+    monkeypatch.setattr("fedln_jax.workdir.os.replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.write_results(str(work), rows, list(parse_grid(GRID)))
+    assert (work / "results.csv").read_bytes() == b"old"
+    monkeypatch.undo()
+
+    class Figure:
+        def savefig(self, path, **kwargs):
+            open(path, "wb").write(b"half")
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        save_figure(Figure(), str(work / "sweep.png"), dpi=120)
+    assert (work / "sweep.png").read_bytes() == b"old"
+    sweep.write_results(str(work), rows, list(parse_grid(GRID)))
+    write_text(work / "results.md", "new\n")
+    assert (work / "results.csv").read_bytes() == (swept / "results.csv").read_bytes()
+    assert not [n for n in os.listdir(work) if ".tmp" in n]
