@@ -30,16 +30,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import sys
 import time
 
 from fedln_jax import lock, plots, results, train
 from fedln_jax.analysis import analyze_run
-from fedln_jax.config import (Config, call_config_function, config_of_module, load_config_module,
-                              parse_overrides)
+from fedln_jax.config import (INT32_MAX, MAX_SEED, Config, call_config_function, config_keys,
+                              config_of_module, load_config_module, parse_overrides)
 from fedln_jax.errors import DivergedError, FedlnError
-from fedln_jax.workdir import finished_summary, read_metrics, write_json
+from fedln_jax.workdir import finished_summary, read_metrics, write_json, write_text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,16 +73,136 @@ def figure_of_module(module, source: str) -> Figure:
                 or "series" not in r or not isinstance(r.get("overrides", {}), dict):
             raise FedlnError(f"get_runs() in {source!r}: entry {k} must be a dict with a non-empty "
                              f"'name' string, a 'series' (and 'overrides' a dict), got {r!r:.80}")
-    names = [r["name"] for r in runs]
-    if not names or len(set(names)) != len(names):
-        raise FedlnError(f"{source}: get_runs() must return runs with unique names")
-    options = dict(getattr(module, "FIGURE", {}))
-    for key, allowed in (("table", CAPTIONS), ("cell", results.CELL_TEXT),
-                         ("diverged", ("raise", "report"))):
-        if key in options and options[key] not in allowed:
-            raise FedlnError(f"{source}: FIGURE {key} must be one of {sorted(allowed)}, "
-                             f"got {options[key]!r}")
-    return Figure(source, base, runs, options)
+    options = getattr(module, "FIGURE", {})
+    if not isinstance(options, dict):
+        raise FedlnError(f"{source}: FIGURE must be a dict of options, got "
+                         f"{type(options).__name__}")
+    return check_figure(Figure(source, base, list(runs), dict(options)))
+
+
+# ---------------------------------------------------------------------------------------------
+# The schema of a figure: every run and option checked as a whole before anything trains.
+
+RUN_KEYS = ("name", "series", "x", "overrides")
+XSCALES = ("linear", "log", "symlog", "logit")   # those matplotlib takes without arguments
+IMAGE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".eps", ".ps", ".tif", ".tiff",
+                  ".webp")
+# The files a figure writes beside its figure_file (which must not replace one of them).
+OUTPUTS = ("results.json", "table.md", "table.txt", "singular_values.png", "local_overfit.png",
+           "local_overfit.md", "norms.md", "runs", lock.LOCK_NAME)
+TEXT_OPTIONS = ("xlabel", "title", "row_label", "caption", "column")
+
+
+def check_figure(figure: Figure) -> Figure:
+    """Refuse (FedlnError, one line) a figure whose runs or FIGURE options could fail or write
+    outside its workdir once runs have trained; returns the figure."""
+    def bad(text):
+        raise FedlnError(f"{figure.source}: {text}")
+    for k, r in enumerate(figure.runs):
+        unknown = sorted(map(str, set(r) - set(RUN_KEYS)))
+        if unknown:
+            bad(f"get_runs() entry {k} has unknown key(s) {', '.join(map(repr, unknown))}; "
+                f"an entry holds {', '.join(RUN_KEYS)}")
+        name = r["name"]
+        if set(name) & set("/\\\0") or name in (".", "..") or name != name.strip():
+            bad(f"run name {name!r} must be a plain file name (no path separator, '..', or "
+                f"surrounding spaces): it names the run's directory under runs/")
+        if not isinstance(r["series"], str):
+            bad(f"run {name!r}: series must be a string (the legend entry), got {r['series']!r}")
+        x = r.get("x")
+        if not (x is None or isinstance(x, str) or (isinstance(x, (int, float))
+                                                     and not isinstance(x, bool)
+                                                     and math.isfinite(x))):
+            bad(f"run {name!r}: x must be a finite number, a string or None, got {x!r:.60}")
+        for key in r.get("overrides", {}):
+            if not isinstance(key, str) or key not in config_keys():
+                bad(f"run {name!r}: override {key!r} is not a config key")
+            if key == "seed":
+                bad(f"run {name!r}: a run's seed comes from FIGURE's seeds, not its overrides; "
+                    f"list the seeds in FIGURE[\"seeds\"]")
+    names = [r["name"] for r in figure.runs]
+    if len(set(names)) != len(names):
+        bad("get_runs() must return runs with unique names")
+    cells = [(r["series"], r.get("x")) for r in figure.runs]
+    twice = next((c for c in cells if cells.count(c) > 1), None)
+    if twice:
+        bad(f"two runs have series {twice[0]!r} and x {twice[1]!r}: their seeds would be "
+            f"counted as one cell's; give them distinct x or series")
+    check_options(figure, bad)
+    return figure
+
+
+def check_options(figure: Figure, bad) -> None:
+    options = figure.options
+    unknown = sorted(map(repr, set(options) - set(OPTIONS)))
+    if unknown:
+        bad(f"FIGURE has unknown option(s) {', '.join(unknown)}; options: {', '.join(OPTIONS)}")
+    for key, allowed in (("kind", ("final", "curves")), ("table", tuple(CAPTIONS)),
+                         ("cell", tuple(results.CELL_TEXT)), ("diverged", ("raise", "report")),
+                         ("xscale", XSCALES)):
+        if key in options and (not isinstance(options[key], str) or options[key] not in allowed):
+            bad(f"FIGURE {key} must be one of {', '.join(map(repr, allowed))}, "
+                f"got {options[key]!r:.60}")
+    for key in TEXT_OPTIONS:
+        if key in options and not isinstance(options[key], str):
+            bad(f"FIGURE {key} must be a string, got {options[key]!r:.60}")
+    if "seeds" in options:
+        check_seeds(options["seeds"], figure.source)
+    xs = [r.get("x") for r in figure.runs]
+    numeric = all(isinstance(x, (int, float)) for x in xs)
+    scale = options.get("xscale", "linear")
+    if numeric and options.get("kind", "final") == "final" and (
+            scale == "log" and min(xs) <= 0 or scale == "logit" and not 0 < min(xs) <= max(xs) < 1):
+        bad(f"FIGURE xscale {scale!r} cannot show x values {sorted(set(xs))}")
+    formats = [("caption", {"rounds": 1, "seeds": [0]})]
+    if options.get("table", "grid") == "grid":
+        formats += [("column", {"xlabel": options.get("xlabel", "x"), "x": x}) for x in xs]
+    for key, fields in formats:
+        if key in options:
+            try:
+                options[key].format(**fields)
+            except (KeyError, IndexError, ValueError, TypeError, AttributeError) as exc:
+                bad(f"FIGURE {key} {options[key]!r:.60} does not render with "
+                    f"{', '.join(f'{{{f}}}' for f in fields)}"
+                    + (f" (x={fields['x']!r})" if "x" in fields else "")
+                    + f": {type(exc).__name__}: {exc}")
+    if "figure_file" in options:
+        name = options["figure_file"]
+        if not isinstance(name, str) or not name.strip() or os.path.basename(name) != name \
+                or "\\" in name or name in (".", "..") or name in OUTPUTS \
+                or os.path.splitext(name)[1].lower() not in IMAGE_SUFFIXES:
+            bad(f"FIGURE figure_file must be an image's file name in the figure's workdir (no "
+                f"directory; not one of its other outputs; ending in "
+                f"{', '.join(IMAGE_SUFFIXES)}), got {name!r:.80}")
+    if "analyze" in options:
+        check_analyze(options["analyze"], bad)
+
+
+def check_analyze(analyze, bad) -> None:
+    if not isinstance(analyze, dict) or set(analyze) - {"client", "steps"}:
+        bad(f"FIGURE analyze must be a dict with the keys client and steps, got {analyze!r:.60}")
+    client, steps = analyze.get("client", 0), analyze.get("steps", (5,))
+    if isinstance(client, bool) or not isinstance(client, int) or not 0 <= client <= INT32_MAX:
+        bad(f"FIGURE analyze client must be a client's index (an int >= 0), got {client!r:.60}")
+    if not isinstance(steps, (list, tuple)) or not steps or any(
+            isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= INT32_MAX
+            for s in steps):
+        bad(f"FIGURE analyze steps must be a non-empty list of positive ints, got {steps!r:.60}")
+
+
+def check_seeds(seeds, source: str) -> tuple:
+    """A figure's seeds: a non-empty list or tuple of distinct ints in the seed range."""
+    if not isinstance(seeds, (list, tuple)) or not seeds:
+        raise FedlnError(f"{source}: FIGURE seeds must be a non-empty list of ints, got "
+                         f"{seeds!r:.60}")
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+            raise FedlnError(f"{source}: FIGURE seeds must be ints in 0..{MAX_SEED}, got "
+                             f"{seed!r:.60}")
+    if len(set(seeds)) != len(seeds):
+        raise FedlnError(f"{source}: FIGURE seeds {list(seeds)} repeat a seed: it would count "
+                         f"one run twice")
+    return tuple(seeds)
 
 
 def load_figure(path: str) -> Figure:
@@ -100,10 +221,8 @@ def figure_overrides(overrides) -> dict:
 
 def figure_seeds(figure: Figure, seeds=None) -> tuple:
     """The seeds a figure runs: `seeds` when given, else FIGURE's (default (0,))."""
-    seeds = tuple(figure.options.get("seeds", (0,)) if seeds is None else seeds)
-    if not seeds:
-        raise FedlnError(f"{figure.source}: a figure needs at least one seed")
-    return seeds
+    return check_seeds(figure.options.get("seeds", (0,)) if seeds is None else seeds,
+                       figure.source)
 
 
 def plan_runs(figure: Figure, extra: dict, seeds, workdir: str,
@@ -119,6 +238,10 @@ def plan_runs(figure: Figure, extra: dict, seeds, workdir: str,
             planned.append(PlannedRun(r, seed, config, shared_run_dir(runs_dir, config)
                                       if runs_dir else
                                       os.path.join(workdir, "runs", f"{r['name']}_seed{seed}")))
+    client = figure.options.get("analyze", {}).get("client", 0)
+    if "analyze" in figure.options and client >= min(p.config.num_clients for p in planned):
+        raise FedlnError(f"{figure.source}: FIGURE analyze client {client} is out of range: its "
+                         f"runs have {min(p.config.num_clients for p in planned)} clients")
     return planned
 
 
@@ -163,6 +286,10 @@ def run_figure(figure: Figure | str, workdir: str, overrides=(), *, seeds=None,
     options = figure.options
     extra = figure_overrides(overrides)
     lock.check_own(workdir, ("runs", "results.json"), "a figure's runs")
+    for marker, other in (("sweep.json", "a sweep"), ("regenerate.json", "a results page")):
+        if os.path.exists(os.path.join(workdir, marker)):
+            raise FedlnError(f"workdir {workdir!r} holds {other} ({marker}), whose files a figure "
+                             f"would replace; use a new workdir")
     seeds = figure_seeds(figure, seeds)
     planned = plan_runs(figure, extra, seeds, workdir, runs_dir)
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
@@ -184,8 +311,7 @@ def run_figure(figure: Figure | str, workdir: str, overrides=(), *, seeds=None,
         result["analysis"] = analyze_all(rows, options["analyze"], workdir, options)
     write_json(os.path.join(workdir, "results.json"), result)
     table_file = "table.txt" if layout == "seeds" else "table.md"
-    with open(os.path.join(workdir, table_file), "w") as f:
-        f.write(text + "\n")
+    write_text(os.path.join(workdir, table_file), text + "\n")
     figure_file = options.get("figure_file", "figure.png")
     draw(rows, cells, options, os.path.join(workdir, figure_file))
     print(text)
@@ -205,6 +331,8 @@ def run_row(p: PlannedRun, summary: dict, log) -> dict:
             "last3": summary["mean_last3_test_accuracy"], "best": summary["best_test_accuracy"]}
 
 
+OPTIONS = ("kind", "seeds", "xlabel", "xscale", "title", "figure_file", "table", "caption",
+           "row_label", "column", "cell", "diverged", "analyze")
 CAPTIONS = {"grid": "mean over seeds of the last 3 evaluations (final evaluation in brackets)",
             "seeds": "final test accuracy after {rounds} rounds, seeds {seeds}"}
 
@@ -248,8 +376,7 @@ def analyze_all(rows, options: dict, workdir: str, figure: dict) -> dict:
     plots.plot_local_overfit_grid(analyses, os.path.join(workdir, "local_overfit.png"))
     for name, text in (("local_overfit.md", results.local_overfit_table(analyses)),
                        ("norms.md", results.norms_table(analyses))):
-        with open(os.path.join(workdir, name), "w") as f:
-            f.write(text + "\n")
+        write_text(os.path.join(workdir, name), text + "\n")
         print(text)
     spectra_at = lambda s, k: s[k] if k < len(s) else None
     return {s: {"global_acc": a["global_acc"], "local_overfit_by_steps": a["local_overfit_by_steps"],

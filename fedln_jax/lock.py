@@ -21,6 +21,7 @@ from fedln_jax.errors import FedlnError
 
 LOCK_NAME = ".fedln.lock"
 GLOB_CHARACTERS = "*?[]"
+TEMP_SUFFIX = 6   # what an atomic write adds to a file's name (workdir.temp_path)
 
 
 def is_remote(path: str) -> bool:
@@ -76,8 +77,19 @@ def check_file_path(path: str, flag: str, siblings: tuple[str, ...] = (),
     if not path.strip() or os.path.isdir(path):
         raise FedlnError(f"{flag} {path!r} must name a file, not a directory")
     existing = folder
-    while create_dirs and not os.path.lexists(existing):
+    while not os.path.lexists(existing):
         existing = os.path.dirname(existing)
+    name_max, path_max = _limits(existing if os.path.isdir(existing) else os.path.dirname(existing))
+    # TEMP_SUFFIX: the file is written beside itself under a longer name, then renamed.
+    longest = max(len(os.fsencode(p)) for p in os.path.abspath(path).split(os.sep))
+    if longest + TEMP_SUFFIX > name_max or len(os.fsencode(os.path.abspath(path))) \
+            + TEMP_SUFFIX > path_max:
+        raise FedlnError(f"{flag} {path!r}: a name of {longest} bytes in it is too long for this "
+                         f"file system (at most {name_max - TEMP_SUFFIX} bytes)"
+                         if longest + TEMP_SUFFIX > name_max else
+                         f"{flag} {path!r} is too long for this file system")
+    if not create_dirs:
+        existing = folder
     if not os.path.isdir(existing):
         raise FedlnError(f"{flag} {path!r}: the directory {folder} does not exist"
                          + (f" and cannot be made ({existing} is not a directory)"

@@ -11,10 +11,8 @@ invocation; the page's header states their sum, the command, the machine and the
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import platform
-import shutil
 import sys
 import time
 from importlib import metadata, resources
@@ -26,7 +24,8 @@ from fedln_jax.errors import FedlnError
 from fedln_jax.models.cnn import resolve_arch
 from fedln_jax.paper_page import PAGES
 from fedln_jax.results_page import Section, fixed_text
-from fedln_jax.workdir import read_metrics, write_json, write_text
+from fedln_jax.workdir import (copy_file, missing_keys, read_json, read_metrics, write_json,
+                               write_text)
 
 MARKERS = ("figures", "runs", "regenerate.json")
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy")
@@ -48,9 +47,9 @@ def load_sections(sections, config_root: str) -> dict[str, figures.Figure]:
         if not os.path.isfile(path):
             raise FedlnError(f"section {s.name!r}: no figure config {path} (run from a checkout "
                              f"of the repository, which holds experiments/configs)")
-        loaded[s.name] = (figures.Figure(path, load_config_file(path), list(s.runs),
-                                         dict(s.options))
-                          if s.runs else figures.load_figure(path))
+        loaded[s.name] = (figures.check_figure(figures.Figure(
+            path, load_config_file(path), list(s.runs), dict(s.options)))
+            if s.runs else figures.load_figure(path))
     return loaded
 
 
@@ -79,8 +78,9 @@ def regenerate(workdir: str, out: str = "", *, page: str = "main",
     names = [s.name for s in sections]
     if only is not None and only not in names:
         raise FedlnError(f"--only {only!r}: not a section of the page; sections: {', '.join(names)}")
+    check_workdir_kind(workdir)
     if out:
-        lock.check_file_path(out, "--out", create_dirs=True)
+        check_out(out, workdir)
     # Everything below is checked before anything is written.
     extra = figures.figure_overrides(overrides)
     loaded = load_sections(sections, config_root or configs_dir())
@@ -91,8 +91,10 @@ def regenerate(workdir: str, out: str = "", *, page: str = "main",
     lock.check_own(workdir, MARKERS, "a results regeneration")
     out = out or os.path.join(workdir, "results.md")
     ledger_path = os.path.join(workdir, "regenerate.json")
+    ledger = read_ledger(ledger_path)
+    for s in sections:   # every figure's results.json the page will read
+        read_result(figure_dir(workdir, s))
     os.makedirs(workdir, exist_ok=True)
-    ledger = read_json(ledger_path) if os.path.exists(ledger_path) else {"invocations": []}
     entry = {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
              "command": command, "seconds": 0.0, "figures": [],
              "load_before": round(os.getloadavg()[0], 1)}
@@ -153,9 +155,80 @@ def write_page(sections, loaded, workdir: str, out: str, extra: dict, ledger: di
     write_text(out, page)
 
 
-def read_json(path: str) -> dict:
-    with open(path) as f:
-        return json.load(f)
+# ---------------------------------------------------------------------------------------------
+# What is checked before anything trains: the workdir, --out, and the state files read back
+
+
+def check_workdir_kind(workdir: str) -> None:
+    """Refuse the workdir of a sweep or of a figure: the page would replace their results.md,
+    results.json or tables."""
+    for marker, other in (("sweep.json", "a sweep"), ("results.json", "a figure")):
+        if os.path.exists(os.path.join(workdir, marker)):
+            raise FedlnError(f"workdir {workdir!r} holds {other} ({marker}), whose files the page "
+                             f"would replace; use a new workdir")
+
+
+def check_out(out: str, workdir: str) -> None:
+    """--out must name a file that is none of the workdir's own: not the workdir, nothing under
+    its runs/ or figures/ (a figure's results.json), not its ledger; and the page's images
+    must have a directory beside it (<out's directory>/figures)."""
+    lock.check_file_path(out, "--out", create_dirs=True)
+    target, root = os.path.realpath(out), os.path.realpath(workdir)
+    inside = [os.path.join(root, d) for d in ("runs", "figures")]
+    if target == root or any(target == d or target.startswith(d + os.sep) for d in inside) \
+            or os.path.dirname(target) == root and os.path.basename(target) in (
+                *MARKERS, lock.LOCK_NAME):
+        raise FedlnError(f"--out {out!r} is one of the workdir's own files or directories (its "
+                         f"runs/, figures/, regenerate.json); name a file such as "
+                         f"{os.path.join(workdir, 'results.md')!r} or one outside the workdir")
+    folder = os.path.dirname(target)
+    for marker, other in (("config.json", "a run"), ("sweep.json", "a sweep"),
+                          ("results.json", "a figure"), ("summary.json", "a run")):
+        if folder != root and os.path.exists(os.path.join(folder, marker)):
+            raise FedlnError(f"--out {out!r} is in the workdir of {other} ({marker} beside "
+                             f"it), whose files the page and its figures/ would replace")
+    images = os.path.join(folder, "figures")
+    if os.path.lexists(images) and not os.path.isdir(images):
+        raise FedlnError(f"--out {out!r}: the page's images go to {images}, which is a file")
+
+
+LEDGER_FIX = ("remove it (it holds only the wall times of earlier invocations) and rerun; "
+              "the runs and figures are reused")
+INVOCATION_KEYS = {"started": str, "command": str, "seconds": (int, float), "figures": list,
+                   "load_before": (int, float)}
+RESULT_KEYS = {"runs": list, "seeds": list, "rounds": int, "wall_seconds": (int, float),
+               "table": (list, dict), "overrides": dict}
+RUN_ROW_KEYS = {"name": str, "series": str, "x": (str, int, float, type(None)), "seed": int, "workdir": str, "status": str}
+
+
+def read_ledger(path: str) -> dict:
+    """DIR/regenerate.json, checked (a new ledger when there is none)."""
+    if not os.path.exists(path):
+        return {"invocations": []}
+
+    def check(obj):
+        problem = missing_keys(obj, {"invocations": list})
+        for k, entry in enumerate([] if problem else obj["invocations"]):
+            problem = problem or (missing_keys(entry, INVOCATION_KEYS) and
+                                  f"invocation {k} {missing_keys(entry, INVOCATION_KEYS)}")
+        return problem
+    return read_json(path, LEDGER_FIX, check)
+
+
+def read_result(fdir: str) -> dict | None:
+    """A figure's results.json, checked; None when the figure has not run."""
+    path = os.path.join(fdir, "results.json")
+    if not os.path.exists(path):
+        return None
+
+    def check(obj):
+        problem = missing_keys(obj, RESULT_KEYS)
+        for k, row in enumerate([] if problem else obj["runs"]):
+            problem = problem or (missing_keys(row, RUN_ROW_KEYS) and
+                                  f"run {k} {missing_keys(row, RUN_ROW_KEYS)}")
+        return problem
+    return read_json(path, f"remove it and rerun: the figure is redrawn from its runs, "
+                           f"which are reused", check)
 
 
 def read_text(path: str) -> str:
@@ -165,10 +238,10 @@ def read_text(path: str) -> str:
 def render_section(s: Section, figure: figures.Figure, fdir: str, image_dir: str,
                    extra: dict) -> str:
     lines = [f"### {s.heading}", "", s.about, ""]
-    path = os.path.join(fdir, "results.json")
-    if not os.path.exists(path):
+    result = read_result(fdir)
+    if result is None:
         return "\n".join(lines + ["(not regenerated yet: run the command at the top of the page)", ""])
-    result = with_curves(read_json(path))
+    result = with_curves(result)
     configs = [p.config for p in figures.plan_runs(figure, extra, result["seeds"], fdir)]
     lines += [describe(configs, result), "", f"Alone: {alone(s)} ({len(result['runs'])} runs).", ""]
     for table in ("table.md", "table.txt"):
@@ -184,7 +257,7 @@ def render_section(s: Section, figure: figures.Figure, fdir: str, image_dir: str
     lines += [notes_text(s.notes(result)) if s.notes else "", ""]
     for src, dst in shown:
         if os.path.exists(os.path.join(fdir, src)):
-            shutil.copyfile(os.path.join(fdir, src), os.path.join(image_dir, dst))
+            copy_file(os.path.join(fdir, src), os.path.join(image_dir, dst))
             lines += [f"![{s.heading}](figures/{dst})", ""]
     return "\n".join(lines)
 
@@ -228,7 +301,8 @@ def with_curves(result: dict) -> dict:
                            "accuracy": [row["test_accuracy"] for row in rows]})
         config_path = os.path.join(r["workdir"], "config.json")
         if os.path.exists(config_path):
-            configs.append({**key, "config": read_json(config_path)})
+            configs.append({**key, "config": read_json(
+                config_path, f"remove {r['workdir']} and rerun: the run is trained again")})
     return {**result, "curves": curves, "configs": configs}
 
 

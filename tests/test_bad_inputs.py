@@ -45,6 +45,60 @@ CONFIG_FILES = {
     "figure_no_runs.py": f"def get_config():\n    return {TINY_DICT}\n",
 }
 
+
+def figure_config(figure="{}", runs="[{'name': 'a', 'series': 'a', 'x': 1, 'overrides': {}}]"):
+    """A figure config on TINY with this FIGURE and these runs (Python source)."""
+    return (f"def get_config():\n    return {TINY_DICT}\nFIGURE = {figure}\n"
+            f"def get_runs():\n    return {runs}\n")
+
+
+def one_run(**entry):
+    """A get_runs() list of one run: name a, series a, x 1, no overrides, unless given."""
+    return repr([{"name": "a", "series": "a", "x": 1, "overrides": {}, **entry}])
+
+
+# Figure configs the schema refuses as a whole, before a run trains (figures.check_figure):
+# (file name, FIGURE, runs, fragment of the error line).
+FIGURE_SCHEMA = [
+    ("fig_not_dict.py", "[('seeds', (0,))]", one_run(), "FIGURE must be a dict"),
+    ("fig_unknown_option.py", "{'titel': 'x'}", one_run(), "unknown option(s) 'titel'"),
+    ("fig_seeds_int.py", "{'seeds': 3}", one_run(), "seeds must be a non-empty list"),
+    ("fig_seeds_empty.py", "{'seeds': ()}", one_run(), "seeds must be a non-empty list"),
+    ("fig_seeds_twice.py", "{'seeds': (0, 0)}", one_run(), "repeat a seed"),
+    ("fig_seeds_str.py", "{'seeds': ('0',)}", one_run(), "seeds must be ints"),
+    ("fig_seeds_bool.py", "{'seeds': (True,)}", one_run(), "seeds must be ints"),
+    ("fig_kind.py", "{'kind': 'bars'}", one_run(), "kind must be one of"),
+    ("fig_xscale.py", "{'xscale': 'bogus'}", one_run(), "xscale must be one of"),
+    ("fig_xscale_log_zero.py", "{'xscale': 'log'}", one_run(x=0), "cannot show x values"),
+    ("fig_title_int.py", "{'title': 3}", one_run(), "title must be a string"),
+    ("fig_caption_field.py", "{'caption': 'after {nope} rounds'}", one_run(), "does not render"),
+    ("fig_caption_brace.py", "{'caption': 'after {rounds rounds'}", one_run(), "does not render"),
+    ("fig_column_x.py", "{'column': '{x:.2f}'}", one_run(x="2-class"), "does not render"),
+    ("fig_file_up.py", "{'figure_file': '../../x.png'}", one_run(), "figure_file must be"),
+    ("fig_file_abs.py", "{'figure_file': '/tmp/x.png'}", one_run(), "figure_file must be"),
+    ("fig_file_dir.py", "{'figure_file': 'missing/x.png'}", one_run(), "figure_file must be"),
+    ("fig_file_results.py", "{'figure_file': 'results.json'}", one_run(), "figure_file must be"),
+    ("fig_file_suffix.py", "{'figure_file': 'figure.txt'}", one_run(), "figure_file must be"),
+    ("fig_analyze_list.py", "{'analyze': [0]}", one_run(), "analyze must be a dict"),
+    ("fig_analyze_client.py", "{'analyze': {'client': '0'}}", one_run(), "analyze client"),
+    ("fig_analyze_steps.py", "{'analyze': {'steps': 5}}", one_run(), "analyze steps"),
+    ("fig_analyze_far.py", "{'analyze': {'client': 99}}", one_run(), "client 99 is out of range"),
+    ("fig_run_up.py", "{}", one_run(name="../../x"), "must be a plain file name"),
+    ("fig_run_sep.py", "{}", one_run(name="a/b"), "must be a plain file name"),
+    ("fig_run_key.py", "{}", one_run(overide={}), "unknown key(s) 'overide'"),
+    ("fig_series_list.py", "{}", one_run(series=["a"]), "series must be a string"),
+    ("fig_x_list.py", "{}", one_run(x=[1]), "x must be a finite number"),
+    ("fig_x_set.py", "{}", one_run(x={1}), "x must be a finite number"),
+    ("fig_x_nan.py", "{}", one_run(x=float("nan")).replace("nan", "float('nan')"),
+     "x must be a finite number"),
+    ("fig_override_int_key.py", "{}", one_run(overrides={1: 2}), "override 1 is not a config key"),
+    ("fig_override_unknown.py", "{}", one_run(overrides={"lrr": 0.1}), "'lrr' is not a config key"),
+    ("fig_override_seed.py", "{}", one_run(overrides={"seed": 7}), "seed comes from FIGURE's seeds"),
+    ("fig_same_cell.py", "{}", "[{'name': n, 'series': 's', 'x': 1, 'overrides': {}} "
+                               "for n in ('a', 'b')]", "counted as one cell"),
+]
+CONFIG_FILES.update({name: figure_config(figure, runs) for name, figure, runs, _ in FIGURE_SCHEMA})
+
 COORD = ["--num-processes", "2", "--process-id", "0", "--coordinator"]
 
 # (id, argv with {wd} for the workdir and {cfg:NAME} for a config file, fragment of the
@@ -78,6 +132,8 @@ CASES = [
     ("figure run without a name", FIG + ["{cfg:figure_run_unnamed.py}"], "'name'", ("new",)),
     ("figure config without runs", FIG + ["{cfg:figure_no_runs.py}"], "defines no get_runs",
      ("new",)),
+    *((f"figure schema: {name[4:-3]}", FIG + [f"{{cfg:{name}}}"], fragment, ("new",))
+      for name, _, _, fragment in FIGURE_SCHEMA),
     # values
     ("seed 2**32", RUN + TINY + ["seed=4294967296"], "seed must be in 0..4294967295", BOTH),
     ("seed negative", RUN + TINY + ["seed=-1"], "seed must be >= 0", BOTH),
@@ -165,6 +221,10 @@ CASES = [
     ("sweep into other files", SWEEP + TINY + ["seed=0,1"], "does not hold a sweep", ("foreign",)),
     ("figure into other files", FIG + ["{cfg:figure_ok.py}"], "does not hold a figure",
      ("foreign",)),
+    ("figure into a sweep's workdir", FIG + ["{cfg:figure_ok.py}"], "holds a sweep (sweep.json)",
+     ("sweep",)),
+    ("results into a sweep's workdir", ["results", "--workdir", "{wd}", "rounds=2"],
+     "holds a sweep (sweep.json)", ("sweep",)),
     ("workdir read-only", RUN + TINY, "not writable", ("read_only",)),
     ("finished run lost metrics.jsonl", RUN + TINY, "lacks the rows", ("run_without_metrics",)),
     ("other config on a finished run", RUN + TINY + ["lr=0.5"], "different config", ("run",)),
@@ -232,6 +292,12 @@ def make_workdir(kind, tmp_path, finished_run):
         workdir = tmp_path / "mine"
         workdir.mkdir()
         (workdir / "notes.txt").write_text("someone's notes\n")
+        return str(workdir), workdir
+    if kind == "sweep":   # what a sweep leaves: its sweep.json, runs/ and results.md
+        workdir = tmp_path / "sweep"
+        (workdir / "runs").mkdir(parents=True)
+        (workdir / "sweep.json").write_text('{"grid": {"seed": [0, 1]}}\n')
+        (workdir / "results.md").write_text("| seed | final |\n")
         return str(workdir), workdir
     if kind == "long_name":
         return str(tmp_path / ("x" * 300)), tmp_path / ("x" * 300)

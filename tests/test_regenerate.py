@@ -119,6 +119,92 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path, configs, caps
         assert capsys.readouterr().err == "" and not work.exists()
 
 
+def refused(work, capsys, fragment, **kwargs):
+    """`results` with these arguments: exit 2, one `error:` line with `fragment`, no progress
+    line, and nothing trained or written (no runs/, the workdir's files unchanged)."""
+    def tree():   # every file's bytes and every directory, or None for no workdir
+        return {p: p.read_bytes() if p.is_file() else "<dir>" for p in work.rglob("*")} \
+            if work.exists() else None
+    before = tree()
+    capsys.readouterr()
+    with pytest.raises(FedlnError, match=re.escape(fragment)) as info:
+        regenerate.regenerate(str(work), **kwargs)
+    assert "\n" not in str(info.value) and capsys.readouterr().err == ""
+    assert tree() == before   # no runs/ (nothing trained), no ledger, no page
+
+
+def test_out_naming_the_workdirs_own_files_is_refused_before_anything_trains(tmp_path, configs,
+                                                                                capsys):
+    work = tmp_path / "w"
+    kw = dict(sections=SECTIONS, config_root=configs, overrides=["rounds=2"])
+    for out in (work, work / "runs" / "page.md", work / "figures" / "page.md",
+                work / "figures" / "demo" / "results.json", work / "regenerate.json"):
+        refused(work, capsys, "is one of the workdir's own", out=str(out), **kw)
+    refused(work, capsys, "too long for this file system", out=str(tmp_path / ("p" * 300)), **kw)
+    refused(work, capsys, "too long for this file system", out=str(tmp_path / ("p" * 252)), **kw)
+    # --out into the workdir of a run, a sweep or a figure: the page and its figures/ would
+    # land among their files
+    for marker in ("config.json", "sweep.json", "results.json"):
+        other = tmp_path / marker.split(".")[0]
+        other.mkdir()
+        (other / marker).write_text("{}\n")
+        refused(work, capsys, f"({marker} beside it)", out=str(other / "page.md"), **kw)
+    (tmp_path / "page_dir").mkdir()
+    (tmp_path / "page_dir" / "figures").write_text("a file\n")
+    refused(work, capsys, "which is a file", out=str(tmp_path / "page_dir" / "page.md"), **kw)
+    assert cli.main(["results", "--workdir", str(work), "--out", str(work / "regenerate.json"),
+                     "rounds=2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --out") and not work.exists()
+
+
+def test_results_on_a_sweep_or_a_figure_workdir_is_refused(tmp_path, configs, capsys):
+    for marker, what in (("sweep.json", "a sweep"), ("results.json", "a figure")):
+        work = tmp_path / marker.split(".")[0]
+        (work / "runs").mkdir(parents=True)
+        (work / marker).write_text("{}\n")
+        (work / "results.md").write_text("the sweep's table\n")
+        refused(work, capsys, f"holds {what} ({marker})", sections=SECTIONS,
+                config_root=configs, overrides=["rounds=2"])
+
+
+@pytest.mark.parametrize("name, text, fragment", [
+    ("regenerate.json", "", "is empty"),
+    ("regenerate.json", '{"invocations": [{"started": "2026', "is not valid JSON"),
+    ("regenerate.json", "[]", "is not a JSON object"),
+    ("regenerate.json", '{"invocations": [{"started": "x"}]}', "invocation 0 lacks 'command'"),
+    ("figures/demo/results.json", "", "is empty"),
+    ("figures/skew/results.json", '{"runs": [', "is not valid JSON"),
+    ("figures/skew/results.json", '{"runs": []}', "lacks 'seeds'"),
+    ("figures/demo/results.json", '{"runs": [{}], "seeds": [0], "rounds": 2, "wall_seconds": 1,'
+                                  ' "table": {}, "overrides": {}}', "run 0 lacks 'name'"),
+])
+def test_a_damaged_state_file_is_one_error_line_naming_it(tmp_path, configs, capsys, name, text,
+                                                          fragment):
+    work = tmp_path / "w"
+    (work / name).parent.mkdir(parents=True, exist_ok=True)
+    (work / name).write_text(text)
+    refused(work, capsys, fragment, sections=SECTIONS, config_root=configs,
+            overrides=["rounds=2"])
+    if name == "regenerate.json":   # the CLI's page (its sections are not SECTIONS)
+        assert cli.main(["results", "--workdir", str(work), "rounds=2"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: {work / name} ") and "rerun" in err[0]
+
+
+def test_a_damaged_run_config_or_summary_is_one_error_line(tmp_path):
+    from fedln_jax import sweep
+    from fedln_jax.workdir import read_json
+    (tmp_path / "config.json").write_text('{"lr": 0.')
+    with pytest.raises(FedlnError, match=r"config.json is not valid JSON.*; use a new workdir"):
+        read_json(tmp_path / "config.json", "use a new workdir")
+    run = tmp_path / "runs" / "a"
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text('{"status": "completed"}')
+    with pytest.raises(FedlnError, match="summary.json lacks 'final_test_accuracy'; remove"):
+        sweep.collect([("a", regenerate.Config())], [str(run)], [])
+
+
 def test_the_page_names_a_figure_config_that_exists_for_every_section():
     names = [s.name for s in results_page.PAGE]
     assert len(set(names)) == len(names)
