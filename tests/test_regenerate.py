@@ -110,6 +110,9 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path, configs, caps
     assert not work.exists()
     bad = [(dict(only=""), "--only ''"), (dict(overrides=["rounds=0"]), "rounds must be >= 1"),
            (dict(overrides=["seed=1"]), "seed does not apply to a figure"),
+           # valid configs that fail only on the data: built before the first file
+           (dict(overrides=["model=cnn"]), "smaller than the 5x5 kernel"),
+           (dict(overrides=["num_clients=100000"]), "training examples"),
            (dict(out=str(tmp_path / "a_file" / "page.md")), "cannot be made"),
            (dict(out=str(tmp_path)), "must name a file")]
     (tmp_path / "a_file").write_text("")
