@@ -97,33 +97,37 @@ def regenerate(workdir: str, out: str = "", *, page: str = "main",
     lock.check_own(workdir, MARKERS, "a results regeneration")
     out = out or os.path.join(workdir, "results.md")
     ledger_path = os.path.join(workdir, "regenerate.json")
-    ledger = read_ledger(ledger_path)
+    read_ledger(ledger_path)   # checked before anything is written, read again under the lock
     for s in sections:   # every figure's results.json the page will read
         read_result(figure_dir(workdir, s))
-    os.makedirs(workdir, exist_ok=True)
-    entry = {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-             "command": command, "seconds": 0.0, "figures": [],
-             "load_before": round(os.getloadavg()[0], 1)}
-    ledger["invocations"].append(entry)
-    try:
-        for i, s in enumerate(todo):
-            log(f"[{i + 1}/{len(todo)}] {s.name} ({s.config}); {time.time() - start:.0f} s so far")
-            figures.run_figure(loaded[s.name], figure_dir(workdir, s), list(overrides),
-                               quiet=True, runs_dir=os.path.join(workdir, "runs"))
-            entry["figures"].append(s.name)
+    # One invocation per workdir at a time: a second is refused here, in one line, before its
+    # progress line or its entry in the ledger (re-read under the lock).
+    with lock.hold([workdir]):
+        ledger = read_ledger(ledger_path)
+        now = datetime.datetime.now(datetime.timezone.utc)
+        entry = {"started": now.isoformat(timespec="seconds"), "command": command,
+                 "seconds": 0.0, "figures": [], "load_before": round(os.getloadavg()[0], 1)}
+        ledger["invocations"].append(entry)
+        try:
+            for i, s in enumerate(todo):
+                log(f"[{i + 1}/{len(todo)}] {s.name} ({s.config}); "
+                    f"{time.time() - start:.0f} s so far")
+                figures.run_figure(loaded[s.name], figure_dir(workdir, s), list(overrides),
+                                   quiet=True, runs_dir=os.path.join(workdir, "runs"))
+                entry["figures"].append(s.name)
+                entry["seconds"] = round(time.time() - start, 1)
+                write_json(ledger_path, ledger)
+                # The page after every figure: a regeneration stopped midway leaves a page that
+                # shows what is done and marks the rest "not regenerated yet".
+                write_page(sections, loaded, workdir, out, extra, ledger, template)
+        finally:   # a kill (SIGTERM, Ctrl-C) still counts the time it spent
+            entry["load_after"] = round(os.getloadavg()[0], 1)
             entry["seconds"] = round(time.time() - start, 1)
             write_json(ledger_path, ledger)
-            # The page after every figure: a regeneration stopped midway leaves a page that
-            # shows what is done and marks the rest "not regenerated yet".
-            write_page(sections, loaded, workdir, out, extra, ledger, template)
-    finally:   # a kill (SIGTERM, Ctrl-C) still counts the time it spent
-        entry["load_after"] = round(os.getloadavg()[0], 1)
-        entry["seconds"] = round(time.time() - start, 1)
-        write_json(ledger_path, ledger)
-    write_page(sections, loaded, workdir, out, extra, ledger, template)
-    total = sum(e["seconds"] for e in ledger["invocations"])
-    log(f"wrote {out}; this invocation {entry['seconds']:.0f} s, all invocations of this "
-        f"workdir {total:.0f} s ({total / 60:.1f} min)")
+        write_page(sections, loaded, workdir, out, extra, ledger, template)
+        total = sum(e["seconds"] for e in ledger["invocations"])
+        log(f"wrote {out}; this invocation {entry['seconds']:.0f} s, all invocations of this "
+            f"workdir {total:.0f} s ({total / 60:.1f} min)")
     return entry["seconds"]
 
 
@@ -204,7 +208,8 @@ INVOCATION_KEYS = {"started": str, "command": str, "seconds": (int, float), "fig
                    "load_before": (int, float)}
 RESULT_KEYS = {"runs": list, "seeds": list, "rounds": int, "wall_seconds": (int, float),
                "table": (list, dict), "overrides": dict}
-RUN_ROW_KEYS = {"name": str, "series": str, "x": (str, int, float, type(None)), "seed": int, "workdir": str, "status": str}
+RUN_ROW_KEYS = {"name": str, "series": str, "x": (str, int, float, type(None)), "seed": int,
+                "workdir": str, "status": str}
 
 
 def read_ledger(path: str) -> dict:

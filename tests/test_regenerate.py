@@ -171,6 +171,16 @@ def test_results_on_a_sweep_or_a_figure_workdir_is_refused(tmp_path, configs, ca
                 config_root=configs, overrides=["rounds=2"])
 
 
+def test_a_second_results_on_one_workdir_is_refused_before_its_progress_line(tmp_path, configs,
+                                                                               capsys):
+    from fedln_jax import lock
+    work = tmp_path / "w"
+    with lock.hold([str(work)]):   # as a first `fedln-jax results` still running
+        refused(work, capsys, f"workdir {str(work)!r} is in use by pid {os.getpid()}",
+                sections=SECTIONS, config_root=configs, overrides=["rounds=2"])
+    assert sorted(os.listdir(work)) == [lock.LOCK_NAME]   # no ledger entry, no page
+
+
 @pytest.mark.parametrize("name, text, fragment", [
     ("regenerate.json", "", "is empty"),
     ("regenerate.json", '{"invocations": [{"started": "2026', "is not valid JSON"),
