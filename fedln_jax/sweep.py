@@ -122,23 +122,25 @@ def run_sweep(workdir: str, config_file: str | None, items: list[str], *,
     # sweep writes anything, or says its plan (a refusal is its one line); the experiments
     # built here are the ones trained.
     experiments = dict(zip(todo, check_runs([runs[i][1] for i in todo], [dirs[i] for i in todo])))
-    log(plan_line)
-    if is_writer():
-        os.makedirs(workdir, exist_ok=True)
-        write_json(os.path.join(workdir, "sweep.json"), {
-            "grid": grid, "fixed": fixed, "base_config": base.to_dict(),
-            "runs": [name for name, _ in runs]})
-    for g, members in enumerate(groups):
-        picked = [todo[i] for i in members]
-        log(f"sweep: program {g + 1}/{len(groups)}: {len(picked)} run(s) vectorized: "
-            + ", ".join(runs[i][0] for i in picked))
-        run_group([runs[i][1] for i in picked], [dirs[i] for i in picked], quiet=quiet,
-                  max_runs_per_program=max_runs_per_program,
-                  experiments=[experiments[i] for i in picked])
-    if not is_writer():   # the other processes of a multi-process sweep only compute
-        return []
-    rows = collect(runs, dirs, list(grid))
-    write_results(workdir, rows, list(grid))
+    # One sweep per workdir at a time (its process 0 holds the lock): a second is refused in
+    # one line before its plan line or its sweep.json.
+    with lock.hold([workdir] if is_writer() else []):
+        log(plan_line)
+        if is_writer():
+            write_json(os.path.join(workdir, "sweep.json"), {
+                "grid": grid, "fixed": fixed, "base_config": base.to_dict(),
+                "runs": [name for name, _ in runs]})
+        for g, members in enumerate(groups):
+            picked = [todo[i] for i in members]
+            log(f"sweep: program {g + 1}/{len(groups)}: {len(picked)} run(s) vectorized: "
+                + ", ".join(runs[i][0] for i in picked))
+            run_group([runs[i][1] for i in picked], [dirs[i] for i in picked], quiet=quiet,
+                      max_runs_per_program=max_runs_per_program,
+                      experiments=[experiments[i] for i in picked])
+        if not is_writer():   # the other processes of a multi-process sweep only compute
+            return []
+        rows = collect(runs, dirs, list(grid))
+        write_results(workdir, rows, list(grid))
     return rows
 
 

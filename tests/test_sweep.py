@@ -240,3 +240,14 @@ def test_result_files_are_replaced_whole_never_written_in_place(swept, tmp_path,
     write_text(work / "results.md", "new\n")
     assert (work / "results.csv").read_bytes() == (swept / "results.csv").read_bytes()
     assert not [n for n in os.listdir(work) if ".tmp" in n]
+
+
+def test_a_second_sweep_on_one_workdir_is_refused_before_its_plan_line(tmp_path, capsys):
+    from fedln_jax import lock
+    workdir = tmp_path / "grid"
+    with lock.hold([str(workdir)]):   # as a first sweep still running
+        capsys.readouterr()
+        assert main(["sweep", "--workdir", str(workdir), *TINY, *GRID]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: workdir") and "is in use by pid" in err[0]
+    assert sorted(os.listdir(workdir)) == [lock.LOCK_NAME]   # no sweep.json, no runs
