@@ -27,6 +27,7 @@ DIR/local_overfit.md and DIR/norms.md compare the series.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -40,7 +41,7 @@ from fedln_jax.analysis import analyze_run
 from fedln_jax.config import (INT32_MAX, MAX_SEED, Config, call_config_function, config_keys,
                               config_of_module, load_config_module, parse_overrides)
 from fedln_jax.errors import DivergedError, FedlnError
-from fedln_jax.workdir import finished_summary, read_metrics, write_json, write_text
+from fedln_jax.workdir import check_runs, finished_summary, read_metrics, write_json, write_text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,7 +254,7 @@ def shared_run_dir(runs_dir: str, config: Config) -> str:
 
 
 def train_runs(configs: list[Config], workdirs: list[str], *, keep_diverged: bool = False,
-               quiet: bool = True) -> list[dict]:
+               quiet: bool = True, checked=lambda: None) -> list[dict]:
     """The summaries of these runs: a run that finished with the same config is reused, the
     others are trained (or resumed from their checkpoints). A diverged run raises
     DivergedError unless keep_diverged (then it counts as finished, as it would diverge again)."""
@@ -266,8 +267,11 @@ def train_runs(configs: list[Config], workdirs: list[str], *, keep_diverged: boo
     # sums differently, so a run's bits would depend on which figure trained it first and with
     # what (docs/scale.md#layout). Measured on the demo's fn seeds (40 rounds, 2 cores): 23.5 s
     # alone vs 29.9 s as one 3-run program, so nothing is lost on the CPU.
+    # Every run checked (data, partition, model, workdir) before `checked` and any training.
+    experiments = check_runs([configs[i] for i in todo], [workdirs[i] for i in todo])
+    checked()
     trained = train.run_group([configs[i] for i in todo], [workdirs[i] for i in todo], quiet=quiet,
-                              max_runs_per_program=1)
+                              max_runs_per_program=1, experiments=experiments)
     for i, summary in zip(todo, trained):
         if summary["status"] == "diverged" and not keep_diverged:
             raise DivergedError(f"{workdirs[i]}: " + train.diverged_message(configs[i], summary),
@@ -292,10 +296,18 @@ def run_figure(figure: Figure | str, workdir: str, overrides=(), *, seeds=None,
                              f"would replace; use a new workdir")
     seeds = figure_seeds(figure, seeds)
     planned = plan_runs(figure, extra, seeds, workdir, runs_dir)
+    with contextlib.ExitStack() as stack:   # the figure's workdir locked once checked
+        return write_figure(figure, workdir, planned, extra, seeds, quiet, lambda: (
+            stack.enter_context(lock.hold([workdir] if runs_dir is None else []))))
+
+
+def write_figure(figure: Figure, workdir: str, planned: list[PlannedRun], extra: dict, seeds,
+                 quiet: bool, checked) -> dict:
+    options = figure.options
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
     start = time.time()
     summaries = train_runs([p.config for p in planned], [p.workdir for p in planned],
-                           keep_diverged=options.get("diverged") == "report")
+                           keep_diverged=options.get("diverged") == "report", checked=checked)
     rows = [run_row(p, summary, log) for p, summary in zip(planned, summaries)]
     cells = [{"series": series, "x": x, **stats} for (series, x), stats in
              results.aggregate(((r["series"], r["x"]), s) for r, s in zip(rows, summaries))]

@@ -415,3 +415,16 @@ def test_out_of_memory_mid_run_is_one_line_and_resumes_with_a_narrower_chunk(tmp
     monkeypatch.setattr(train, "build_program", real_build)
     assert main(argv + ["client_chunk_size=1"]) == 0
     assert checkpoint.newest_step(workdir) == 6
+
+
+def test_a_second_figure_on_one_workdir_is_refused_before_anything_is_written(tmp_path, capsys,
+                                                                               config_dir):
+    from fedln_jax import lock
+    workdir = tmp_path / "fig"
+    with lock.hold([str(workdir)]):   # as a first `fedln-jax figure` still running
+        capsys.readouterr()
+        assert main(FIG[:2] + [str(workdir), "--quiet", "--config",
+                               str(config_dir / "figure_ok.py")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is in use by pid" in err[0] and err[0].startswith("error:")
+    assert sorted(os.listdir(workdir)) == [lock.LOCK_NAME]   # no runs/, no results.json
