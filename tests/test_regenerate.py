@@ -152,6 +152,8 @@ def test_out_naming_the_workdirs_own_files_is_refused_before_anything_trains(tmp
         other.mkdir()
         (other / marker).write_text("{}\n")
         refused(work, capsys, f"({marker} beside it)", out=str(other / "page.md"), **kw)
+    os.mkfifo(tmp_path / "pipe")   # as /dev/null: the page renamed over it would replace it
+    refused(work, capsys, "is not a regular file", out=str(tmp_path / "pipe"), **kw)
     (tmp_path / "page_dir").mkdir()
     (tmp_path / "page_dir" / "figures").write_text("a file\n")
     refused(work, capsys, "which is a file", out=str(tmp_path / "page_dir" / "page.md"), **kw)
