@@ -176,6 +176,11 @@ def check_workdir_kind(workdir: str) -> None:
         if os.path.exists(os.path.join(workdir, marker)):
             raise FedlnError(f"workdir {workdir!r} holds {other} ({marker}), whose files the page "
                              f"would replace; use a new workdir")
+    for name in ("runs", "figures"):
+        if os.path.lexists(os.path.join(workdir, name)) \
+                and not os.path.isdir(os.path.join(workdir, name)):
+            raise FedlnError(f"workdir {workdir!r}: its {name} is not a directory; move it away "
+                             f"or use a new workdir")
 
 
 def check_out(out: str, workdir: str) -> None:

@@ -171,6 +171,12 @@ def test_results_on_a_sweep_or_a_figure_workdir_is_refused(tmp_path, configs, ca
         (work / "results.md").write_text("the sweep's table\n")
         refused(work, capsys, f"holds {what} ({marker})", sections=SECTIONS,
                 config_root=configs, overrides=["rounds=2"])
+    for name in ("runs", "figures"):   # a file where the page puts its runs or figures
+        work = tmp_path / f"{name}_file"
+        work.mkdir()
+        (work / name).write_text("a file\n")
+        refused(work, capsys, f"its {name} is not a directory", sections=SECTIONS,
+                config_root=configs, overrides=["rounds=2"])
 
 
 def test_a_second_results_on_one_workdir_is_refused_before_its_progress_line(tmp_path, configs,
