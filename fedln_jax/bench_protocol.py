@@ -20,6 +20,7 @@ importable. docs/benchmarks.md describes the command and its output.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -42,11 +43,12 @@ from fedln_jax.client import epochs_needed, make_apply_fn
 from fedln_jax.config import Config
 from fedln_jax.errors import FedlnError
 from fedln_jax.experiment import Experiment
-from fedln_jax.lock import check_file_path
+from fedln_jax.lock import check_file_path, hold_file
 from fedln_jax.memory import device_capacity
 from fedln_jax.models import build_model, train_flops_per_example
 from fedln_jax.program import build_program
 from fedln_jax.state import RoundSpec, make_data
+from fedln_jax.workdir import write_text
 
 def protocol_data(cohort: int, images_per_client: int, side: int = 32):
     """Random uint8 images; client c holds images_per_client images of class c mod 10."""
@@ -205,7 +207,7 @@ def run_protocol(grid: list[Point], sizes: Sizes, out: str | None = None,
               f"{d} {g:.0f} GFLOP/s" for d, g in peaks.items()), file=log, flush=True)
     if out:   # a fresh file each time, so a run cut short leaves only its own rows
         for path in (out, os.path.splitext(out)[0] + ".md"):
-            open(path, "w").close()
+            write_text(path, "")
     rows, images = [], {}
     torch_cohorts = set()
     for point in grid:
@@ -255,11 +257,9 @@ def _emit(rows: list[dict], row: dict, out: str | None, log) -> None:
     else:
         text += row["status"]
     print(text, file=log, flush=True)
-    if out:
-        with open(out, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        with open(os.path.splitext(out)[0] + ".md", "w") as f:
-            f.write(markdown_table(rows) + "\n")
+    if out:   # both files replaced whole: a kill leaves the rows so far, never a torn line
+        write_text(out, "".join(json.dumps(r) + "\n" for r in rows))
+        write_text(os.path.splitext(out)[0] + ".md", markdown_table(rows) + "\n")
 
 
 
@@ -300,9 +300,10 @@ def protocol_main(args) -> int:
             raise FedlnError(f"--out {args.out!r} ends in .md, the name of the table written "
                              f"beside the rows: name the rows' file, e.g. rows.jsonl")
         check_file_path(args.out, "--out", (table,))
-    rows = run_protocol(grid, sizes, out=args.out, budget=args.budget,
-                        config_limit=args.config_limit,
-                        with_torch=not args.no_torch and bench_torch.available())
+    with hold_file(args.out, "--out") if args.out is not None else contextlib.nullcontext():
+        rows = run_protocol(grid, sizes, out=args.out, budget=args.budget,
+                            config_limit=args.config_limit,
+                            with_torch=not args.no_torch and bench_torch.available())
     for row in rows:
         print(json.dumps(row))
     print(markdown_table(rows))

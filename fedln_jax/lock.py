@@ -7,7 +7,9 @@ with a glob pattern built from the path, so `[1]` or `**` in it would make check
 cannot be read back). `hold` takes an exclusive `fcntl.flock` on WORKDIR/.fedln.lock for the
 whole run: the kernel drops the lock when the process exits however it exits (SIGKILL
 included), so a killed run never leaves a stale lock, and a second process on the same
-workdir is refused with one line naming the holder.
+workdir is refused with one line naming the holder. `hold_file` does the same for a command
+that writes files rather than a workdir (`bench --protocol --out FILE`): its lock file sits
+beside FILE, since FILE itself is replaced whole by each write.
 """
 from __future__ import annotations
 
@@ -128,23 +130,39 @@ def hold(workdirs: Iterable[str]) -> Iterator[None]:
         yield
 
 
+def file_lock_path(path: str) -> str:
+    """The lock file of a command writing `path`: hidden, beside it."""
+    head, name = os.path.split(os.path.abspath(path))
+    return os.path.join(head, f".{name}.lock")
+
+
 @contextlib.contextmanager
-def _hold_one(workdir: str) -> Iterator[None]:
+def hold_file(path: str, flag: str) -> Iterator[None]:
+    """Lock the output file `path` (named by option `flag`) for the duration of the block."""
+    with _hold_one(os.path.dirname(os.path.abspath(path)), f"{flag} {path!r}",
+                   os.path.basename(file_lock_path(path))):
+        yield
+
+
+@contextlib.contextmanager
+def _hold_one(workdir: str, what: str | None = None, name: str = LOCK_NAME) -> Iterator[None]:
     import fcntl
+    what = what or f"workdir {workdir!r}"
     try:
         os.makedirs(workdir, exist_ok=True)
-        fd = os.open(os.path.join(workdir, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(os.path.join(workdir, name), os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
-        raise FedlnError(f"cannot lock workdir {workdir!r}: {exc.strerror or exc}") from None
+        raise FedlnError(f"cannot lock {what}: {exc.strerror or exc}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise FedlnError(f"cannot lock workdir {workdir!r}: {exc.strerror}") from None
+                raise FedlnError(f"cannot lock {what}: {exc.strerror}") from None
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            raise FedlnError(f"workdir {workdir!r} is in use by {holder}; wait for it to end "
-                             f"or use another workdir") from None
+            other = "workdir" if name == LOCK_NAME else "file"
+            raise FedlnError(f"{what} is in use by {holder}; wait for it to end or use another "
+                             f"{other}") from None
         # Who holds it, for the message of a second process (rewritten by every holder).
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
