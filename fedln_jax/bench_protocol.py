@@ -186,6 +186,17 @@ def skip_reason(point: Point, rows: list[dict], elapsed: float, budget: float | 
     return None
 
 
+def memory_reasons(grid: list[Point], sizes: Sizes) -> dict:
+    """Why each configuration cannot fit this device (None where it fits); a grid of which
+    none fits is refused."""
+    floors, (capacity, what) = protocol_floors(grid, sizes), device_capacity()
+    reasons = {p: memory_reason(floors[p], capacity, what) for p in grid}
+    if all(reasons.values()):   # not one configuration fits: a grid no device here could run
+        raise FedlnError(f"no configuration of the grid fits this device; the first one "
+                         f"{reasons[grid[0]].removeprefix('skipped: ')}; lower --runs or --cohort")
+    return reasons
+
+
 def run_protocol(grid: list[Point], sizes: Sizes, out: str | None = None,
                  budget: float | None = None, config_limit: float | None = None,
                  with_torch: bool = True, log=None) -> list[dict]:
@@ -194,11 +205,7 @@ def run_protocol(grid: list[Point], sizes: Sizes, out: str | None = None,
     whose memory floor exceeds the device is a skipped row; a grid of which none fits is
     refused before anything is printed or written."""
     log = log or sys.stderr            # looked up now: a redirected stderr counts
-    floors, (capacity, what) = protocol_floors(grid, sizes), device_capacity()
-    reasons = {p: memory_reason(floors[p], capacity, what) for p in grid}
-    if all(reasons.values()):   # not one configuration fits: a grid no device here could run
-        raise FedlnError(f"no configuration of the grid fits this device; the first one "
-                         f"{reasons[grid[0]].removeprefix('skipped: ')}; lower --runs or --cohort")
+    reasons = memory_reasons(grid, sizes)
     start, env = time.perf_counter(), environment()
     matmul_size = sizes.matmul_size or (2048 if env["backend"] == "cpu" else 8192)
     peaks = {d: matmul_peak_gflops(matmul_size, dtype=d) for d in sorted({p.dtype for p in grid} | {"float32"})}
@@ -300,6 +307,7 @@ def protocol_main(args) -> int:
             raise FedlnError(f"--out {args.out!r} ends in .md, the name of the table written "
                              f"beside the rows: name the rows' file, e.g. rows.jsonl")
         check_file_path(args.out, "--out", (table,))
+    memory_reasons(grid, sizes)   # a grid that cannot run is refused before the lock file
     with hold_file(args.out, "--out") if args.out is not None else contextlib.nullcontext():
         rows = run_protocol(grid, sizes, out=args.out, budget=args.budget,
                             config_limit=args.config_limit,

@@ -146,7 +146,8 @@ def test_a_configuration_that_cannot_fit_is_skipped_and_a_grid_that_cannot_is_re
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: no configuration of the grid fits") and err.count("\n") == 1
-    assert list(tmp_path.iterdir()) == []
+    # nothing written; the first command's lock file stays (as a workdir's .fedln.lock)
+    assert [p.name for p in tmp_path.iterdir()] == [".rows.jsonl.lock"]
 
 
 def test_table_ratios_and_a_skipped_row():
