@@ -272,6 +272,15 @@ def _start_failure(exc: BaseException, plugins) -> str:
         fix = f"pip uninstall {culprit.name}" if culprit.version else f"remove {culprit.location}"
         return (f"JAX cannot start: the plugin {culprit.label()} raised {_summary(exc)} when "
                 f"JAX loaded it ({fix}, or reinstall it for jaxlib {version_of('jaxlib')})")
+    requested = os.environ.get("JAX_PLATFORMS") or os.environ.get("JAX_PLATFORM_NAME")
+    if requested:   # JAX fails loudly on an asked-for platform, or asserts with no text
+        from jax._src import xla_bridge
+        known = ", ".join(sorted(getattr(xla_bridge, "_backend_factories", {}))) or "none"
+        what = (_summary(exc, 300).split(" (set JAX_PLATFORMS=")[0] if str(exc).strip()
+                else "none of them gave JAX a backend")   # JAX's own hint: ours follows
+        return (f"JAX cannot start with JAX_PLATFORMS={requested}: {what}; unset JAX_PLATFORMS "
+                f"or name a platform this machine has (JAX knows: {known}; a GPU or TPU needs "
+                f"its plugin and a visible device)")
     return f"JAX cannot start: {_summary(exc, 400)}"
 
 
