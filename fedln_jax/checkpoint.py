@@ -83,8 +83,10 @@ def open_manager(workdir: str, keep: int, read_only: bool = False) -> ocp.Checkp
     measured in docs/checkpoints.md) that keeps the newest `keep` steps and clears leftover
     temporary directories of interrupted saves; read_only: creates, clears and deletes
     nothing (for reading a run that may be in progress)."""
+    # Read-only: the options orbax would otherwise reset, with a WARNING:absl line each.
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=not read_only, enable_async_checkpointing=False,
+        max_to_keep=None if read_only else keep, save_interval_steps=0 if read_only else 1,
+        create=not read_only, enable_async_checkpointing=False,
         cleanup_tmp_directories=not read_only, read_only=read_only)
     registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
     state_handler, meta_handler = ocp.StandardCheckpointHandler(), _MetaHandler()
@@ -92,8 +94,10 @@ def open_manager(workdir: str, keep: int, read_only: bool = False) -> ocp.Checkp
     registry.add("state", ocp.args.StandardRestore, state_handler)
     registry.add("meta", ocp.args.JsonSave, meta_handler)
     registry.add("meta", ocp.args.JsonRestore, meta_handler)
-    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
-                                 handler_registry=registry)
+    # A read-only manager also logs that its directory is read-only: asked for, not news.
+    with quiet_orbax_logs() if read_only else contextlib.nullcontext():
+        return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
+                                     handler_registry=registry)
 
 
 def save(manager: ocp.CheckpointManager, state, meta: dict) -> Optional[float]:

@@ -2,7 +2,9 @@
 a platform that is not here, XLA_FLAGS with an unknown flag, a value XLA cannot read or a word
 it takes for a missing flags file. Each command that starts JAX answers with one `error:` line
 and exit 2, never a traceback or XLA's fatal log line and usage list, and `run` / `results`
-leave no workdir behind (fedln_jax/xla_flags.py, fedln_jax/plugins.py; docs/install.md)."""
+leave no workdir behind (fedln_jax/xla_flags.py, fedln_jax/plugins.py; docs/install.md).
+And in a fresh process, where nothing has configured logging, orbax's `WARNING:absl:` lines of
+the read-only checkpoint manager stay out of `analyze`'s output (fedln_jax/checkpoint.py)."""
 import os
 import subprocess
 import sys
@@ -73,3 +75,14 @@ def test_good_xla_flags_pass_the_check_and_reach_xla(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     assert "3 x cpu" in proc.stdout
+
+
+def test_analyze_says_nothing_of_orbax_and_refuses_in_one_line(finished):
+    analyze = [sys.executable, "-m", "fedln_jax.cli", "analyze", "--workdir", finished]
+    proc = subprocess.run(analyze + ["--no-figures"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    proc = subprocess.run(analyze + ["--client", "99"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2 and proc.stderr == \
+        "error: client 99 is out of range: this run has 4 clients (0..3)\n", proc.stderr
