@@ -33,6 +33,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from fedln_jax.errors import FedlnError, StorageError
+from fedln_jax.startup import PAUSE_ENV, pause_spec  # noqa: F401 -- PAUSE_ENV: for the tests
 
 FORMAT_VERSION = 1
 # Test-only hook: FEDLN_TEST_PAUSE="EVENT:ROUND:SECONDS:DIR" makes the run touch
@@ -41,15 +42,12 @@ FORMAT_VERSION = 1
 # arrays are written and before the step is committed), "metrics" (after the metrics row of
 # an evaluation round is written, before that round's checkpoint), "saved" (after a
 # checkpoint is committed).
-PAUSE_ENV = "FEDLN_TEST_PAUSE"
-
-
 def pause_for_test(event: str, round_: int) -> None:
-    spec = os.environ.get(PAUSE_ENV)
-    if not spec:
+    spec = pause_spec()   # checked when the command started (fedln_jax/startup.py)
+    if spec is None:
         return
-    want_event, want_round, seconds, directory = spec.split(":", 3)
-    if want_event == event and int(want_round) == round_:
+    want_event, want_round, seconds, directory = spec
+    if want_event == event and want_round == round_:
         (epath.Path(directory) / f"paused_{event}_{round_}").touch()
         time.sleep(float(seconds))
 

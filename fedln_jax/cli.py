@@ -201,8 +201,8 @@ def check_options(args) -> None:
 def _dispatch(args) -> int:
     # Lazy imports, for start-up time: the one exception to module-top imports (test_architecture).
     check_options(args)
-    from fedln_jax.xla_flags import check_xla_flags
-    check_xla_flags()   # before anything in this process lets XLA read them (and abort)
+    from fedln_jax.startup import check_environment
+    check_environment()   # before anything in this process lets JAX or XLA read it (and abort)
     if getattr(args, "workdir", None) is not None and args.command != "analyze":
         from fedln_jax.lock import check_path
         check_path(args.workdir)   # before anything (data, compilation) is spent on it

@@ -1,8 +1,8 @@
 """JAX or XLA that cannot start in this environment (issue 29, item 5): `JAX_PLATFORMS` naming
 a platform that is not here, XLA_FLAGS with an unknown flag, a value XLA cannot read or a word
-it takes for a missing flags file. Each command that starts JAX answers with one `error:` line
+it takes for a missing flags file, a JAX variable JAX cannot read, a malformed test hook. Each command that starts JAX answers with one `error:` line
 and exit 2, never a traceback or XLA's fatal log line and usage list, and `run` / `results`
-leave no workdir behind (fedln_jax/xla_flags.py, fedln_jax/plugins.py; docs/install.md).
+leave no workdir behind (fedln_jax/startup.py, fedln_jax/plugins.py; docs/install.md).
 And in a fresh process, where nothing has configured logging, orbax's `WARNING:absl:` lines of
 the read-only checkpoint manager stay out of `analyze`'s output (fedln_jax/checkpoint.py)."""
 import os
@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from fedln_jax import cli
-from fedln_jax.xla_flags import xla_flags_problem
+from fedln_jax.startup import xla_flags_problem
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BROKEN = {
@@ -23,6 +23,10 @@ BROKEN = {
     "value": ({"XLA_FLAGS": "--xla_force_host_platform_device_count=2 --xla_cpu_enable_fast_math=maybe"},
               "Couldn't interpret value maybe for flag xla_cpu_enable_fast_math"),
     "file": ({"XLA_FLAGS": "xla_flags.txt"}, 'Could not open file "xla_flags.txt"'),
+    "x64": ({"JAX_ENABLE_X64": "maybe"}, "invalid truth value 'maybe' for environment 'JAX_ENABLE_X64'"),
+    "precision": ({"JAX_DEFAULT_MATMUL_PRECISION": "bogus"},
+                  "(the environment variable JAX_DEFAULT_MATMUL_PRECISION)"),
+    "pause": ({"FEDLN_TEST_PAUSE": "block"}, "FEDLN_TEST_PAUSE='block' is not EVENT:ROUND"),
 }
 COMMANDS = {
     "info": ["info"],
@@ -34,7 +38,8 @@ COMMANDS = {
 }
 # Every command under one broken platform and one broken flag; the other cases under `info`.
 CASES = ([(case, command) for case in ("cuda", "flag") for command in COMMANDS]
-         + [(case, "info") for case in ("bogus", "value", "file")])
+         + [(case, "info") for case in ("bogus", "value", "file", "x64", "precision")]
+         + [("pause", "run")])
 
 
 @pytest.fixture(scope="module")
