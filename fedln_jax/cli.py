@@ -157,6 +157,9 @@ def parse_steps(text: str) -> list[int]:
 
 
 def main(argv=None) -> int:
+    for stream in (sys.stdout, sys.stderr):   # a workdir named in UTF-8 on an ASCII terminal
+        if hasattr(stream, "reconfigure"):    # is printed escaped, never a crash after the run
+            stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)

@@ -321,7 +321,8 @@ def load_config_module(path: str):
     """Execute a Python config file (whatever its extension) and return it as a module; any
     failure, sys.exit() included, is one FedlnError."""
     if not os.path.isfile(path):
-        raise FedlnError(f"config file {path!r} does not exist")
+        what = "is not a regular file" if os.path.exists(path) else "does not exist"
+        raise FedlnError(f"config file {path!r} {what}")
     # An explicit source loader: spec_from_file_location finds no loader for `.txt` and such.
     loader = importlib.machinery.SourceFileLoader("_fedln_user_config", path)
     spec = importlib.util.spec_from_loader(loader.name, loader)

@@ -120,6 +120,8 @@ CASES = [
      "must return a Config or a dict", BOTH),
     ("config .txt of KEY=VALUE", RUN + ["--config", "{cfg:keys.txt}"], "defines no get_config()", BOTH),
     ("config missing", RUN + ["--config", "{cfg:absent.py}"], "does not exist", BOTH),
+    ("config a directory", RUN + ["--config", "{cfg:.}"], "is not a regular file", ("new",)),
+    ("config /dev/null", FIG + ["/dev/null"], "'/dev/null' is not a regular file", ("new",)),
     ("sweep config raises", SWEEP + ["--config", "{cfg:raises.py}", "seed=0,1"],
      "RuntimeError: boom", ("new",)),
     ("sweep config not callable", SWEEP + ["--config", "{cfg:not_callable.py}"],

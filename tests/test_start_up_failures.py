@@ -91,3 +91,16 @@ def test_analyze_says_nothing_of_orbax_and_refuses_in_one_line(finished):
                           timeout=300)
     assert proc.returncode == 2 and proc.stderr == \
         "error: client 99 is out of range: this run has 4 clients (0..3)\n", proc.stderr
+
+
+def test_a_unicode_workdir_on_an_ascii_terminal_is_printed_escaped(tmp_path):
+    """stdout that cannot encode the workdir's name: the line is escaped, not a traceback
+    after the run trained (cli.main)."""
+    workdir = tmp_path / "wü_日本"
+    env = {**os.environ, "PYTHONIOENCODING": "ascii", "LC_ALL": "C"}
+    proc = subprocess.run([sys.executable, "-m", "fedln_jax.cli", "run", "--workdir", str(workdir),
+                           "--quiet", "dataset=synthetic", "num_clients=4", "local_steps=1",
+                           "batch_size=8", "rounds=1"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert proc.stdout.rstrip().endswith("w\\xfc_\\u65e5\\u672c")
