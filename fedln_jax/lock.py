@@ -97,6 +97,10 @@ def check_file_path(path: str, flag: str, siblings: tuple[str, ...] = (),
                          + (f" and cannot be made ({existing} is not a directory)"
                             if create_dirs else ""))
     for target in (path, *siblings):
+        if os.path.exists(target) and not os.path.isdir(target) and not os.path.isfile(target):
+            # every output is renamed over its path: a device or a pipe would be replaced
+            raise FedlnError(f"{flag} {path!r}: {target} is not a regular file (a device or a "
+                             f"pipe, say), which the output would replace; name a file")
         if os.path.isdir(target) or (os.path.exists(target) and not os.access(target, os.W_OK)) \
                 or not os.access(existing, os.W_OK):
             raise FedlnError(f"{flag} {path!r}: {target} cannot be written")

@@ -187,10 +187,7 @@ def check_out(out: str, workdir: str) -> None:
     """--out must name a file that is none of the workdir's own: not the workdir, nothing under
     its runs/ or figures/ (a figure's results.json), not its ledger; and the page's images
     must have a directory beside it (<out's directory>/figures)."""
-    lock.check_file_path(out, "--out", create_dirs=True)
-    if os.path.exists(out) and not os.path.isfile(out):   # the page is renamed over it
-        raise FedlnError(f"--out {out!r} is not a regular file (a device or a pipe, say), which "
-                         f"the page would replace; name a file")
+    lock.check_file_path(out, "--out", create_dirs=True)   # a device or pipe: refused there
     target, root = os.path.realpath(out), os.path.realpath(workdir)
     inside = [os.path.join(root, d) for d in ("runs", "figures")]
     if target == root or any(target == d or target.startswith(d + os.sep) for d in inside) \

@@ -202,3 +202,16 @@ def test_out_must_not_be_a_directory(tmp_path, capsys):
     assert main(["bench", "--protocol", "paper", "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith("error: --out")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("fifo", ["rows.jsonl", "rows.md"])
+def test_out_or_its_table_at_a_pipe_is_refused_and_left_a_pipe(tmp_path, capsys, fifo):
+    """Every output is renamed over its path: a pipe or a device (/dev/null) at --out or at its
+    table would be replaced by a regular file (lock.check_file_path). A fifo stands in for
+    /dev/null, which a failing test must not replace."""
+    import stat
+    os.mkfifo(tmp_path / fifo)
+    assert main(["bench", "--protocol", "paper", "--quick", "--out", str(tmp_path / "rows.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --out") and "is not a regular file" in err and err.count("\n") == 1
+    assert stat.S_ISFIFO(os.stat(tmp_path / fifo).st_mode) and os.listdir(tmp_path) == [fifo]
