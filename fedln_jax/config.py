@@ -16,9 +16,9 @@ from fedln_jax.data.augment import AUGMENT_SETTINGS, resolve_augmentation
 from fedln_jax.data.partition import SCHEMES
 from fedln_jax.data.sources import DATASETS
 from fedln_jax.errors import FedlnError
-from fedln_jax.models import (CONV_IMPLS, DTYPES, INITS, MODEL_NAMES, NORM_POSITIONS,
-                              NORM_PRESETS, model_widths)
-from fedln_jax.tensorboard_events import check_installed as check_tensorboard_installed
+from fedln_jax.models import (CONV_IMPLS, DTYPES, INITS, MODEL_NAMES, NORM_POSITIONS, NORM_PRESETS,
+                              model_widths)
+from fedln_jax.runtime.tensorboard_events import check_installed as check_tensorboard_installed
 
 
 def _field(default: Any, *, choices=None, value: bool = False, resumable: bool = False):

@@ -17,8 +17,10 @@ import time
 
 import pytest
 
-from fedln_jax import cli, lock, regenerate, results_page
-from fedln_jax.results_page import Section
+from fedln_jax import cli
+from fedln_jax.studies import regenerate, results_page
+from fedln_jax.training import lock
+from fedln_jax.studies.results_page import Section
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.dirname(os.path.abspath(__file__))

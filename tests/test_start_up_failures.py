@@ -2,9 +2,9 @@
 a platform that is not here, XLA_FLAGS with an unknown flag, a value XLA cannot read or a word
 it takes for a missing flags file, a JAX variable JAX cannot read, a malformed test hook. Each command that starts JAX answers with one `error:` line
 and exit 2, never a traceback or XLA's fatal log line and usage list, and `run` / `results`
-leave no workdir behind (fedln_jax/startup.py, fedln_jax/plugins.py; docs/install.md).
+leave no workdir behind (fedln_jax/runtime/startup.py, fedln_jax/runtime/plugins.py; docs/install.md).
 And in a fresh process, where nothing has configured logging, orbax's `WARNING:absl:` lines of
-the read-only checkpoint manager stay out of `analyze`'s output (fedln_jax/checkpoint.py)."""
+the read-only checkpoint manager stay out of `analyze`'s output (fedln_jax/training/checkpoint.py)."""
 import os
 import subprocess
 import sys
@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from fedln_jax import cli
-from fedln_jax.startup import xla_flags_problem
+from fedln_jax.runtime.startup import xla_flags_problem
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BROKEN = {
