@@ -58,3 +58,18 @@ def test_enable_points_jax_at_the_dir_and_programs_are_written_there(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str(cache)
     assert any(name.startswith("jit_") for name in os.listdir(cache)), os.listdir(cache)
+
+
+def test_the_cache_stays_on_for_one_process_and_goes_off_for_several_on_the_cpu(monkeypatch):
+    """A multi-process CPU run compiles afresh: under jax 0.12.1 a round loaded from the cache
+    hung in its first cross-process collective (docs/scale.md; the 2-process resume of
+    tests/test_scale.py). One process keeps the cache."""
+    import jax
+    assert compile_cache.off_for_multi_process_cpu() is False
+    assert jax.config.jax_enable_compilation_cache is True
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    try:
+        assert compile_cache.off_for_multi_process_cpu() is True
+        assert jax.config.jax_enable_compilation_cache is False
+    finally:
+        jax.config.update("jax_enable_compilation_cache", True)

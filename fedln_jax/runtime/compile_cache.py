@@ -71,3 +71,19 @@ def enable(flag: str | None = None, warn=None) -> str | None:
 
 def _warn(message: str) -> None:
     print(message, file=sys.stderr)
+
+
+def off_for_multi_process_cpu() -> bool:
+    """Turn the persistent cache off in a run of several processes on the CPU; True if so.
+
+    Under jax 0.12.1 such a run whose round program is loaded from the cache (a second run,
+    or a resumed one, on the same cache) hangs in the round's first cross-process collective
+    (gloo), while the same program compiled afresh runs, and jax 0.10.2 runs it either way
+    (tests/test_scale.py, docs/scale.md). The CPU across processes is for trying a multi-host
+    set-up, where compiling afresh costs seconds; GPU and TPU runs keep their cache.
+    Call after jax.distributed.initialize, before the first compilation."""
+    import jax
+    if jax.process_count() > 1 and jax.default_backend() == "cpu":
+        jax.config.update("jax_enable_compilation_cache", False)
+        return True
+    return False
