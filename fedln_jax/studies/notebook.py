@@ -21,7 +21,7 @@ from fedln_jax.runtime.environment import fallback_warning
 from fedln_jax.studies.figures import train_runs
 from fedln_jax.studies.plots import plot_accuracy_curves
 from fedln_jax.studies.results import runs_table
-from fedln_jax.training.workdir import read_metrics
+from fedln_jax.training.workdir import read_metrics, write_bytes
 
 NORMS = tuple(NORM_PRESETS)   # a comparison runs every normalizer preset unless told otherwise
 PAPER_CONFIG = os.path.join("experiments", "configs", "paper_cifar10_one_class_cnn.py")
@@ -108,7 +108,7 @@ def plot_comparison(workdir: str, norms=NORMS, title: str = "") -> str:
         local = os.path.join(tmp, "accuracy.png")
         plot_accuracy_curves(curves, local, title=title)
         with open(local, "rb") as f:
-            target.write_bytes(f.read())
+            write_bytes(target, f.read())   # replaced whole: a kill never leaves half an image
     return str(target)
 
 

@@ -98,6 +98,14 @@ def write_text(path, text: str) -> None:
     tmp.replace(path)
 
 
+def write_bytes(path, data: bytes) -> None:
+    """write_text for bytes (an image copied to a gs:// workdir, say)."""
+    path = epath.Path(path)
+    tmp = path.parent / (path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
 def read_json(path, fix: str, check=None) -> Any:
     """The one checked reader of the JSON state the commands keep (a results ledger, a figure's
     results.json, a run's config.json or summary.json): a file that cannot be read, is not
