@@ -21,13 +21,14 @@ from typing import Any
 from fedln_jax.config import INT32_MAX, Config, build_config, parse_value
 from fedln_jax.errors import FedlnError
 from fedln_jax.studies import results
-from fedln_jax.studies.plots import _pyplot
+from fedln_jax.studies.plots import pyplot
 from fedln_jax.training import lock
 from fedln_jax.training.experiment import build_experiment
 from fedln_jax.training.program import cut, program_key
-from fedln_jax.training.train import check_runs, is_writer, run_group
-from fedln_jax.training.workdir import (finished_summary, missing_keys, read_json, save_figure,
-                                        write_json, write_text)
+from fedln_jax.training.run_files import is_writer
+from fedln_jax.training.train import run_group
+from fedln_jax.training.workdir import (check_runs, finished_summary, missing_keys, read_json,
+                                        save_figure, write_json, write_text)
 
 
 def parse_grid(items: list[str]) -> dict[str, list[Any]]:
@@ -198,7 +199,7 @@ def cells(rows: list[dict], swept: list[str]) -> list[tuple[tuple, dict]]:
 def plot_sweep(rows: list[dict], swept: list[str], path: str) -> None:
     """Mean final accuracy (error bars: std over seeds) vs the first swept key other than norm;
     one line per normalizer (and per value of any further swept key)."""
-    plt = _pyplot()
+    plt = pyplot()
     x_key = next((k for k in swept if k != "norm"), None)
     line_keys = [k for k in swept if k not in (x_key,)]
 
