@@ -97,9 +97,10 @@ class ConfigKeys:
     image_size: int = key(0, "TinyImageNet/PACS: side of the decoded square images (0 = 64)",
                           at_least=0, **INT32)
     pacs_domain: str = key("", "PACS: domain held out as the test set (empty = stratified "
-                           "split)", rule="a PACS domain, with dataset=pacs only", note=(
-                               "`art_painting`, `cartoon`, `photo` or `sketch`; empty = a "
-                               "stratified split of all domains by `test_fraction`"))
+                           "split)", rule="with dataset=pacs only; a domain folder of data_dir "
+                           "(checked when the data loads)", note=(
+                               "`art_painting`, `cartoon`, `photo` or `sketch`; the stratified "
+                               "split holds out `test_fraction` of every domain"))
     augment: str = key("auto", "on-device augmentation; auto = the paper's per dataset",
                        choices=AUGMENT_SETTINGS, note=(
                            "`auto`: crop+flip for CIFAR/TinyImageNet, resized crop for PACS, "
@@ -191,8 +192,8 @@ class ConfigKeys:
     dtype: str = key("float32", "compute dtype (parameters stay float32)", choices=DTYPES,
                      note="`bfloat16` is for GPU/TPU; normalizer statistics and the loss stay "
                           "float32 too")
-    tensorboard: bool = key(False, "also write TensorBoard event files to "
-                            "<workdir>/tensorboard (needs the extra)", resumable=True,
+    tensorboard: bool = key(False, "also write TensorBoard event files to the workdir's "
+                            "tensorboard/ (needs the extra)", resumable=True,
                             note="`pip install 'fedln_jax[tensorboard]'`; see below")
 
 
