@@ -36,14 +36,15 @@ def test_run_help_still_lists_the_config_keys(capsys):
 
 def test_the_jax_free_choices_match_their_owners():
     from fedln_jax import algorithms, bench, models
-    from fedln_jax.data import augment, partition, sources
+    from fedln_jax.data import augment, sources
+    from fedln_jax.data.partition import SCHEMES
     from fedln_jax.models import layers
     assert choices.NORM_PRESET_NAMES == tuple(models.NORM_PRESETS)
     assert models.DTYPES is choices.DTYPES
     assert bench.INPUT_SHAPES is choices.INPUT_SHAPES and bench.ENGINES is choices.ENGINES
     # the choices of the config keys (config_keys.py), in their owners' order
     assert choices.DATASET_NAMES == tuple(sources.DATASETS)
-    assert choices.PARTITION_NAMES == tuple(partition.SCHEMES)
+    assert choices.PARTITION_NAMES == tuple(SCHEMES)
     assert choices.AUGMENT_SETTINGS == augment.AUGMENT_SETTINGS
     assert choices.MODEL_NAMES == models.MODEL_NAMES
     assert choices.NORM_POSITIONS == models.NORM_POSITIONS
