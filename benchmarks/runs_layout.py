@@ -19,9 +19,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def point(layout: str, seeds: int, rounds: int, workdir: str) -> dict:
-    import fedln_jax.program as program
-    from fedln_jax.demo import demo_config
-    from fedln_jax.train import run_group
+    import fedln_jax.training.program as program
+    from fedln_jax.studies.demo import demo_config
+    from fedln_jax.training.train import run_group
     if layout == "clients":
         program.device_layout = lambda runs, devices: (1, devices)
     configs = [demo_config("fn", s, rounds) for s in range(seeds)]

@@ -187,7 +187,7 @@ def worker(name: str, clients: int, local_steps: int, batch_size: int, rounds: i
         record = torch_worker(clients, local_steps, batch_size, rounds,
                               channels_last=name == "torch_channels_last")
     else:
-        from fedln_jax.bench import run_bench
+        from fedln_jax.bench.speed import run_bench
         engine = base.split("_", 1)[1]
         out = run_bench(model="cnn", clients=clients, local_steps=local_steps,
                         batch_size=batch_size, rounds=rounds, engine_name=engine,

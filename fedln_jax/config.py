@@ -17,7 +17,7 @@ from fedln_jax.data.augment import resolve_augmentation
 from fedln_jax.data.sources import DATASETS
 from fedln_jax.errors import FedlnError
 from fedln_jax.models import PRIMITIVES, checked_norms, model_widths, num_norm_positions
-from fedln_jax.tensorboard_events import check_installed as check_tensorboard_installed
+from fedln_jax.runtime.tensorboard_events import check_installed as check_tensorboard_installed
 
 __all__ = ["Config", "INT32_MAX", "MAX_SEED", "MAX_TEST_FRACTION", "config_keys", "value_keys",
            "resumable_keys", "with_defaults"]

@@ -35,7 +35,8 @@ def test_run_help_still_lists_the_config_keys(capsys):
 
 
 def test_the_jax_free_choices_match_their_owners():
-    from fedln_jax import algorithms, bench, models
+    from fedln_jax import algorithms, models
+    from fedln_jax.bench import speed as bench
     from fedln_jax.data import augment, sources
     from fedln_jax.data.partition import SCHEMES
     from fedln_jax.models import layers

@@ -2,9 +2,9 @@
 and a refusal in one line when the device is too small (its capacity faked)."""
 import pytest
 
-from fedln_jax import memory, plan
 from fedln_jax.config import Config
 from fedln_jax.errors import FedlnError
+from fedln_jax.training import memory, plan
 
 TINY = dict(dataset="synthetic", num_clients=4, classes_per_client=3, local_steps=2,
             batch_size=8, rounds=2, eval_every=1)
@@ -27,7 +27,7 @@ def test_a_device_too_small_for_the_plan_is_one_line_naming_the_knob(monkeypatch
 
 
 def test_the_floor_refuses_before_the_data_is_placed(monkeypatch):
-    from fedln_jax import experiment
+    from fedln_jax.training import experiment
     monkeypatch.setattr(experiment, "device_capacity", lambda device: (1000, "a faked device"))
     with pytest.raises(FedlnError, match="needs at least .* but has 1000 B"):
         experiment.build_experiment(Config(**TINY).validate())
@@ -42,7 +42,7 @@ def test_out_of_memory_is_recognized_by_xla_status_or_memory_error():
 def test_auto_chunk_on_an_accelerator_picks_the_widest_that_fits(monkeypatch, capsys):
     """A faked accelerator whose default chunk (the whole cohort of 4) does not fit half its
     free memory: auto narrows the chunk, says so, and records it in the config."""
-    from fedln_jax import experiment
+    from fedln_jax.training import experiment
     config = Config(**TINY, clients_per_round=4).validate()
     monkeypatch.setattr(experiment, "on_cpu", lambda: False)
     monkeypatch.setattr(experiment, "default_chunk_size", lambda cohort, devices: cohort)
@@ -56,7 +56,7 @@ def test_auto_chunk_on_an_accelerator_picks_the_widest_that_fits(monkeypatch, ca
 
 
 def test_auto_chunk_keeps_the_default_on_the_cpu_and_an_explicit_width(monkeypatch):
-    from fedln_jax import experiment
+    from fedln_jax.training import experiment
     monkeypatch.setattr(experiment, "device_capacity", lambda device: (10 ** 7, "faked"))
     assert experiment.build_experiment(Config(**TINY).validate()).config.client_chunk_size is None
     monkeypatch.setattr(experiment, "on_cpu", lambda: False)
