@@ -202,6 +202,7 @@ def spec(name: str) -> KeySpec:
 
 
 _SPECS = {f.name: f.metadata["key"] for f in dataclasses.fields(ConfigKeys)}
+_ANNOTATIONS = typing.get_type_hints(ConfigKeys)   # resolved once: validate reads them often
 
 
 def config_keys() -> tuple[str, ...]:
@@ -231,7 +232,7 @@ def with_defaults(values: dict[str, Any]) -> dict[str, Any]:
 
 def key_type(name: str) -> tuple[type, bool]:
     """(base type, whether None is allowed) of a key's annotation."""
-    annotation = typing.get_type_hints(ConfigKeys)[name]
+    annotation = _ANNOTATIONS[name]
     args = typing.get_args(annotation)
     if typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in args:
         return next(a for a in args if a is not type(None)), True
