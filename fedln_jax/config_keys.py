@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import types
 import typing
 from typing import Any, Optional
@@ -37,7 +38,11 @@ NO_LEGACY = object()   # a key whose runs from before it existed behaved as its 
 class KeySpec:
     """What a key's field declares besides its type and default.
 
-    choices: the allowed values (choices.py, the names of the registry that owns them).
+    choices: the allowed values, as named in choices.py (free of JAX, for the help).
+    owner: "module:attribute" of the registry that owns those names; once its module is
+      loaded, validation reads the registry itself (an entry registered there is valid at
+      once; tests/test_cli_startup.py checks that the names here are the registry's).
+    also: values allowed besides the registry's (`auto`).
     at_least / above, at_most / below: bounds (>=, >, <=, <); at_least and at_most may name
       another key. why: the reason for the upper bound, said when it is exceeded.
     rule: the allowed values in words, for a key whose check is a rule of Config.validate.
@@ -50,6 +55,8 @@ class KeySpec:
     """
     help: str
     choices: Optional[tuple] = None
+    owner: str = ""
+    also: tuple = ()
     at_least: Any = None
     above: Any = None
     at_most: Any = None
@@ -71,7 +78,8 @@ def key(default: Any, help: str, **spec):
 class ConfigKeys:
     """The config keys of a run, in the order of `run --help` and docs/config.md."""
     # data
-    dataset: str = key("digits", "the dataset (docs/datasets.md)", choices=DATASET_NAMES, note=(
+    dataset: str = key("digits", "the dataset (docs/datasets.md)", choices=DATASET_NAMES,
+                       owner="fedln_jax.data.sources:DATASETS", note=(
         "`digits` is scikit-learn's bundled 8x8 digits (no download), `synthetic` tiny (for "
         "tests), `mnist5k` a 28x28 MNIST subset (extra `fedln_jax[mnist]`), `cifar10`/`cifar100` "
         "come through TFDS, `tinyimagenet`/`pacs` from image folders; see "
@@ -84,7 +92,7 @@ class ConfigKeys:
                                why="at most half of each class is held out")
     partition: str = key("n_class", "label split over clients: iid, n_class "
                          "(classes_per_client each), dirichlet (dirichlet_beta)",
-                         choices=PARTITION_NAMES)
+                         choices=PARTITION_NAMES, owner="fedln_jax.data.partition:SCHEMES")
     classes_per_client: int = key(1, "n of the n_class split: classes each client holds",
                                   at_least=1, **INT32)
     dirichlet_beta: float = key(0.1, "concentration of the dirichlet split (small = more skew)",
@@ -102,7 +110,8 @@ class ConfigKeys:
                                "`art_painting`, `cartoon`, `photo` or `sketch`; the stratified "
                                "split holds out `test_fraction` of every domain"))
     augment: str = key("auto", "on-device augmentation; auto = the paper's per dataset",
-                       choices=AUGMENT_SETTINGS, note=(
+                       choices=AUGMENT_SETTINGS,
+                       owner="fedln_jax.data.augment:AUGMENT_SETTINGS", note=(
                            "`auto`: crop+flip for CIFAR/TinyImageNet, resized crop for PACS, "
                            "none for digits/synthetic"))
     # federation
@@ -126,7 +135,8 @@ class ConfigKeys:
                                   "`head_norm_per_class`, `singular_values`"))
     # model
     model: str = key("auto", "the model; auto = the dataset's default",
-                     choices=("auto",) + MODEL_NAMES, note=(
+                     also=("auto",), choices=MODEL_NAMES, owner="fedln_jax.models:MODEL_NAMES",
+                     note=(
                          "`cnn` is the paper's CNN (32x32x3), `small_cnn` its 8x8 counterpart, "
                          "`resnet18` CIFAR style, `resnet18_tiny` the same graph at widths "
                          "8/16/32/64 (for tests); see [models](models.md)"))
@@ -135,24 +145,26 @@ class ConfigKeys:
                              note="see [models](models.md#width)")
     dense_features: str = key("", "hidden dense widths of cnn/small_cnn/mlp, e.g. 128/64 "
                               "(empty = the model's)", rule="one positive width per hidden layer")
-    norm: str = key("none", "normalizer preset", choices=NORM_PRESET_NAMES)
+    norm: str = key("none", "normalizer preset", choices=NORM_PRESET_NAMES,
+                    owner="fedln_jax.models.normalizers:NORM_PRESETS")
     norm_layers: str = key("", "one normalizer per normalized position, e.g. mean,mean,mean,ln "
                            "(overrides norm)", rule="the model's positions, comma-separated",
                            note="its primitives: "
                                 "[models](models.md#per-layer-normalizers-norm_layers)")
     norm_position: str = key("after", "norm after (the paper) or before the ReLU",
-                             choices=NORM_POSITIONS)
+                             choices=NORM_POSITIONS, owner="fedln_jax.models:NORM_POSITIONS")
     gn_groups: int = key(4, "groups of the gn preset (must divide every normalized width)",
                          at_least=1, **INT32)
     tau: float = key(1.0, "logits are divided by tau", above=0)
     init: str = key("torch", "weight initialization: torch (PyTorch's default, the paper's "
-                    "code), lecun (flax's)", choices=INITS, legacy="lecun", note=(
+                    "code), lecun (flax's)", choices=INITS, owner="fedln_jax.models.layers:INITS",
+                    legacy="lecun", note=(
                         "a run made before this key existed started from `lecun`: resume it "
                         "with `init=lecun` ([models](models.md#initialization))"))
     # algorithm (fedln_jax/algorithms). A hyperparameter owned by other algorithms must keep
     # its default: setting it is an error, since it would silently do nothing.
     algorithm: str = key("fedavg", "the federated algorithm (docs/algorithms.md)",
-                         choices=ALGORITHM_NAMES)
+                         choices=ALGORITHM_NAMES, owner="fedln_jax.algorithms:REGISTRY")
     server_lr: Optional[float] = key(None, "server step on the averaged update (none = the "
                                      "algorithm's default: 1, 0.01 for fedadam/fedyogi)",
                                      above=0, value=True)
@@ -188,7 +200,8 @@ class ConfigKeys:
     num_devices: Optional[int] = key(None, "devices the clients axis is laid out over (none = "
                                      "all)", at_least=1, **INT32, resumable=True)
     conv_impl: str = key("auto", "patches (im2col + matmul, fast on CPU), lax (XLA conv); "
-                         "auto picks per backend", choices=CONV_IMPLS)
+                         "auto picks per backend", choices=CONV_IMPLS,
+                         owner="fedln_jax.models.layers:CONV_IMPLS")
     dtype: str = key("float32", "compute dtype (parameters stay float32)", choices=DTYPES,
                      note="`bfloat16` is for GPU/TPU; normalizer statistics and the loss stay "
                           "float32 too")
@@ -258,9 +271,21 @@ def value_problem(name: str, values: dict[str, Any]) -> Optional[str]:
     value, s = values[name], _SPECS[name]
     if value is None:
         return None
-    if s.choices is not None and value not in s.choices:
-        return f"{name}={value!r} is not one of {', '.join(s.choices)}"
+    allowed = allowed_values(name)
+    if allowed is not None and value not in allowed:
+        return f"{name}={value!r} is not one of {', '.join(allowed)}"
     return _bound_problem(name, value, values)
+
+
+def allowed_values(name: str) -> Optional[tuple]:
+    """A key's choices (None: it has none): its owner's registry once the owner's module is
+    loaded (config.py loads them all), else the names declared here."""
+    s = _SPECS[name]
+    if s.choices is None:
+        return None
+    module_name, _, attribute = s.owner.partition(":")
+    owner = sys.modules.get(module_name) if s.owner else None
+    return s.also + tuple(getattr(owner, attribute) if owner is not None else s.choices)
 
 
 def _is_instance(value: Any, base: type) -> bool:
@@ -318,10 +343,9 @@ def _number_text(value: Any) -> str:
 
 def allowed_text(name: str) -> str:
     """The values a key allows, in words (its choices, bounds or rule)."""
-    s = _SPECS[name]
-    if s.choices is not None:
-        return ", ".join(s.choices)
-    return "; ".join(part for part in (range_text(name), s.rule) if part)
+    if _SPECS[name].choices is not None:
+        return ", ".join(allowed_values(name))
+    return "; ".join(part for part in (range_text(name), _SPECS[name].rule) if part)
 
 
 def type_text(name: str) -> str:
