@@ -56,7 +56,8 @@ def round_collectives(config) -> tuple[list, int]:
 
     import jax
 
-    from fedln_jax.training.experiment import build_experiment, hparams_of, initial_state, mesh_devices
+    from fedln_jax.training.experiment import build_experiment, hparams_of, initial_state
+    from fedln_jax.training.layout import mesh_devices
     from fedln_jax.engine.placement import client_mesh, replicate
     from fedln_jax.engine.round import make_round_fn
     exp = build_experiment(config)

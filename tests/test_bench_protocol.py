@@ -129,7 +129,9 @@ def test_a_configuration_that_cannot_fit_is_skipped_and_a_grid_that_cannot_is_re
     one, two = Point("lax", "float32", 1, 3, "cohort"), Point("lax", "float32", 2, 3, "cohort")
     floors = protocol_floors([one, two], QUICK)
     assert floors[one].data == 3 * 4 * (16 * 16 * 3 + 8)      # 3 clients x 4 images, + labels
-    assert floors[two].state == 2 * floors[one].state and floors[two].chunk == 2 * 3
+    assert floors[two].state == floors[one].state and floors[two].chunk == floors[one].chunk == 3
+    assert floors[two].runs == 2 and floors[two].total - floors[two].data == 2 * (
+        floors[one].total - floors[one].data)
     out = tmp_path / "rows.jsonl"
     args = ["bench", "--protocol", "paper", "--quick", "--no-torch", "--conv-impl", "lax",
             "--dtype", "float32", "--runs", "1,2", "--cohort", "3", "--chunk-policy", "cohort",

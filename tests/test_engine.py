@@ -194,6 +194,7 @@ def test_bfloat16_round_runs_and_stays_close_to_float32(norm):
 def test_default_chunk_size_per_backend():
     expected = 1 if jax.default_backend() == "cpu" else 25
     assert default_chunk_size(100, 4) == expected
+    assert default_chunk_size(100, 8, on_cpu=False) == 13 and default_chunk_size(100, 8, on_cpu=True) == 1
 
 
 def test_local_momentum_and_weight_decay_round_equals_reference_loop():

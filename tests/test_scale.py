@@ -153,7 +153,7 @@ def test_two_process_vectorized_sweep_equals_one_process_run(probes):
 
 
 def test_device_layout_puts_the_gcd_of_runs_and_devices_along_runs():
-    from fedln_jax.training.program import device_layout
+    from fedln_jax.training.layout import device_layout
     assert [device_layout(r, 8) for r in (1, 2, 3, 4, 8, 16)] == [
         (1, 8), (2, 4), (1, 8), (4, 2), (8, 1), (8, 1)]
     assert device_layout(6, 4) == (2, 2) and device_layout(5, 1) == (1, 1)

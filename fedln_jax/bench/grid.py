@@ -139,8 +139,8 @@ def protocol_floors(grid: list[Point], sizes: Sizes) -> dict[Point, Floor]:
             (sizes.side, sizes.side, 3), sizes.local_steps, sizes.batch_size,
             epochs_needed(per_client, sizes.local_steps, sizes.batch_size), per_client, params)
         floors[point] = Floor(data=point.cohort * per_client * (3 * sizes.side ** 2 + 8),
-                              state=point.runs * params, per_client=one_client,
-                              chunk=point.runs * chunk_width(point.chunk, point.cohort))
+                              state=params, per_client=one_client, runs=point.runs,
+                              chunk=chunk_width(point.chunk, point.cohort))
     return floors
 
 
@@ -149,5 +149,5 @@ def memory_reason(floor: Floor, capacity: int | None, what: str) -> str | None:
     if capacity is None or floor.total <= capacity:
         return None
     return (f"skipped: needs at least {describe(floor.total)} (data {describe(floor.data)}, "
-            f"state {describe(floor.state)}, {floor.chunk} client(s) at once x "
-            f"{describe(floor.per_client)}), the device has {describe(capacity)} ({what})")
+            f"{floor.runs} run(s) x (state {describe(floor.state)}, {floor.chunk} client(s) at "
+            f"once x {describe(floor.per_client)})), the device has {describe(capacity)} ({what})")

@@ -43,7 +43,7 @@ from fedln_jax.bench.speed import (cpu_model, device_peak_mb, matmul_peak_gflops
 from fedln_jax.config import Config
 from fedln_jax.engine.client import epochs_needed, make_apply_fn
 from fedln_jax.engine.state import RoundSpec, make_data
-from fedln_jax.errors import FedlnError
+from fedln_jax.errors import FedlnError, first_line
 from fedln_jax.models import build_model, train_flops_per_example
 from fedln_jax.training.experiment import Experiment
 from fedln_jax.training.lock import check_file_path, hold_file
@@ -78,7 +78,8 @@ def protocol_members(point: Point, data, images_per_client: int, sizes: Sizes) -
     exp = Experiment(config=config, model=net, apply_fn=make_apply_fn(net), spec=spec, data=data,
                      x_test=data.x[:1], y_test=data.y[:1], num_classes=NUM_CLASSES,
                      counts_CK=counts_CK, test_weights_CK=counts_CK,
-                     algorithm=get_algorithm("fedavg"))
+                     algorithm=get_algorithm("fedavg"),
+                     floor=protocol_floors([point], sizes)[point]._replace(runs=1, chunk=1))
     return [exp._replace(config=config.replace(seed=seed)) for seed in range(point.runs)]
 
 
@@ -249,8 +250,7 @@ def _measure(measure, point: Point, reason: str | None) -> dict:
     try:
         return measure()
     except (RuntimeError, MemoryError) as exc:   # e.g. XLA's or CUDA's out of memory: recorded
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return {**point._asdict(), "status": f"failed: {type(exc).__name__}: {first_line[:300]}"}
+        return {**point._asdict(), "status": f"failed: {first_line(exc, 300)}"}
 
 
 def _emit(rows: list[dict], row: dict, out: str | None, log) -> None:

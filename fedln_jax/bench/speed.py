@@ -8,7 +8,7 @@ PyTorch/JAX figures. The machine's own ceiling is measured in the same process: 
 time of a large float32 matmul.
 
 Data are synthetic uint8 images of the model's input shape, built directly with
-`round.make_data` (no dataset needed), so every number depends only on shapes.
+`engine/state.make_data` (no dataset needed), so every number depends only on shapes.
 """
 from __future__ import annotations
 

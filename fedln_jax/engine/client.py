@@ -158,3 +158,21 @@ def client_class_counts(data: DeviceData) -> jax.Array:
     if data.class_counts_CK is None:
         return jnp.zeros((data.counts_C.shape[0], 0), jnp.float32)
     return data.class_counts_CK
+
+
+def make_train_client(apply_fn: Callable, spec: RoundSpec, algorithm: Algorithm) -> Callable:
+    """train_client(state, hparams, data, key, client) -> (params, model_state, own state
+    before, own state after, loss): one client's round from the server state (its batches,
+    its slice of the client states, local training). The vectorized round vmaps it, the
+    reference loop calls it client by client, the local-overfit probe calls it once."""
+    client_round = make_client_round(apply_fn, spec, algorithm)
+
+    def train_client(state, hparams: dict, data: DeviceData, key: jax.Array, client: jax.Array):
+        x_SB, y_SB = gather_client_batches(data, spec, key, client)
+        own_state = jax.tree.map(lambda s_C: s_C[client], state.client_states)
+        params, model_state, new_own, loss = client_round(
+            state.params, state.model_state, own_state, state.server_context,
+            client_class_counts(data)[client], x_SB, y_SB, hparams)
+        return params, model_state, own_state, new_own, loss
+
+    return train_client

@@ -31,12 +31,13 @@ def replicate(tree: Pytree, mesh: Mesh) -> Pytree:
         lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a)), tree)
 
 
-def default_chunk_size(cohort_size: int, num_devices: int) -> int:
+def default_chunk_size(cohort_size: int, num_devices: int, on_cpu: bool | None = None) -> int:
     """Per-device vmap width: narrow on CPU (wide vmaps measured slower there), full elsewhere.
+    on_cpu: the backend is the CPU (None: ask JAX).
 
     On a 2-core CPU width 1 was best for the paper CNN and tied with 5 for the digits CNN
     (BENCHMARKS.md, "Levers tried").
     """
-    if jax.default_backend() == "cpu":
+    if jax.default_backend() == "cpu" if on_cpu is None else on_cpu:
         return 1
     return max(1, math.ceil(cohort_size / num_devices))

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from fedln_jax.algorithms import Algorithm
-from fedln_jax.engine.client import client_class_counts, gather_client_batches, make_client_round
+from fedln_jax.engine.client import make_train_client
 from fedln_jax.engine.round import (client_keys, round_key, sample_cohort, server_update,
                                     update_client_side)
 from fedln_jax.engine.state import DeviceData, RoundSpec, ServerState
@@ -24,7 +24,7 @@ from fedln_jax.engine.state import DeviceData, RoundSpec, ServerState
 def make_loop_round(apply_fn: Callable, spec: RoundSpec, algorithm: Algorithm) -> Callable:
     """loop_round(state, hparams, data) -> (state, {'train_loss'}): the round's semantics, one
     client at a time in cohort order."""
-    client_round = make_client_round(apply_fn, spec, algorithm)
+    train_client = make_train_client(apply_fn, spec, algorithm)
 
     @jax.jit
     def cohort_of(state, data):
@@ -33,11 +33,7 @@ def make_loop_round(apply_fn: Callable, spec: RoundSpec, algorithm: Algorithm) -
         return cohort_M, client_keys(rkey, cohort_M), data.counts_C[cohort_M].astype(jnp.float32)
 
     def train_one(state, hparams, data, sums, key, client, weight):
-        x_SB, y_SB = gather_client_batches(data, spec, key, client)
-        own_state = jax.tree.map(lambda s_C: s_C[client], state.client_states)
-        params, model_state, new_own, loss = client_round(
-            state.params, state.model_state, own_state, state.server_context,
-            client_class_counts(data)[client], x_SB, y_SB, hparams)
+        params, model_state, _, new_own, loss = train_client(state, hparams, data, key, client)
         sums = jax.tree.map(lambda s, t: s + weight * t, sums, (params, model_state, loss))
         return sums, new_own
 

@@ -34,7 +34,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from fedln_jax.algorithms import Algorithm
-from fedln_jax.engine.client import client_class_counts, gather_client_batches, make_client_round
+from fedln_jax.engine.client import make_train_client
 from fedln_jax.engine.placement import client_mesh
 from fedln_jax.engine.state import DeviceData, RoundSpec, ServerState
 
@@ -170,17 +170,12 @@ def make_round_fn(apply_fn: Callable, spec: RoundSpec, algorithm: Algorithm,
     mesh = client_mesh() if mesh is None else mesh
     width = spec.chunk_size * mesh.shape["clients"]   # a program's mesh may also have 'runs'
     lanes = NamedSharding(mesh, P("clients"))
-    client_round = make_client_round(apply_fn, spec, algorithm)
+    train_one = make_train_client(apply_fn, spec, algorithm)
 
     def round_fn(state: ServerState, hparams: dict, data: DeviceData) -> tuple[ServerState, dict]:
-        class_counts_CK = client_class_counts(data)
-
         def train_client(key, client):
-            x_SB, y_SB = gather_client_batches(data, spec, key, client)
-            own_state = jax.tree.map(lambda s_C: s_C[client], state.client_states)
-            params, model_state, new_own, loss = client_round(
-                state.params, state.model_state, own_state, state.server_context,
-                class_counts_CK[client], x_SB, y_SB, hparams)
+            params, model_state, own_state, new_own, loss = train_one(state, hparams, data,
+                                                                      key, client)
             return (params, model_state, loss), (own_state, new_own)
 
         rkey = round_key(state)

@@ -4,8 +4,8 @@ The measurements themselves are in `engine/measures.py`; here: the local-overfit
 (`local_overfit`) and `analyze_run(workdir)` behind `fedln-jax analyze`, which writes
 DIR/analysis/analysis.json and PNG figures.
 
-The local-overfit probe trains with the round's own `make_client_round` on the round's own
-`gather_client_batches` (the batches client k would draw in the next round), so the probe is
+The local-overfit probe trains with the round's own `make_train_client` (the batches client k
+would draw in the next round, its own state, local training), so the probe is
 exactly the local training of a round, only stopped after S steps and not averaged.
 """
 from __future__ import annotations
@@ -20,8 +20,7 @@ import numpy as np
 
 from fedln_jax.algorithms import without_inert_hparams
 from fedln_jax.config import INT32_MAX, from_dict
-from fedln_jax.engine.client import (client_class_counts, epochs_needed, gather_client_batches,
-                                     make_client_round)
+from fedln_jax.engine.client import epochs_needed, make_train_client
 from fedln_jax.engine.measures import make_feature_fn, model_report
 from fedln_jax.engine.placement import client_mesh, replicate
 from fedln_jax.engine.round import client_keys, round_key
@@ -45,7 +44,7 @@ def check_client(exp, client: int) -> int:
 def local_train(exp, state: ServerState, client: int, steps: int):
     """S local steps of `client` from the global model, exactly as in the next round.
 
-    The run's own client training (`make_client_round` with the run's algorithm, its
+    The run's own client training (`make_train_client` with the run's algorithm, its
     client state and server context), on the batches of the next round: the round key of
     state.round and the client's key; max_epochs is kept at least the run's, so the probe with
     S steps sees a prefix of the batches of the probe with more steps.
@@ -58,15 +57,12 @@ def local_train(exp, state: ServerState, client: int, steps: int):
         exp.spec.max_epochs, epochs_needed(int(jnp.min(exp.data.counts_C)), int(steps),
                                                   exp.spec.batch_size)))
     key = client_keys(round_key(state), jnp.array([client], jnp.int32))[0]
-    client_round = make_client_round(exp.apply_fn, spec, exp.algorithm)
+    train_client = make_train_client(exp.apply_fn, spec, exp.algorithm)
 
     @jax.jit
     def probe(state, data, hparams):
-        own_state = jax.tree.map(lambda s_C: s_C[client], state.client_states)
-        x_SB, y_SB = gather_client_batches(data, spec, key, jnp.int32(client))
-        params, model_state, _, loss = client_round(
-            state.params, state.model_state, own_state, state.server_context,
-            client_class_counts(data)[client], x_SB, y_SB, hparams)
+        params, model_state, _, _, loss = train_client(state, hparams, data, key,
+                                                       jnp.int32(client))
         return params, model_state, loss
 
     return probe(state, exp.data, hparams_of(exp.config))
@@ -166,7 +162,8 @@ def analyze_run(workdir: str, client: int = 0, steps: Sequence[int] = (5,),
     report = model_report(exp, features_fn, state.params, state.model_state)
     probes = [local_overfit(exp, state, client, s, features_fn, report) for s in steps]
     result = {"workdir": os.path.abspath(workdir), "source": source,
-              "round": int(state.round), "norm": exp.config.norm,
+              "round": int(state.round), "norm_label": exp.config.norm_label,
+              "norm": exp.config.norm,
               "norm_layers": exp.config.norm_layers, "model": exp.config.resolved_model,
               "global_acc": report["global_acc"],
               "per_class_recall": report["per_class_recall"],
@@ -179,7 +176,7 @@ def analyze_run(workdir: str, client: int = 0, steps: Sequence[int] = (5,),
     write_json(os.path.join(out, "analysis.json"), result)
     if figures:
         plots.plot_norms(result, os.path.join(out, "norms.png"))
-        plots.plot_spectra({result["norm"]: result["singular_values"]},
+        plots.plot_spectra({result["norm_label"]: result["singular_values"]},
                            os.path.join(out, "singular_values.png"))
         plots.plot_local_overfit(result, os.path.join(out, "local_overfit.png"))
     return result

@@ -39,8 +39,7 @@ import time
 from fedln_jax.config import (INT32_MAX, MAX_SEED, Config, call_config_function, config_keys,
                               config_of_module, load_config_module, parse_overrides)
 from fedln_jax.errors import DivergedError, FedlnError
-from fedln_jax.studies import plots, results
-from fedln_jax.studies.analysis import analyze_run
+from fedln_jax.studies import analysis, plots, results
 from fedln_jax.training import lock, train
 from fedln_jax.training.workdir import (check_runs, finished_summary, read_metrics, write_json,
                                         write_text)
@@ -382,7 +381,7 @@ def analyze_all(rows, options: dict, workdir: str, figure: dict) -> dict:
     """Analyze every completed run of the first seed (one per series) and compare the series."""
     client, steps = options.get("client", 0), options.get("steps", (5,))
     seed0 = min(r["seed"] for r in rows)
-    analyses = {r["series"]: analyze_run(r["workdir"], client, steps)
+    analyses = {r["series"]: analysis.analyze_run(r["workdir"], client, steps)
                 for r in rows if r["seed"] == seed0 and r["status"] != "diverged"}
     plots.plot_spectra({s: a["singular_values"] for s, a in analyses.items()},
                        os.path.join(workdir, "singular_values.png"),

@@ -24,7 +24,6 @@ from fedln_jax.studies.results import runs_table
 from fedln_jax.training.workdir import read_metrics, write_bytes
 
 NORMS = tuple(NORM_PRESETS)   # a comparison runs every normalizer preset unless told otherwise
-PAPER_CONFIG = os.path.join("experiments", "configs", "paper_cifar10_one_class_cnn.py")
 DRIVE_ROOT = "/content/drive"
 
 

@@ -6,7 +6,7 @@ import numpy as np
 from fedln_jax.training.workdir import save_figure
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -18,7 +18,7 @@ def plot_accuracy_curves(curves: dict[str, list[list[dict]]], path: str, title: 
 
     curves: label -> list over seeds of metric rows (each with 'round' and 'test_accuracy').
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, runs in curves.items():
         rounds = [row["round"] for row in runs[0]]
@@ -55,15 +55,15 @@ def _bars(ax, groups: dict[str, list], ylabel: str, title: str) -> None:
 
 def plot_norms(result: dict, path: str) -> None:
     """Per-class feature norms and head-row norms, global model vs after the local probe."""
-    plt = _pyplot()
+    plt = pyplot()
     probe = result["local_overfit"]
     after = f"after {probe['steps']} local steps on client {probe['client']}"
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
     _bars(a, {"global": result["feature_norm_per_class"],
               after: probe["feature_norm_per_class_after"]},
-          "mean ||phi(x)||", f"test feature norm per class ({result['norm']})")
+          "mean ||phi(x)||", f"test feature norm per class ({result['norm_label']})")
     _bars(b, {"global": result["head_norm_per_class"], after: probe["head_norm_per_class_after"]},
-          "||w_c||", f"head row norm per class ({result['norm']})")
+          "||w_c||", f"head row norm per class ({result['norm_label']})")
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
     plt.close(fig)
@@ -71,7 +71,7 @@ def plot_norms(result: dict, path: str) -> None:
 
 def plot_spectra(spectra: dict[str, list], path: str, title: str = "") -> None:
     """Normalized singular values of the centred test features, one line per label (log y)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for label, s in spectra.items():
         s = np.asarray(s, float)
@@ -89,14 +89,14 @@ def plot_spectra(spectra: dict[str, list], path: str, title: str = "") -> None:
 
 def plot_local_overfit(result: dict, path: str) -> None:
     """Per-class recall of the global model and of each local-overfit probe (one panel)."""
-    plot_local_overfit_grid({f"local overfit, {result['norm']}": result}, path)
+    plot_local_overfit_grid({f"local overfit, {result['norm_label']}": result}, path)
 
 
 def plot_final_vs_x(table: list[dict], path: str, xlabel: str = "", xscale: str = "linear",
                     title: str = "") -> None:
     """Mean of the last 3 evaluations (over seeds; min-max over seeds as error bars) per series:
     a line over x when x is numeric, grouped bars when x is a category (or absent)."""
-    plt = _pyplot()
+    plt = pyplot()
     series = list(dict.fromkeys(t["series"] for t in table))
     xs = list(dict.fromkeys(t["x"] for t in table))
     cell = {(t["series"], t["x"]): t for t in table}
@@ -135,7 +135,7 @@ def plot_final_vs_x(table: list[dict], path: str, xlabel: str = "", xscale: str 
 
 def plot_local_overfit_grid(results: dict[str, dict], path: str) -> None:
     """One panel per series: per-class recall of the global model and after each probe."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.6), squeeze=False)
     for ax, (label, result) in zip(axes[0], results.items()):
         probes = result["local_overfit_by_steps"]

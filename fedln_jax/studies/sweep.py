@@ -21,13 +21,14 @@ from typing import Any
 from fedln_jax.config import INT32_MAX, Config, build_config, parse_value
 from fedln_jax.errors import FedlnError
 from fedln_jax.studies import results
-from fedln_jax.studies.plots import _pyplot
+from fedln_jax.studies.plots import pyplot
 from fedln_jax.training import lock
 from fedln_jax.training.experiment import build_experiment
 from fedln_jax.training.program import cut, program_key
-from fedln_jax.training.train import check_runs, is_writer, run_group
-from fedln_jax.training.workdir import (finished_summary, missing_keys, read_json, save_figure,
-                                        write_json, write_text)
+from fedln_jax.training.run_files import is_writer
+from fedln_jax.training.train import run_group
+from fedln_jax.training.workdir import (check_runs, finished_summary, missing_keys, read_json,
+                                        save_figure, write_json, write_text)
 
 
 def parse_grid(items: list[str]) -> dict[str, list[Any]]:
@@ -164,7 +165,7 @@ def collect(runs, dirs, keys: list[str]) -> list[dict]:
                             f"remove {run_dir} and rerun the sweep to train it again",
                             check=lambda obj: missing_keys(obj, SUMMARY_KEYS))
         row = {"run": name, **{k: getattr(config, k) for k in keys if k != "seed"},
-               "seed": config.seed, "norm_of_run": config.norm,
+               "seed": config.seed, "norm_of_run": config.norm_label,
                "final_test_accuracy": summary["final_test_accuracy"],
                "mean_last3_test_accuracy": summary["mean_last3_test_accuracy"],
                "rounds_completed": summary["rounds_completed"],
@@ -198,14 +199,14 @@ def cells(rows: list[dict], swept: list[str]) -> list[tuple[tuple, dict]]:
 def plot_sweep(rows: list[dict], swept: list[str], path: str) -> None:
     """Mean final accuracy (error bars: std over seeds) vs the first swept key other than norm;
     one line per normalizer (and per value of any further swept key)."""
-    plt = _pyplot()
+    plt = pyplot()
     x_key = next((k for k in swept if k != "norm"), None)
     line_keys = [k for k in swept if k not in (x_key,)]
 
     def line_and_x(row):
         if x_key is None:   # only norm (and seeds) swept: the normalizers are the x axis
             return "mean over seeds", row["norm_of_run"]
-        label = ", ".join(f"{k}={row[k]}" for k in line_keys) or f"norm={row['norm_of_run']}"
+        label = ", ".join(f"{k}={row[k]}" for k in line_keys) or row["norm_of_run"]
         return label, row[x_key]
     lines: dict[str, dict] = {}
     for (label, x), cell in results.aggregate((line_and_x(r), r) for r in rows):

@@ -1,7 +1,7 @@
 """Run-state checkpoints in WORKDIR/checkpoints, with orbax's CheckpointManager.
 
 A checkpoint is one orbax step directory named by the round, holding two items:
-`state` (the whole engine.ServerState pytree: params, model_state, opt_state, client_states,
+`state` (the whole engine/state.ServerState pytree: params, model_state, opt_state, client_states,
 round, key) and `meta` (a small JSON: format version, fedln_jax version, the config, and the
 host-side progress the metrics depend on). Orbax writes into a temporary directory and renames
 it when complete (on GCS it writes a commit marker last), so a crash during a save leaves the
@@ -32,7 +32,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from fedln_jax.errors import FedlnError, StorageError
+from fedln_jax.errors import FedlnError, StorageError, first_line
 from fedln_jax.runtime.startup import PAUSE_ENV, pause_spec  # noqa: F401 -- PAUSE_ENV: for the tests
 
 FORMAT_VERSION = 1
@@ -53,7 +53,7 @@ def pause_for_test(event: str, round_: int) -> None:
 
 
 class Restored(NamedTuple):
-    state: Any          # engine.ServerState, placed like the target
+    state: Any          # engine/state.ServerState, placed like the target
     meta: dict          # the JSON saved next to it
     round: int
 
@@ -117,7 +117,7 @@ def save(manager: ocp.CheckpointManager, state, meta: dict) -> Optional[float]:
         kept = (f"the checkpoint of round {max(before)} is intact" if before
                 else "no earlier checkpoint was saved")
         raise StorageError(f"could not save the checkpoint of round {step} in "
-                           f"{manager.directory} ({_first_line(exc)}); {kept}: free space and "
+                           f"{manager.directory} ({first_line(exc)}); {kept}: free space and "
                            f"run the same command again to resume") from None
     seconds = time.perf_counter() - start
     pause_for_test("saved", step)
@@ -244,7 +244,7 @@ def _restore_step(manager, step: int, abstract, check_meta, derive_server_contex
             meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
             stored = manager.item_metadata(step)["state"]
     except Exception as exc:  # orbax/tensorstore raise many types for missing or torn files
-        raise CorruptCheckpoint(_first_line(exc)) from None
+        raise CorruptCheckpoint(first_line(exc)) from None
     if not isinstance(meta, dict) or stored is None:
         raise CorruptCheckpoint("metadata missing")
     if meta.get("format_version") != FORMAT_VERSION:
@@ -270,8 +270,8 @@ def _restore_step(manager, step: int, abstract, check_meta, derive_server_contex
         if "tree structures do not match" in str(exc):
             # A state of another shape (an empty node tree_mismatch cannot see), not damage:
             # falling back would delete every step of a run that another version can read.
-            raise does_not_fit(step, _first_line(exc)) from None
-        raise CorruptCheckpoint(_first_line(exc)) from None
+            raise does_not_fit(step, first_line(exc)) from None
+        raise CorruptCheckpoint(first_line(exc)) from None
     if legacy:
         state = type(abstract)(**state._asdict(), server_context=())
     if round_ != step or meta.get("round") != step:
@@ -341,6 +341,3 @@ def _path(keypath) -> str:
     return ".".join(parts)
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:200] if text else ''}"

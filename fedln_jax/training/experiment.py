@@ -3,7 +3,6 @@ the pure functions a training loop calls on it (initial state, hyperparameters, 
 from __future__ import annotations
 
 import hashlib
-import sys
 from typing import Any, NamedTuple
 
 import jax
@@ -16,13 +15,11 @@ from fedln_jax.data import class_counts, client_test_weights, load_dataset, part
 from fedln_jax.data.dataset import Dataset
 from fedln_jax.data.sources import LoadOptions
 from fedln_jax.engine.client import epochs_needed, make_apply_fn
-from fedln_jax.engine.placement import default_chunk_size
 from fedln_jax.engine.state import DeviceData, RoundSpec, ServerState, init_state, make_data
 from fedln_jax.errors import FedlnError
 from fedln_jax.models import build_model
-from fedln_jax.training.memory import (AUTO_CHUNK_MARGIN, Floor, activation_bytes, check_fits,
-                                       client_round_bytes, describe, device_capacity, tree_bytes,
-                                       widest_chunk)
+from fedln_jax.training.layout import decide_layout
+from fedln_jax.training.memory import Floor, activation_bytes, client_round_bytes, tree_bytes
 
 
 class Experiment(NamedTuple):
@@ -38,6 +35,7 @@ class Experiment(NamedTuple):
     counts_CK: np.ndarray           # training examples per client and class
     test_weights_CK: np.ndarray
     algorithm: Algorithm
+    floor: Floor                    # one run's memory floor (its width: layout.decide_layout)
 
 
 def build_experiment(config: Config, dataset: Dataset | None = None) -> Experiment:
@@ -66,35 +64,27 @@ def build_experiment(config: Config, dataset: Dataset | None = None) -> Experime
                         gn_groups=config.gn_groups, tau=config.tau, conv_impl=config.conv_impl,
                         dtype=config.dtype, conv_features=config.conv_features,
                         dense_features=config.dense_features, init=config.init)
-    devices = mesh_devices(config)
-    num_devices = len(devices)
     spec = RoundSpec(
         num_clients=config.num_clients, cohort_size=config.cohort_size,
         local_steps=config.local_steps, batch_size=config.batch_size,
         max_epochs=epochs_needed(int(counts_CK.sum(1).min()), config.local_steps,
                                  config.batch_size),
-        pixel_scale=dataset.pixel_scale, chunk_size=chunk_size(config, num_devices),
+        pixel_scale=dataset.pixel_scale, chunk_size=1,   # the width: set below, from the layout
         momentum=config.momentum, weight_decay=config.weight_decay,
         augment=config.resolved_augment)
     algorithm = get_algorithm(config.algorithm)
     floor = memory_floor(config, model, algorithm, spec, dataset.x_train.shape[1:],
                          dataset.x_train.nbytes + dataset.x_test.nbytes, counts_CK)
-    capacity, what = device_capacity(devices[0])
-    width = auto_chunk_width(config, floor, capacity)
-    if width is not None:   # recorded in the config (config.json) as the width it chose
-        print(f"fedln-jax: client_chunk_size=auto chose {width} (the default "
-              f"{spec.chunk_size} does not fit {AUTO_CHUNK_MARGIN:.0%} of the {describe(capacity)} "
-              f"{what})", file=sys.stderr)
-        config = config.replace(client_chunk_size=width)
-        spec, floor = spec._replace(chunk_size=width), floor._replace(chunk=width)
-    check_fits(floor, capacity, what)   # before the data goes to the device
+    # The run alone, checked before its data goes to the device; a program of several runs
+    # is laid out (and checked) again when it is built (program.build_program).
+    spec = spec._replace(chunk_size=decide_layout(config, 1, floor).chunk)
     return Experiment(
         config=config, model=model, apply_fn=make_apply_fn(model), spec=spec,
         data=make_data(dataset.x_train, dataset.y_train, clients, dataset.num_classes),
         x_test=jnp.asarray(dataset.x_test), y_test=jnp.asarray(dataset.y_test),
         num_classes=dataset.num_classes, counts_CK=counts_CK,
         test_weights_CK=client_test_weights(counts_CK),
-        algorithm=algorithm)
+        algorithm=algorithm, floor=floor)
 
 
 def memory_floor(config: Config, model, algorithm: Algorithm, spec: RoundSpec,
@@ -112,28 +102,7 @@ def memory_floor(config: Config, model, algorithm: Algorithm, spec: RoundSpec,
     per_client = client_round_bytes(image_shape, config.local_steps, config.batch_size,
                                     spec.max_epochs, max_examples, tree_bytes(state.params),
                                     activations)
-    return Floor(data=data, state=tree_bytes(state), per_client=per_client,
-                 chunk=spec.chunk_size)
-
-
-def auto_chunk_width(config: Config, floor: Floor, capacity: int | None) -> int | None:
-    """client_chunk_size unset (auto) on an accelerator: the widest chunk whose floor fits
-    AUTO_CHUNK_MARGIN of the capacity, when that is narrower than the backend default (the
-    whole per-device cohort); None to keep the default (always on the CPU)."""
-    if config.client_chunk_size is not None or on_cpu() or capacity is None:
-        return None
-    width = widest_chunk(floor, int(capacity * AUTO_CHUNK_MARGIN))
-    return width if width < floor.chunk else None
-
-
-def on_cpu() -> bool:
-    return jax.default_backend() == "cpu"
-
-
-def memory_floor_of(exp: Experiment) -> Floor:
-    """memory_floor of a built experiment."""
-    return memory_floor(exp.config, exp.model, exp.algorithm, exp.spec, exp.data.x.shape[1:],
-                        exp.data.x.nbytes + exp.x_test.nbytes, exp.counts_CK)
+    return Floor(data=data, state=tree_bytes(state), per_client=per_client, chunk=1)
 
 
 def build_experiments(configs: list[Config]) -> list[Experiment]:
@@ -153,26 +122,6 @@ def build_experiments(configs: list[Config]) -> list[Experiment]:
         data = exp.data._replace(x=shared(exp.data.x), y=shared(exp.data.y))
         built.append(exp._replace(data=data, x_test=shared(exp.x_test), y_test=shared(exp.y_test)))
     return built
-
-
-def chunk_size(config: Config, clients_devices: int) -> int:
-    """Clients vmapped together per device: the config's, or the backend default for a cohort
-    laid over clients_devices devices."""
-    return config.client_chunk_size or default_chunk_size(config.cohort_size, clients_devices)
-
-
-def mesh_devices(config: Config) -> list:
-    """The devices the clients axis is laid out over (all, or the first num_devices)."""
-    available = jax.devices()
-    if config.num_devices is None:
-        return available
-    if config.num_devices > len(available):
-        raise FedlnError(f"num_devices={config.num_devices} cannot host the mesh: only "
-                         f"{len(available)} {jax.default_backend()} device(s) are available")
-    if jax.process_count() > 1 and config.num_devices != len(available):
-        raise FedlnError(f"num_devices={config.num_devices}: a multi-process run lays clients "
-                         f"out over all {len(available)} devices; leave num_devices unset")
-    return available[:config.num_devices]
 
 
 def hparams_of(config: Config) -> dict[str, jax.Array]:

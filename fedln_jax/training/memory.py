@@ -18,19 +18,20 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from fedln_jax.errors import FedlnError, OutOfMemory
+from fedln_jax.errors import FedlnError, OutOfMemory, first_line
 
 
 class Floor(NamedTuple):
     """Bytes a round needs at least on one device, by part."""
-    data: int          # images, labels, index tables, the test set
-    state: int         # the server state (params, optimizer, per-client algorithm states)
+    data: int          # images, labels, index tables, the test set (shared by a program's runs)
+    state: int         # one run's server state (params, optimizer, per-client algorithm states)
     per_client: int    # one client's batches, shuffles, params and gradients in a round
-    chunk: int         # clients one device trains at once
+    chunk: int         # clients one device trains at once, per run
+    runs: int = 1      # runs one device holds (a program of R runs: layout.decide_layout)
 
     @property
     def total(self) -> int:
-        return self.data + self.state + self.chunk * self.per_client
+        return self.data + self.runs * (self.state + self.chunk * self.per_client)
 
 
 # client_chunk_size=auto on an accelerator fills at most this share of the free memory with the
@@ -40,8 +41,8 @@ AUTO_CHUNK_MARGIN = 0.5
 
 def widest_chunk(floor: Floor, budget: int) -> int:
     """The widest chunk (at least 1, at most floor.chunk) whose floor fits `budget` bytes."""
-    room = budget - floor.data - floor.state
-    return max(1, min(floor.chunk, room // max(floor.per_client, 1)))
+    room = budget - floor.data - floor.runs * floor.state
+    return max(1, min(floor.chunk, room // max(floor.runs * floor.per_client, 1)))
 
 
 def tree_bytes(tree: Any) -> int:
@@ -132,7 +133,8 @@ def device_capacity(device=None) -> tuple[int | None, str]:
 
 def knob_hint(floor: Floor) -> str:
     """The config key that would shrink the largest part of the floor."""
-    parts = {"data": floor.data, "state": floor.state, "clients": floor.chunk * floor.per_client}
+    parts = {"data": floor.data, "state": floor.runs * floor.state,
+             "clients": floor.runs * floor.chunk * floor.per_client}
     largest = max(parts, key=parts.get)
     if largest == "clients":
         if floor.chunk > 1:
@@ -147,9 +149,11 @@ def check_fits(floor: Floor, capacity: int | None, what: str) -> None:
     """FedlnError naming the need, the capacity and the knob when the floor does not fit."""
     if capacity is None or floor.total <= capacity:
         return
-    raise FedlnError(f"this run needs at least {describe(floor.total)} on the device (data "
-                     f"{describe(floor.data)}, state {describe(floor.state)}, "
-                     f"{floor.chunk} client(s) at once x {describe(floor.per_client)}) but has "
+    runs = f"{floor.runs} runs x (" if floor.runs > 1 else ""
+    raise FedlnError(f"this {'program' if floor.runs > 1 else 'run'} needs at least "
+                     f"{describe(floor.total)} on the device (data {describe(floor.data)}, "
+                     f"{runs}state {describe(floor.state)}, {floor.chunk} client(s) at once x "
+                     f"{describe(floor.per_client)}{')' if runs else ''}) but has "
                      f"{describe(capacity)} ({what}); {knob_hint(floor)}")
 
 
@@ -161,7 +165,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 def out_of_memory_message(exc: BaseException, chunk: int, last_saved: int | None) -> str:
     """One line: what ran out, what survived, the knob (docs/scale.md#out-of-memory)."""
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+    first = first_line(exc, 160, with_type=False)
     saved = (f"the checkpoint of round {last_saved} is intact" if last_saved
              else "no checkpoint was written yet")
     knob = (f"lower client_chunk_size (now {chunk}; a resumable change) and run the same "

@@ -4,6 +4,9 @@ for the compiled block of rounds and the compiled evaluation, and the device's c
 `fedln-jax config --plan` prints it without training."""
 from __future__ import annotations
 
+import math
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -12,9 +15,10 @@ from fedln_jax.data import load_dataset
 from fedln_jax.data.dataset import Dataset
 from fedln_jax.data.sources import DATASETS, LoadOptions
 from fedln_jax.errors import FedlnError
-from fedln_jax.training.experiment import build_experiment, mesh_devices, memory_floor_of
+from fedln_jax.training.experiment import Experiment, build_experiment
+from fedln_jax.training.layout import mesh_devices
 from fedln_jax.training.memory import analysis_of, describe, device_capacity, peak_of
-from fedln_jax.training.program import build_program
+from fedln_jax.training.program import Program, build_program
 
 # Train and test examples of the official splits of the datasets a plan can stand in for when
 # their files are not here (their image shape and classes: data.sources.DATASETS).
@@ -58,22 +62,43 @@ def memory_plan(config: Config) -> dict:
     rounds and the evaluation, and report their sizes with the floor and the capacity. A
     dataset that is not here is planned from its declared shapes (plan_data)."""
     dataset, note = plan_data(config)
-    exp = build_experiment(config, dataset=dataset)
-    devices = mesh_devices(config)
-    program = build_program([exp], devices)
+    return program_plan([build_experiment(config, dataset=dataset)], note)
+
+
+def device_bytes(tree) -> int:
+    """Bytes of a pytree of placed arrays on one device (a shard of each)."""
+    return sum(math.prod(a.sharding.shard_shape(a.shape)) * a.dtype.itemsize
+               for a in jax.tree.leaves(tree))
+
+
+def program_plan(members: list[Experiment], note: str | None = None) -> dict:
+    """The plan of the program that trains `members` (R >= 1 runs), laid out as training lays
+    it out (layout.decide_layout). Its need counts every array that stays on the device
+    while it trains: during a block of rounds, the block's own peak (state, hyperparameters
+    and data are its arguments) plus the test set; during an evaluation, its peak plus the
+    training data and hyperparameters it does not take."""
+    return plan_of_program(build_program(members, mesh_devices(members[0].config)), note)
+
+
+def plan_of_program(program: Program, note: str | None = None) -> dict:
+    """program_plan of a built program."""
     block = program.run_block.lower(program.fresh, program.hparams, program.data,
-                                    jnp.int32(1), program.scalars([0.0])).compile()
+                                    jnp.int32(1), program.scalars([0.0] * program.runs)).compile()
     evaluate = program.evaluate.lower(program.fresh, *program.tests).compile()
     round_sizes, eval_sizes = analysis_of(block), analysis_of(evaluate)
-    need = max(peak_of(round_sizes), peak_of(eval_sizes))
-    capacity, what = device_capacity(devices[0])
-    floor = memory_floor_of(exp)
-    return {"device": f"{devices[0].platform} x{len(devices)}",
-            "client_chunk_size": exp.spec.chunk_size,
-            "floor_bytes": floor.total,
-            "floor": {"data": floor.data, "state": floor.state, "per_client": floor.per_client,
-                      "chunk": floor.chunk},
+    resident = {"round": device_bytes(program.tests),
+                "evaluation": device_bytes((program.data, program.hparams))}
+    need = max(peak_of(round_sizes) + resident["round"],
+               peak_of(eval_sizes) + resident["evaluation"])
+    layout = program.layout
+    capacity, what = device_capacity(layout.devices[0])
+    floor = layout.floor
+    return {"device": f"{layout.devices[0].platform} x{len(layout.devices)}",
+            "runs": program.runs, "device_layout": [layout.along_runs, layout.along_clients],
+            "client_chunk_size": layout.chunk,
+            "floor_bytes": floor.total, "floor": floor._asdict(),
             "compiled_round": round_sizes, "compiled_evaluation": eval_sizes,
+            "resident_besides": resident,
             "need_bytes": need, "capacity_bytes": capacity, "capacity": what,
             "fits": capacity is None or need <= capacity, "data": note or "the dataset itself"}
 
@@ -82,13 +107,18 @@ def format_plan(plan: dict) -> str:
     """A few lines for the terminal."""
     rs, ev = plan["compiled_round"], plan["compiled_evaluation"]
     lines = ([f"note: {plan['data']}"] if plan["data"] != "the dataset itself" else []) + [
-             f"device {plan['device']}, client_chunk_size {plan['client_chunk_size']}",
+             f"device {plan['device']}, client_chunk_size {plan['client_chunk_size']}"
+             + (f", {plan['runs']} runs (devices: {plan['device_layout'][0]} along runs x "
+                f"{plan['device_layout'][1]} along clients)" if plan["runs"] > 1 else ""),
              f"  floor (shapes)     {describe(plan['floor_bytes'])}",
              f"  compiled round     arguments {describe(rs['argument'] or 0)}, outputs "
              f"{describe(rs['output'] or 0)} (aliased {describe(rs['alias'] or 0)}), "
              f"temporaries {describe(rs['temp'] or 0)}",
              f"  compiled eval      arguments {describe(ev['argument'] or 0)}, temporaries "
              f"{describe(ev['temp'] or 0)}",
+             f"  resident besides   test set {describe(plan['resident_besides']['round'])} "
+             f"(during a round), training data {describe(plan['resident_besides']['evaluation'])}"
+             f" and hyper-parameters (during an evaluation)",
              f"  need               {describe(plan['need_bytes'])}",
              f"  capacity           " + (describe(plan['capacity_bytes'])
                                         if plan["capacity_bytes"] is not None else "unknown")

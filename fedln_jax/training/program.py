@@ -9,7 +9,6 @@ exactly round.py's round and its checkpoints hold a plain ServerState. Per-run v
 from __future__ import annotations
 
 import json
-import math
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -22,7 +21,9 @@ from fedln_jax.engine.evaluation import evaluation_fn
 from fedln_jax.engine.placement import replicate
 from fedln_jax.engine.round import make_block_fn, make_round_fn
 from fedln_jax.engine.state import RoundSpec
-from fedln_jax.training.experiment import Experiment, chunk_size, hparams_of, initial_state
+from fedln_jax.training.experiment import Experiment, hparams_of, initial_state
+from fedln_jax.training.layout import Layout, decide_layout, report_auto
+from fedln_jax.training.memory import Floor
 
 # Config keys that change only values a round reads, never shapes or code (declared on the
 # Config fields, `value=True`): runs differing only in them are stacked on a leading runs axis
@@ -61,26 +62,6 @@ def cut(members: list, max_runs: int | None) -> list[list]:
     return [members[k:k + size] for k in range(0, len(members), size)]
 
 
-def device_layout(runs: int, num_devices: int) -> tuple[int, int]:
-    """(devices along the runs axis, devices along the clients axis) of a program's mesh.
-
-    Runs are independent, so laying them over devices needs no communication and no padding,
-    while clients of one run are summed across devices every round and a cohort that does not
-    divide by the device count is padded (10 clients on 8 devices run as 16 lanes). A program
-    of R runs therefore puts gcd(R, devices) devices along the runs axis and the rest along the
-    clients axis: 8 seeds on 8 devices are one run per device. Multi-process programs keep the
-    clients layout (each process then holds every run)."""
-    if runs == 1 or jax.process_count() > 1:
-        return 1, num_devices
-    along_runs = math.gcd(runs, num_devices)
-    return along_runs, num_devices // along_runs
-
-
-def program_mesh(devices: list, runs: int) -> Mesh:
-    along_runs, along_clients = device_layout(runs, len(devices))
-    return Mesh(np.array(devices).reshape(along_runs, along_clients), ("runs", "clients"))
-
-
 class Program(NamedTuple):
     """The jitted functions of a program's members (its runs) and their placed inputs.
 
@@ -97,6 +78,8 @@ class Program(NamedTuple):
     data: Any
     tests: tuple
     mesh: Any           # axes ('runs', 'clients')
+    layout: Layout      # devices, mesh and the compiled chunk width, decided once
+    spec: RoundSpec     # what the round is compiled for (spec.chunk_size == layout.chunk)
 
     def take(self, tree: Any, r: int) -> Any:
         """Run r's part of a value of this program (the value itself when there is one run)."""
@@ -121,7 +104,7 @@ class Program(NamedTuple):
 def place_runs(tree: Any, axes: Any, mesh: Mesh) -> Any:
     """Put the leaves stacked over runs (axis 0) along the mesh's 'runs' axis and the leaves
     shared by every run (axis None) on every device."""
-    if jax.process_count() > 1:   # one device along 'runs' (device_layout): all replicated
+    if jax.process_count() > 1:   # one device along 'runs' (layout.device_layout): all replicated
         return replicate(tree, mesh)
     def shardings(axis, subtree):   # axes is a prefix of tree (0 for a whole stacked tree)
         sharding = NamedSharding(mesh, P() if axis is None else P("runs"))
@@ -133,8 +116,10 @@ def place_runs(tree: Any, axes: Any, mesh: Mesh) -> Any:
 def build_program(members: list[Experiment], devices: list) -> Program:
     """Stack the members' inputs, lay them over the devices and compile their block of rounds
     and their evaluation."""
-    first, mesh = members[0], program_mesh(devices, len(members))
-    spec = program_spec(members, clients_devices=mesh.shape["clients"])
+    first = members[0]
+    layout = decide_layout(first.config, len(members), program_floor(members), devices)
+    report_auto(layout)
+    mesh, spec = layout.mesh, program_spec(members, layout.chunk)
     round_fn = make_round_fn(first.apply_fn, spec, first.algorithm, mesh)
     run_block, evaluate = make_block_fn(round_fn), evaluation_fn(first)
     if len(members) == 1:
@@ -154,16 +139,22 @@ def build_program(members: list[Experiment], devices: list) -> Program:
         data, tests = place_runs(data, data_axes, mesh), place_runs(tests, test_axes, mesh)
     return Program(runs=len(members), run_block=jax.jit(run_block, donate_argnums=0),
                    evaluate=jax.jit(evaluate), fresh=state, hparams=hparams, data=data,
-                   tests=tuple(tests), mesh=mesh)
+                   tests=tuple(tests), mesh=mesh, layout=layout, spec=spec)
 
 
-def program_spec(members: list[Experiment], clients_devices: int) -> RoundSpec:
+def program_floor(members: list[Experiment]) -> Floor:
+    """One run's floor for any member: each part at the members' largest."""
+    floors = [exp.floor for exp in members]
+    return Floor(*(max(column) for column in zip(*floors)))
+
+
+def program_spec(members: list[Experiment], chunk: int) -> RoundSpec:
     """One RoundSpec for a program's members, whose specs must agree in shapes and code.
 
     max_epochs, momentum and weight_decay take the members' maximum: extra shuffles a client
     never reaches change nothing, and a momentum trace or a weight decay, built when any run
     needs one, serves every run (each reads its own value from its hparams; 0 is plain SGD).
-    The chunk width follows the devices that hold one run's clients (clients_devices).
+    The chunk width is the layout's (layout.decide_layout).
     """
     specs = [exp.spec for exp in members]
     spec = specs[0]._replace(max_epochs=max(s.max_epochs for s in specs),
@@ -172,7 +163,7 @@ def program_spec(members: list[Experiment], clients_devices: int) -> RoundSpec:
     for other in specs:
         if structure(other) != structure(spec):
             raise ValueError(f"runs of one program differ in shapes: {other} vs {spec}")
-    return spec._replace(chunk_size=chunk_size(members[0].config, clients_devices))
+    return spec._replace(chunk_size=chunk)
 
 
 def structure(spec: RoundSpec) -> RoundSpec:

@@ -5,17 +5,17 @@ SIGTERM/SIGINT, and writes the workdir files of docs/config.md."""
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import os
 import signal
 import sys
 import threading
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from etils import epath
 from tqdm.auto import tqdm
 
 from fedln_jax.config import Config
@@ -25,16 +25,15 @@ from fedln_jax.engine.measures import make_feature_fn, model_report
 from fedln_jax.engine.state import ServerState, derive_server_context
 from fedln_jax.errors import DivergedError, FedlnError, Interrupted
 from fedln_jax.runtime.environment import device_summary
-from fedln_jax.runtime.tensorboard_events import RunBoard
 from fedln_jax.training import checkpoint, lock
 from fedln_jax.training.divergence import diverged_message, loss_exploded
-from fedln_jax.training.experiment import Experiment, mesh_devices
+from fedln_jax.training.experiment import Experiment
+from fedln_jax.training.layout import mesh_devices
 from fedln_jax.training.memory import out_of_memory_reported
 from fedln_jax.training.program import Program, build_program
-from fedln_jax.training.summary import summarize
+from fedln_jax.training.run_files import RunFiles, is_writer
 from fedln_jax.training.workdir import (check_checkpoint_meta, check_runs, finished_summary,
-                                        read_metrics, resume_plan, write_json, write_text)
-from fedln_jax.version import __version__
+                                        resume_plan)
 
 
 def evaluation_rounds(config: Config) -> list[int]:
@@ -137,11 +136,6 @@ def run_group(configs: list[Config], workdirs: list[str], *, quiet: bool = False
     return summaries
 
 
-def is_writer() -> bool:
-    """Process 0 writes the JSON files (orbax coordinates the processes' checkpoint writes)."""
-    return jax.process_index() == 0
-
-
 def agree_across_processes(block_cap: int, stopping: bool) -> tuple[int, bool]:
     """The next block's length cap and whether to stop, the same in every process.
 
@@ -155,75 +149,6 @@ def agree_across_processes(block_cap: int, stopping: bool) -> tuple[int, bool]:
     from jax.experimental import multihost_utils
     votes = np.asarray(multihost_utils.process_allgather(np.array([block_cap, stopping], np.int32)))
     return int(votes[:, 0].min()), bool(votes[:, 1].max())
-
-
-class RunFiles:
-    """One run's workdir as its program trains: metrics rows, checkpoints, summary.
-
-    The host-side progress the metrics depend on (the running train-loss sum) rides in each
-    checkpoint's JSON, so a resumed run reports the same train_loss as an uninterrupted one.
-    """
-
-    def __init__(self, exp: Experiment, workdir: str, manager, restored, session_start: float,
-                 program_info: dict):
-        self.exp, self.workdir, self.manager = exp, workdir, manager
-        self.program_info = program_info   # runs_vectorized, device_layout: in every summary
-        self.summary: dict | None = None   # set by finish
-        self.root = epath.Path(workdir)
-        self.start_round = restored.round if restored else 0
-        self.progress = restored.meta["progress"] if restored else {}
-        self.last_saved = self.start_round or None
-        self.save_seconds: list[float] = []
-        self.elapsed_before = float(self.progress.get("elapsed_seconds", 0.0))
-        self.session_start = session_start
-        self.history = [row for row in read_metrics(workdir) if row["round"] <= self.start_round]
-        self.board = None   # TensorBoard events (config key tensorboard)
-        if is_writer() and exp.config.tensorboard:
-            self.board = RunBoard(workdir, self.start_round)
-        if is_writer():
-            self.root.mkdir(parents=True, exist_ok=True)
-            write_json(self.root / "config.json", exp.config.to_dict())
-            write_json(self.root / "clients.json", {
-                "class_counts": exp.counts_CK.tolist(),
-                "examples_per_client": exp.counts_CK.sum(1).tolist()})
-            self._write_metrics()
-
-    def elapsed(self) -> float:
-        return self.elapsed_before + time.time() - self.session_start
-
-    def add_row(self, row: dict) -> None:
-        row["elapsed_seconds"] = round(self.elapsed(), 3)
-        self.history.append(row)
-        self._write_metrics()
-        if self.board is not None:
-            self.board.add_row(row)
-
-    def _write_metrics(self) -> None:
-        if is_writer():
-            write_text(self.root / "metrics.jsonl",
-                       "".join(json.dumps(r) + "\n" for r in self.history))
-
-    def save(self, state, round_: int, loss_sum: float, rounds_in_sum: int) -> None:
-        meta = {"fedln_jax_version": __version__, "environment": self.program_info["environment"],
-                "config": self.exp.config.to_dict(),
-                "progress": {"train_loss_sum": loss_sum, "rounds_in_sum": rounds_in_sum,
-                             "elapsed_seconds": round(self.elapsed(), 3)}}
-        seconds = checkpoint.save(self.manager, state, meta)
-        if seconds is not None:
-            self.save_seconds.append(seconds)
-        self.last_saved = round_
-
-    def finish(self, status: str, rounds_completed: int, **extra) -> None:
-        self.summary = summarize(self.history, self.elapsed(), status=status,
-                                 rounds_completed=rounds_completed,
-                                 resumed_from_round=self.start_round,
-                                 save_seconds=self.save_seconds,
-                                 last_checkpoint_round=self.last_saved,
-                                 **self.program_info, **extra)
-        if is_writer():
-            write_json(self.root / "summary.json", self.summary)
-        if self.board is not None:
-            self.board.close()
 
 
 def restore_runs(managers: list, program: Program, members: list[Experiment],
@@ -258,12 +183,12 @@ def train_program(members: list[Experiment], workdirs: list[str], log, quiet: bo
         restored = restore_runs(managers, program, members, workdirs, resume_bound)
         start = time.time()
         info = {"runs_vectorized": runs, "device_layout": list(program.mesh.devices.shape),
-                "environment": device_summary()}
+                "client_chunk_size": program.layout.chunk, "environment": device_summary()}
         files = [RunFiles(exp, w, m, r, start, info)
                  for exp, w, m, r in zip(members, workdirs, managers, restored)]
         start_round = files[0].start_round
         log(f"fedln-jax: {config.dataset}, {config.num_clients} clients ({config.partition}), "
-            f"model {config.resolved_model}, norm {config.norm}, {len(devices)} "
+            f"model {config.resolved_model}, norm {config.norm_label}, {len(devices)} "
             f"{jax.default_backend()} device(s), {jax.process_count()} process(es)"
             + (f", {runs} runs vectorized" if runs > 1 else "")
             + (" (devices: {} along runs x {} along clients)".format(*program.mesh.devices.shape)
@@ -273,7 +198,7 @@ def train_program(members: list[Experiment], workdirs: list[str], log, quiet: bo
         elif runs == 1:
             log(format_class_counts(members[0].counts_CK))
         state = program.join([x.state for x in restored]) if restored[0] else program.fresh
-        with out_of_memory_reported(members[0].spec.chunk_size, lambda: files[0].last_saved):
+        with out_of_memory_reported(program.layout.chunk, lambda: files[0].last_saved):
             _train_loop(program, files, state, stop, quiet)
         summaries = [f.summary for f in files]
     for f in files:
@@ -283,92 +208,127 @@ def train_program(members: list[Experiment], workdirs: list[str], log, quiet: bo
         if s["status"] == "diverged":
             log(f"{f.workdir}: {diverged_message(f.exp.config, s)}")
         else:
-            name = (f"{f.exp.config.norm}/seed{f.exp.config.seed}" if runs == 1
+            name = (f"{f.exp.config.norm_label}/seed{f.exp.config.seed}" if runs == 1
                     else os.path.basename(os.path.normpath(f.workdir)))
             log(f"done: {name} {s['rounds_completed']} rounds, "
                 f"final test accuracy {s['final_test_accuracy']:.4f} ({s['wall_seconds']:.1f} s)")
     return summaries
 
 
+@dataclasses.dataclass
+class Progress:
+    """Where a program's training loop stands."""
+    done: int                      # rounds completed
+    loss_sum: Any                  # per-run train-loss sums since the last evaluation (device)
+    rounds_in_sum: int             # rounds those sums cover
+    active: list[int]              # runs still training (a diverged run stops, the rest go on)
+    cap: int = 1                   # the next block's longest length: 1 until a round is timed
+    seconds_per_round: float | None = None
+
+
 def _train_loop(program: Program, files: list[RunFiles], state, stop: _StopSignal,
                 quiet: bool) -> None:
-    """Sets `summary` on every RunFiles; raises Interrupted after a stop signal."""
-    config, runs = files[0].exp.config, program.runs
+    """Sets `summary` on every RunFiles; raises Interrupted after a stop signal. Each pass
+    runs one block of rounds up to the next evaluation or checkpoint round, then evaluates,
+    then saves, then stops if a signal came."""
+    config = files[0].exp.config
     eval_set, save_set = set(evaluation_rounds(config)), set(checkpoint_rounds(config))
     boundaries = sorted(eval_set | save_set)
-    start_round = files[0].start_round
-    loss_sum = program.scalars([f.progress.get("train_loss_sum", 0.0) for f in files])
-    rounds_in_sum = int(files[0].progress.get("rounds_in_sum", 0))
-    features_fn = None
-    if config.analysis_every:
-        features_fn = make_feature_fn(files[0].exp.model, files[0].exp.spec.pixel_scale)
-    active = list(range(runs))
-    bar = tqdm(total=config.rounds, initial=start_round, unit="round",
-               disable=quiet or not is_writer() or None, leave=False,
-               desc=config.norm + (f"/seed{config.seed}" if runs == 1 else f" x{runs} runs"))
-    done, seconds_per_round = start_round, None
-    cap = 1   # until a compiled round has been timed, run single rounds (the first compiles)
-    while done < config.rounds and active:
-        target = next(b for b in boundaries if b > done)
-        n = min(target - done, cap)
-        t0 = time.perf_counter()
-        state, loss_sum, bad_R = program.run_block(state, program.hparams, program.data,
-                                                   jnp.int32(n), loss_sum)
-        bad_R = np.atleast_1d(jax.device_get(bad_R))
-        if done > start_round:
-            seconds_per_round = (time.perf_counter() - t0) / n
-        for r in [r for r in active if bad_R[r] >= 0]:
-            # The run stops here; the others of its program go on (its lanes keep computing
-            # on its frozen state, which nothing reads).
-            files[r].finish("diverged", int(bad_R[r]) - 1, diverged_at_round=int(bad_R[r]))
-            active.remove(r)
-        if not active:
+    at = Progress(done=files[0].start_round, active=list(range(program.runs)),
+                  loss_sum=program.scalars([f.progress.get("train_loss_sum", 0.0) for f in files]),
+                  rounds_in_sum=int(files[0].progress.get("rounds_in_sum", 0)))
+    features_fn = (make_feature_fn(files[0].exp.model, files[0].exp.spec.pixel_scale)
+                   if config.analysis_every else None)
+    bar = progress_bar(config, program.runs, at.done, quiet)
+    while at.done < config.rounds and at.active:
+        n = min(next(b for b in boundaries if b > at.done) - at.done, at.cap)
+        state = run_one_block(program, files, state, at, n)
+        if not at.active:
             break
-        done += n
-        rounds_in_sum += n
         bar.update(n)
-        checkpoint.pause_for_test("block", done)
-        losses_R = np.atleast_1d(np.float32(jax.device_get(loss_sum)))
-        if done in eval_set:
-            results = jax.device_get(program.evaluate(state, *program.tests))
-            for r in active:
-                exp = files[r].exp
-                row = evaluation_row(exp, program.take(results, r), done,
-                                     float(losses_R[r] / np.float32(rounds_in_sum)))
-                if features_fn and (done % config.analysis_every == 0 or done == config.rounds):
-                    row.update(training_analysis(exp, features_fn, program.take(state, r)))
-                files[r].add_row(row)
-                exploded = loss_exploded(row["train_loss"], exp.num_classes, exp.config.tau)
-                if exploded:
-                    files[r].finish("diverged", done, diverged_at_round=done,
-                                    diverged_because=exploded)
-            active = [r for r in active if files[r].summary is None]
-            if not active:
+        checkpoint.pause_for_test("block", at.done)
+        losses_R = np.atleast_1d(np.float32(jax.device_get(at.loss_sum)))
+        if at.done in eval_set:
+            evaluate_runs(program, files, state, at, losses_R, features_fn)
+            if not at.active:
                 break
-            checkpoint.pause_for_test("metrics", done)
-            loss_sum, losses_R = program.scalars([0.0] * runs), np.zeros(runs, np.float32)
-            rounds_in_sum = 0
-            row = files[active[0]].history[-1]
+            checkpoint.pause_for_test("metrics", at.done)
+            losses_R = np.zeros(program.runs, np.float32)
+            row = files[at.active[0]].history[-1]
             bar.set_postfix(loss=f"{row['train_loss']:.3f}", acc=f"{row['test_accuracy']:.3f}")
-        timed_cap = max(1, int(BLOCK_SECONDS / seconds_per_round)) if seconds_per_round else 1
-        cap, stopping = agree_across_processes(timed_cap, stop.signum is not None)
-        if done in save_set or stopping:
-            for r in active:
-                files[r].save(program.take(state, r), done, float(losses_R[r]), rounds_in_sum)
-        if stopping and done < config.rounds:
+        timed_cap = (max(1, int(BLOCK_SECONDS / at.seconds_per_round))
+                     if at.seconds_per_round else 1)
+        at.cap, stopping = agree_across_processes(timed_cap, stop.signum is not None)
+        if at.done in save_set or stopping:
+            for r in at.active:
+                files[r].save(program.take(state, r), at.done, float(losses_R[r]),
+                              at.rounds_in_sum)
+        if stopping and at.done < config.rounds:
             bar.close()
-            signum = stop.signum or signal.SIGTERM   # a process the signal did not reach
-            name = signal.Signals(signum).name
-            for r in active:
-                files[r].finish("interrupted", done, interrupted_by=name)
-            where = (files[0].root / "checkpoints" if runs == 1
-                     else f"the checkpoints/ of its {runs} run workdirs")
-            raise Interrupted(f"fedln-jax: stopped by {name} after round {done} of "
-                              f"{config.rounds}; checkpoint saved in {where}; "
-                              f"run the same command again to resume", signum, done)
+            # SIGTERM where the signal reached another process, not this one
+            raise stopped(files, at, stop.signum or signal.SIGTERM)
     bar.close()
-    for r in active:
-        files[r].finish("completed", done)
+    for r in at.active:
+        files[r].finish("completed", at.done)
+
+
+def progress_bar(config: Config, runs: int, start_round: int, quiet: bool):
+    return tqdm(total=config.rounds, initial=start_round, unit="round",
+                disable=quiet or not is_writer() or None, leave=False,
+                desc=config.norm_label + (f"/seed{config.seed}" if runs == 1 else f" x{runs} runs"))
+
+
+def run_one_block(program: Program, files: list[RunFiles], state, at: Progress, n: int):
+    """n rounds in one compiled call; a run whose rounds went non-finite stops as diverged
+    (the others of its program go on: its lanes keep computing on its frozen state, which
+    nothing reads). Returns the new state; advances `at`."""
+    t0 = time.perf_counter()
+    state, at.loss_sum, bad_R = program.run_block(state, program.hparams, program.data,
+                                                  jnp.int32(n), at.loss_sum)
+    bad_R = np.atleast_1d(jax.device_get(bad_R))
+    if at.done > files[0].start_round:   # the first block compiles: not a timing
+        at.seconds_per_round = (time.perf_counter() - t0) / n
+    for r in [r for r in at.active if bad_R[r] >= 0]:
+        files[r].finish("diverged", int(bad_R[r]) - 1, diverged_at_round=int(bad_R[r]))
+        at.active.remove(r)
+    if at.active:
+        at.done += n
+        at.rounds_in_sum += n
+    return state
+
+
+def evaluate_runs(program: Program, files: list[RunFiles], state, at: Progress,
+                  losses_R: np.ndarray, features_fn) -> None:
+    """One metrics row per active run (a run whose loss exploded stops as diverged), then the
+    loss sums start again."""
+    config = files[0].exp.config
+    results = jax.device_get(program.evaluate(state, *program.tests))
+    for r in at.active:
+        exp = files[r].exp
+        row = evaluation_row(exp, program.take(results, r), at.done,
+                             float(losses_R[r] / np.float32(at.rounds_in_sum)))
+        if features_fn and (at.done % config.analysis_every == 0 or at.done == config.rounds):
+            row.update(training_analysis(exp, features_fn, program.take(state, r)))
+        files[r].add_row(row)
+        exploded = loss_exploded(row["train_loss"], exp.num_classes, exp.config.tau)
+        if exploded:
+            files[r].finish("diverged", at.done, diverged_at_round=at.done,
+                            diverged_because=exploded)
+    at.active = [r for r in at.active if files[r].summary is None]
+    at.loss_sum, at.rounds_in_sum = program.scalars([0.0] * program.runs), 0
+
+
+def stopped(files: list[RunFiles], at: Progress, signum: int) -> Interrupted:
+    """Every active run finished as interrupted (its checkpoint just saved); the one line."""
+    name = signal.Signals(signum).name
+    for r in at.active:
+        files[r].finish("interrupted", at.done, interrupted_by=name)
+    runs, rounds = len(files), files[0].exp.config.rounds
+    where = (files[0].root / "checkpoints" if runs == 1
+             else f"the checkpoints/ of its {runs} run workdirs")
+    return Interrupted(f"fedln-jax: stopped by {name} after round {at.done} of {rounds}; "
+                       f"checkpoint saved in {where}; run the same command again to resume",
+                       signum, at.done)
 
 
 def training_analysis(exp: Experiment, features_fn, state: ServerState) -> dict:
