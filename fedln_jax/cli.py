@@ -218,7 +218,7 @@ def _dispatch(args) -> int:
     if args.command in ("run", "sweep", "demo", "figure", "results", "bench", "info"):
         from fedln_jax.runtime.environment import warn_if_cpu_fallback
         warn_if_cpu_fallback()   # a plugin that gave no backend: one line, even if --quiet
-        if args.command in ("run", "sweep") and cache_dir is not None:
+        if args.command in ("run", "sweep"):   # ours or JAX_COMPILATION_CACHE_DIR's
             compile_cache.off_for_multi_process_cpu()   # a cached round hangs there (jax 0.12.1)
     elif args.command == "analyze" or getattr(args, "plan", False):
         from fedln_jax.runtime.environment import start_backends
