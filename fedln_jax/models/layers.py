@@ -19,8 +19,9 @@ from flax import linen as nn
 from jax import lax
 
 from fedln_jax.errors import FedlnError
+from fedln_jax.models.conv_torch import conv2d_torch
 
-CONV_IMPLS = ("auto", "patches", "lax")
+CONV_IMPLS = ("auto", "patches", "lax", "torch")
 
 # Weight initializations by the `init` config key (docs/models.md#initialization):
 #   torch  PyTorch's default for Conv2d and Linear, kaiming_uniform with a = sqrt(5), i.e.
@@ -69,7 +70,7 @@ def resolve_conv_impl(conv_impl: str) -> tuple[str, str]:
         raise FedlnError(f"unknown conv_impl {conv_impl!r}; expected one of {', '.join(CONV_IMPLS)}")
     if conv_impl == "auto":
         conv_impl = "patches" if jax.default_backend() == "cpu" else "lax"
-    return conv_impl, ("reshape" if conv_impl == "patches" else "lax")
+    return conv_impl, ("lax" if conv_impl == "lax" else "reshape")
 
 
 def resolve_pads(padding, h: int, w: int, kh: int, kw: int, stride: int) -> tuple:
@@ -142,7 +143,10 @@ def conv2d(x: jax.Array, kernel: jax.Array, padding, impl: str, stride: int = 1)
         y = lax.conv_general_dilated(x4, kernel, (stride, stride), pads,
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
         return y.reshape(lead + y.shape[1:])
-    raise FedlnError(f"unknown conv impl {impl!r}; expected patches or lax")
+    if impl == "torch":
+        return conv2d_torch(x, kernel, resolve_pads(padding, x.shape[-3], x.shape[-2], kh, kw, stride),
+                            stride)
+    raise FedlnError(f"unknown conv impl {impl!r}; expected patches, lax or torch")
 
 
 class Conv(nn.Module):
