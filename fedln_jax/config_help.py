@@ -63,7 +63,7 @@ MEANINGS = {
     "keep_checkpoints": "checkpoints kept (the newest)",
     "client_chunk_size": "clients vmapped together per device (none = backend default)",
     "num_devices": "devices the clients axis is laid out over (none = all)",
-    "conv_impl": "auto, patches (im2col + matmul, fast on CPU), lax (XLA conv)",
+    "conv_impl": "auto (docs/install.md#torch-convs), patches (im2col + matmul), lax (XLA conv), torch (PyTorch CPU convs)",
     "dtype": "compute dtype: float32, bfloat16 (parameters stay float32)",
     "tensorboard": "also write TensorBoard event files to <workdir>/tensorboard (needs the extra)",
 }

@@ -17,6 +17,7 @@ import sys
 import jax
 
 # PLUGIN_PLATFORMS, fallback_reason, installed_plugins, start_backends: for callers of before
+from fedln_jax.models.layers import auto_conv_choice
 from fedln_jax.plugins import (PLUGIN_PLATFORMS, fallback_reason, installed_plugins,  # noqa: F401
                                plugin_report, start_backends, version_of)
 from fedln_jax.version import __version__
@@ -107,5 +108,7 @@ def describe(cache_dir: str | None) -> list[str]:
         lines.append(f"devices           {len(devices)} x {kind}"
                      + (f", {memory / 2 ** 30:.1f} GiB each" if memory else ""))
     lines.append(f"processes         {jax.process_count()}")
+    conv, why = auto_conv_choice()
+    lines.append(f"conv_impl auto    {conv} ({why})")
     lines.append(f"compile cache     {cache_dir or 'off'}")
     return lines

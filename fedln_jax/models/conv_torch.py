@@ -150,6 +150,9 @@ def conv2d_torch(x: jax.Array, kernel: jax.Array, pads: tuple, stride: int) -> j
     pads: ((top, bottom), (left, right)) as `layers.resolve_pads` gives them. float32 only
     (another dtype is computed in float32 and cast back).
     """
+    if not torch_available():
+        raise FedlnError("conv_impl=torch needs PyTorch, which is not installed here "
+                         "(docs/install.md#torch-convs); conv_impl=auto or patches runs without it")
     (top, bottom), (left, right) = pads
     sym = (min(top, bottom), min(left, right))
     extra = ((top - sym[0], bottom - sym[0]), (left - sym[1], right - sym[1]))

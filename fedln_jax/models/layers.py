@@ -19,7 +19,7 @@ from flax import linen as nn
 from jax import lax
 
 from fedln_jax.errors import FedlnError
-from fedln_jax.models.conv_torch import conv2d_torch
+from fedln_jax.models.conv_torch import conv2d_torch, torch_available
 
 CONV_IMPLS = ("auto", "patches", "lax", "torch")
 
@@ -61,15 +61,27 @@ def bias_init(init: str, fan_in: int) -> Callable:
 _PATCHES_METHOD = "slices"
 
 
-def resolve_conv_impl(conv_impl: str) -> tuple[str, str]:
-    """Map a `conv_impl` name to (conv impl, pool impl).
+def auto_conv_choice() -> tuple[str, str]:
+    """(the conv impl that "auto" picks here, why), the rule of docs/install.md#torch-convs.
 
-    "auto" -> patches + reshape on CPU, lax + lax on GPU/TPU (where cuDNN/TPU convs are fast).
+    GPU/TPU: lax (cuDNN / the TPU's convs). CPU: torch where PyTorch is installed (its oneDNN
+    convs ran the paper CNN's round faster than patches, BENCHMARKS.md), else patches: an
+    install without PyTorch computes exactly what it did before this implementation existed.
     """
+    backend = jax.default_backend()
+    if backend != "cpu":
+        return "lax", f"backend {backend}: XLA's own conv"
+    if torch_available():
+        return "torch", "CPU with PyTorch installed: its oneDNN convs (docs/install.md#torch-convs)"
+    return "patches", "CPU without PyTorch: im2col + matmul (conv_impl=torch needs PyTorch)"
+
+
+def resolve_conv_impl(conv_impl: str) -> tuple[str, str]:
+    """Map a `conv_impl` name to (conv impl, pool impl); "auto" by `auto_conv_choice`."""
     if conv_impl not in CONV_IMPLS:
         raise FedlnError(f"unknown conv_impl {conv_impl!r}; expected one of {', '.join(CONV_IMPLS)}")
     if conv_impl == "auto":
-        conv_impl = "patches" if jax.default_backend() == "cpu" else "lax"
+        conv_impl = auto_conv_choice()[0]
     return conv_impl, ("lax" if conv_impl == "lax" else "reshape")
 
 
