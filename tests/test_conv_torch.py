@@ -10,6 +10,7 @@ import pytest
 from fedln_jax.errors import FedlnError
 from fedln_jax.models import auto_conv_choice, build_model, conv2d, resolve_conv_impl
 from fedln_jax.models.conv_torch import torch_available
+from fedln_jax.models.layers import AUTO_TORCH, TORCH_MIN_MACS, conv_macs
 
 needs_torch = pytest.mark.skipif(not torch_available(),
                                  reason="PyTorch is not installed (the optional `bench` extra)")
@@ -97,9 +98,25 @@ def test_auto_picks_torch_on_cpu_only_where_installed():
     if jax.default_backend() != "cpu":
         assert conv == "lax"
     else:
-        assert conv == ("torch" if torch_available() else "patches"), why
+        assert conv == (AUTO_TORCH if torch_available() else "patches"), why
     assert resolve_conv_impl("auto") == (conv, "lax" if conv == "lax" else "reshape")
     assert resolve_conv_impl("torch") == ("torch", "reshape")
+
+
+@needs_torch
+def test_auto_runs_torch_for_large_convs_and_patches_for_small_ones():
+    """The digits CNN's tiny convs stay on patches (each torch conv costs two host callbacks)."""
+    small = ((2, 8, 8, 1), (3, 3, 1, 16), "SAME")
+    large = ((3, 18, 18, 64), (3, 3, 64, 64), "VALID")
+    assert conv_macs(small[0], small[1], "SAME", 1) < TORCH_MIN_MACS <= conv_macs(large[0], large[1], "VALID", 1)
+
+    def run(case):
+        x, k = _inputs(case[0], case[1])
+        return [conv2d(x, k, case[2], impl) for impl in (AUTO_TORCH, "torch", "patches")]
+
+    (auto_s, _, patches_s), (auto_l, torch_l, _) = jax.jit(lambda: (run(small), run(large)))()
+    assert np.array_equal(np.asarray(auto_s), np.asarray(patches_s))
+    assert np.array_equal(np.asarray(auto_l), np.asarray(torch_l))
 
 
 @pytest.mark.skipif(torch_available(), reason="PyTorch is installed here")
