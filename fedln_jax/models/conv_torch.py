@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import math
 import warnings
 
 import jax
@@ -55,11 +56,13 @@ def _lead_loop(lead_shapes, fn, out_shapes):
     """Run fn(index tuple per argument) over the broadcast of the arguments' leading (vmapped)
     axes; size-1 leading axes (expand_dims of an unbatched argument) are broadcast."""
     lead = np.broadcast_shapes(*lead_shapes)
+    if math.prod(lead) == 1:    # one client (the CPU's chunk width): its results, no copy
+        zeros = [(0,) * len(shape) for shape in lead_shapes]
+        return [r.reshape(lead + s) for r, s in zip(fn(*zeros), out_shapes)]
     outs = [np.empty(lead + s, np.float32) for s in out_shapes]
     for idx in np.ndindex(*lead):
         per_arg = [tuple(i if d > 1 else 0 for i, d in zip(idx, shape)) for shape in lead_shapes]
-        results = fn(*per_arg)
-        for out, r in zip(outs, results):
+        for out, r in zip(outs, fn(*per_arg)):
             out[idx] = r
     return outs
 
