@@ -82,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "1 client per device (CPU default), cohort = all per device (GPU/TPU "
                               "default); with --protocol a list (default cohort,narrow; or widths)")
     bench_p.add_argument("--conv-impl",
-                         help="conv formulation: auto (backend default; the default), patches, lax "
-                              "(see docs/models.md); with --protocol a list (default lax,patches)")
+                         help="conv formulation: auto (backend default; the default), patches, lax, "
+                              "torch (PyTorch's CPU convs, docs/install.md#torch-convs); with "
+                              "--protocol a list (default lax,patches)")
     bench_p.add_argument("--norm", default="none", choices=NORM_PRESET_NAMES)
     bench_p.add_argument("--dtype", help=f"{' or '.join(DTYPES)} (default float32); with "
                                          "--protocol a list (default float32,bfloat16)")
