@@ -18,13 +18,13 @@ import time
 import jax
 import jax.numpy as jnp
 
-from fedln_jax import checkpoint, train
 from fedln_jax.algorithms import get_algorithm
 from fedln_jax.config import Config
-from fedln_jax.demo import demo_config
+from fedln_jax.engine.placement import client_mesh, replicate
+from fedln_jax.engine.state import init_state
 from fedln_jax.models import build_model
-from fedln_jax.placement import client_mesh, replicate
-from fedln_jax.state import init_state
+from fedln_jax.studies.demo import demo_config
+from fedln_jax.training import checkpoint, train
 
 
 def demo_runs(rounds: int, reps: int, settings=(0, 10, 5, 1)) -> dict:

@@ -18,9 +18,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def measure(clients: int, chunk: str, rounds: int) -> dict:
     import jax
     from fedln_jax.config import Config
-    from fedln_jax.experiment import build_experiment, hparams_of, initial_state, mesh_devices
-    from fedln_jax.placement import client_mesh, replicate
-    from fedln_jax.round import make_multi_round_fn, make_round_fn
+    from fedln_jax.training.experiment import build_experiment, hparams_of, initial_state
+    from fedln_jax.training.layout import mesh_devices
+    from fedln_jax.engine.placement import client_mesh, replicate
+    from fedln_jax.engine.round import make_multi_round_fn, make_round_fn
     from round_timing import time_rounds
 
     config = Config(dataset="digits", partition="n_class", classes_per_client=1,

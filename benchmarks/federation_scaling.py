@@ -50,11 +50,11 @@ def measure(num_clients: int, algorithm_name: str, rounds: int) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from fedln_jax.client import make_apply_fn
-    from fedln_jax.placement import client_mesh
-    from fedln_jax.round import make_multi_round_fn, make_round_fn
+    from fedln_jax.engine.client import make_apply_fn
+    from fedln_jax.engine.placement import client_mesh
+    from fedln_jax.engine.round import make_multi_round_fn, make_round_fn
     from round_timing import time_rounds
-    from fedln_jax.state import RoundSpec, init_state, make_data
+    from fedln_jax.engine.state import RoundSpec, init_state, make_data
     from fedln_jax.algorithms import get_algorithm
     from fedln_jax.models import build_model
 

@@ -32,7 +32,7 @@ def jax_profile(steps: int, conv_impl: str, top: int, scanned: int = 0) -> None:
     import jax
     import jax.numpy as jnp
     import optax
-    from fedln_jax.client import make_apply_fn
+    from fedln_jax.engine.client import make_apply_fn
     from fedln_jax.models import build_model
 
     net = build_model("cnn", "none", 10, conv_impl=conv_impl)

@@ -1,4 +1,4 @@
-"""A sweep of R seeds on D devices: runs laid over devices (the default, program.device_layout)
+"""A sweep of R seeds on D devices: runs laid over devices (the default, layout.device_layout)
 vs every run's clients laid over all devices (the layout of a single run).
 
 Each side runs in a fresh process with D forced host devices (or the real devices with
@@ -19,11 +19,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def point(layout: str, seeds: int, rounds: int, workdir: str) -> dict:
-    import fedln_jax.program as program
-    from fedln_jax.demo import demo_config
-    from fedln_jax.train import run_group
+    import fedln_jax.training.layout as layout_module
+    from fedln_jax.studies.demo import demo_config
+    from fedln_jax.training.train import run_group
     if layout == "clients":
-        program.device_layout = lambda runs, devices: (1, devices)
+        layout_module.device_layout = lambda runs, devices: (1, devices)
     configs = [demo_config("fn", s, rounds) for s in range(seeds)]
     start = time.perf_counter()
     summaries = run_group(configs, [f"{workdir}/seed{s}" for s in range(seeds)], quiet=True)

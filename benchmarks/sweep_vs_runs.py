@@ -14,7 +14,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The demo protocol (fedln_jax/demo.py): digits, 10 clients x 1 class, 10 local steps of 32, lr 0.01.
+# The demo protocol (fedln_jax/studies/demo.py): digits, 10 clients x 1 class, 10 local steps of 32, lr 0.01.
 DEMO = ["dataset=digits", "partition=n_class", "classes_per_client=1", "num_clients=10",
         "local_steps=10", "batch_size=32", "lr=0.01", "eval_every=5"]
 

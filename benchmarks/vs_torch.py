@@ -204,7 +204,7 @@ def worker(name: str, clients: int, local_steps: int, batch_size: int, rounds: i
                               channels_last=name.startswith("torch_channels_last"),
                               in_memory=name in IN_MEMORY_TORCH)
     else:
-        from fedln_jax.bench import run_bench
+        from fedln_jax.bench.speed import run_bench
         engine = base.split("_", 1)[1]
         out = run_bench(model="cnn", clients=clients, local_steps=local_steps,
                         batch_size=batch_size, rounds=rounds, engine_name=engine,

@@ -7,7 +7,7 @@ from fedln_jax.version import __version__
 # name -> the module that defines it
 _PUBLIC = {"Config": "fedln_jax.config", "DivergedError": "fedln_jax.errors",
            "FedlnError": "fedln_jax.errors", "Interrupted": "fedln_jax.errors",
-           "run": "fedln_jax.train", "run_group": "fedln_jax.train"}
+           "run": "fedln_jax.training.train", "run_group": "fedln_jax.training.train"}
 
 __all__ = ["Config", "DivergedError", "FedlnError", "Interrupted", "__version__", "run",
            "run_group"]

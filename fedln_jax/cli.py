@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "with R); default: all runs that can share one")
     sweep_p.add_argument("grid", nargs="*", metavar="KEY=V1,V2,...")
     for p in (run_p, sweep_p):
-        group = p.add_argument_group("multi-host (see fedln_jax/distributed.py)")
+        group = p.add_argument_group("multi-host (see fedln_jax/runtime/distributed.py)")
         group.add_argument("--coordinator", help="HOST:PORT of process 0 (env FEDLN_COORDINATOR)")
         group.add_argument("--num-processes", type=int, help="env FEDLN_NUM_PROCESSES")
         group.add_argument("--process-id", type=int, help="env FEDLN_PROCESS_ID")
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "env FEDLN_DISTRIBUTED=1)")
     demo_p = sub.add_parser("demo", help="the headline comparison on the embedded digits")
     demo_p.add_argument("--workdir", default="fedln_demo")
-    demo_p.add_argument("--rounds", type=int, default=200)   # fedln_jax.demo.DEMO_ROUNDS
+    demo_p.add_argument("--rounds", type=int, default=200)   # fedln_jax.studies.demo.DEMO_ROUNDS
     demo_p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..n-1)")
     demo_p.add_argument("--quiet", action="store_true")
     bench_p = sub.add_parser("bench", help="time rounds on synthetic data; prints one JSON object")
@@ -203,32 +203,34 @@ def _dispatch(args) -> int:
     # Lazy imports, for start-up time: the one exception to module-top imports (test_architecture).
     check_options(args)
     if getattr(args, "workdir", None) is not None and args.command != "analyze":
-        from fedln_jax.lock import check_path
+        from fedln_jax.training.lock import check_path
         check_path(args.workdir)   # before anything (data, compilation) is spent on it
     if args.command == "analyze" and not args.workdir.strip():
         raise FedlnError("--workdir is empty; name a run's workdir")
     cache_dir = None
     if hasattr(args, "cache_dir"):   # bench measures compilation: it never reads the cache
-        from fedln_jax import compile_cache
+        from fedln_jax.runtime import compile_cache
         cache_dir = compile_cache.enable(args.cache_dir)
     if args.command in ("run", "sweep"):
         # First: JAX joins the processes only while no backend is up, and on a host with a
         # GPU/TPU plugin any backend query (the check below) starts one.
-        from fedln_jax import distributed
+        from fedln_jax.runtime import distributed
         distributed.initialize(args.coordinator, args.num_processes, args.process_id,
                                auto=args.distributed)
     if args.command in ("run", "sweep", "demo", "figure", "results", "bench", "info"):
-        from fedln_jax.environment import warn_if_cpu_fallback
+        from fedln_jax.runtime.environment import warn_if_cpu_fallback
         warn_if_cpu_fallback()   # a plugin that gave no backend: one line, even if --quiet
     elif args.command == "analyze" or getattr(args, "plan", False):
-        from fedln_jax.environment import start_backends
+        from fedln_jax.runtime.environment import start_backends
         start_backends()   # JAX that cannot start: one error line (the warning is for training)
     if args.command == "info":
-        from fedln_jax.environment import describe
-        print("\n".join(describe(cache_dir)))
+        from fedln_jax.models import auto_conv_choice
+        from fedln_jax.runtime.environment import describe
+        conv, why = auto_conv_choice()   # models sit above runtime: the line is added here
+        print("\n".join(describe(cache_dir) + [f"conv_impl auto    {conv} ({why})"]))
         return 0
     if args.command == "sweep":
-        from fedln_jax.sweep import run_sweep
+        from fedln_jax.studies.sweep import run_sweep
         rows = run_sweep(args.workdir, args.config, args.grid, quiet=args.quiet,
                          max_runs_per_program=args.max_runs_per_program, dry_run=args.dry_run)
         if rows:   # only process 0 of a multi-process sweep collects the results
@@ -244,27 +246,27 @@ def _dispatch(args) -> int:
         if not args.plan:
             print(dumps(config))
             return 0
-        from fedln_jax.plan import check_plan, format_plan, memory_plan
+        from fedln_jax.training.plan import check_plan, format_plan, memory_plan
         plan = memory_plan(config)
         print(format_plan(plan))
         check_plan(plan)
         return 0
     if args.command == "run":
         from fedln_jax.config import build_config
-        from fedln_jax.train import run
+        from fedln_jax.training.train import run
         config = build_config(args.config, args.overrides)
         summary = run(config, args.workdir, quiet=args.quiet)
         print(f"final_test_accuracy {summary['final_test_accuracy']:.4f} "
               f"after {summary['rounds_completed']} rounds; workdir {args.workdir}")
         return 0
     if args.command == "demo":
-        from fedln_jax.demo import run_demo
+        from fedln_jax.studies.demo import run_demo
         run_demo(args.workdir, seeds=tuple(range(args.seeds)), rounds=args.rounds, quiet=args.quiet)
         return 0
     if args.command == "bench":
         import json
-        from fedln_jax.bench import run_bench
-        from fedln_jax.bench_protocol import check_bench_flags, protocol_main
+        from fedln_jax.bench.speed import run_bench
+        from fedln_jax.bench.protocol import check_bench_flags, protocol_main
         check_bench_flags(args, vars(build_parser().parse_args(["bench"])))
         if args.protocol:
             return protocol_main(args)
@@ -277,17 +279,17 @@ def _dispatch(args) -> int:
         print(json.dumps(result))
         return 0
     if args.command == "analyze":
-        from fedln_jax.analysis import analyze_run
+        from fedln_jax.studies.analysis import analyze_run
         result = analyze_run(args.workdir, client=args.client, steps=parse_steps(args.steps),
                              figures=not args.no_figures)
         print(format_analysis(result))
         return 0
     if args.command == "figure":
-        from fedln_jax.figures import run_figure
+        from fedln_jax.studies.figures import run_figure
         run_figure(args.config, args.workdir, overrides=args.overrides, quiet=args.quiet)
         return 0
     if args.command == "results":
-        from fedln_jax.regenerate import regenerate
+        from fedln_jax.studies.regenerate import regenerate
         command = " ".join(["fedln-jax results --workdir", args.workdir]
                            + (["--out", args.out] if args.out else [])
                            + (["--only", args.only] if args.only is not None else [])

@@ -15,10 +15,10 @@ from fedln_jax.algorithms import OWNED_HPARAMS, REGISTRY
 from fedln_jax.data.augment import AUGMENT_SETTINGS, resolve_augmentation
 from fedln_jax.data.partition import SCHEMES
 from fedln_jax.data.sources import DATASETS
-from fedln_jax.errors import FedlnError
-from fedln_jax.models import (CONV_IMPLS, DTYPES, INITS, MODEL_NAMES, NORM_POSITIONS,
-                              NORM_PRESETS, model_widths)
-from fedln_jax.tensorboard_events import check_installed as check_tensorboard_installed
+from fedln_jax.errors import FedlnError, first_line
+from fedln_jax.models import (CONV_IMPLS, DTYPES, INITS, MODEL_NAMES, NORM_POSITIONS, NORM_PRESETS,
+                              model_widths)
+from fedln_jax.runtime.tensorboard_events import check_installed as check_tensorboard_installed
 
 
 def _field(default: Any, *, choices=None, value: bool = False, resumable: bool = False):
@@ -331,7 +331,7 @@ def load_config_module(path: str):
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # a user file: report, do not trace back (or exit)
-        raise FedlnError(f"config file {path!r} failed to load: {_describe(exc)}") from None
+        raise FedlnError(f"config file {path!r} failed to load: {first_line(exc)}") from None
     return module
 
 
@@ -348,12 +348,7 @@ def call_config_function(module, name: str, path: str):
     except KeyboardInterrupt:
         raise
     except BaseException as exc:
-        raise FedlnError(f"{name}() in {path!r} failed: {_describe(exc)}") from None
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+        raise FedlnError(f"{name}() in {path!r} failed: {first_line(exc)}") from None
 
 
 def load_config_file(path: str) -> Config:

@@ -31,3 +31,13 @@ class Interrupted(Exception):
         super().__init__(message)
         self.signum = signum
         self.round = round_
+
+
+def first_line(exc: BaseException, limit: int = 200, with_type: bool = True) -> str:
+    """A caught exception as it is named inside one error line: 'Type: first line of its
+    message', the line cut at `limit` characters (the type alone for an empty message)."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0][:limit] if lines else ""
+    if not with_type:
+        return text or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

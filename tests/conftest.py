@@ -19,7 +19,7 @@ os.environ["FEDLN_JAX_CACHE_DIR"] = os.environ[SESSION_CACHE_VAR]
 
 import pytest  # noqa: E402
 
-from fedln_jax import compile_cache  # noqa: E402
+from fedln_jax.runtime import compile_cache  # noqa: E402
 
 compile_cache.enable()
 

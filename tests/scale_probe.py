@@ -56,9 +56,10 @@ def round_collectives(config) -> tuple[list, int]:
 
     import jax
 
-    from fedln_jax.experiment import build_experiment, hparams_of, initial_state, mesh_devices
-    from fedln_jax.placement import client_mesh, replicate
-    from fedln_jax.round import make_round_fn
+    from fedln_jax.training.experiment import build_experiment, hparams_of, initial_state
+    from fedln_jax.training.layout import mesh_devices
+    from fedln_jax.engine.placement import client_mesh, replicate
+    from fedln_jax.engine.round import make_round_fn
     exp = build_experiment(config)
     mesh = client_mesh(mesh_devices(config))
     args = replicate((initial_state(exp), hparams_of(config), exp.data), mesh)

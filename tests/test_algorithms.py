@@ -13,16 +13,16 @@ from fedln_jax.algorithms import (ALGORITHM_NAMES, REGISTRY, ClientContext, cali
                                   decorrelation_penalty, get_algorithm, init_client_states,
                                   restriction_scales, scale_by_server_moments)
 from fedln_jax.algorithms.fedbn import bn_layer_paths, local_layers
-from fedln_jax.client import make_client_update
 from fedln_jax.config import Config
+from fedln_jax.engine.client import make_client_update
+from fedln_jax.engine.evaluation import client_accuracy, make_eval_fn, make_personalized_eval_fn
+from fedln_jax.engine.placement import client_mesh, replicate
+from fedln_jax.engine.reference import make_loop_round
+from fedln_jax.engine.round import (make_multi_round_fn, make_round_fn, round_key, sample_cohort,
+                                    server_update)
+from fedln_jax.engine.state import RoundSpec, ServerState, initial_server_context, make_data
 from fedln_jax.errors import FedlnError
-from fedln_jax.evaluation import client_accuracy, make_eval_fn, make_personalized_eval_fn
-from fedln_jax.experiment import build_experiment, hparams_of, initial_state
-from fedln_jax.placement import client_mesh, replicate
-from fedln_jax.reference import make_loop_round
-from fedln_jax.round import (make_multi_round_fn, make_round_fn, round_key, sample_cohort,
-                             server_update)
-from fedln_jax.state import RoundSpec, ServerState, initial_server_context, make_data
+from fedln_jax.training.experiment import build_experiment, hparams_of, initial_state
 
 from conftest import max_diff, tiny_round_config
 
@@ -463,9 +463,9 @@ def test_server_lr_defaults_per_algorithm():
 
 def test_baseline_defaults_are_the_papers():
     """docs/algorithms.md: the paper's baseline settings (Appendix D, pp. 21-22), as
-    fedln_jax.paper records them, are the defaults (server_lr: FedYogi's)."""
+    fedln_jax.studies.paper records them, are the defaults (server_lr: FedYogi's)."""
     from fedln_jax.algorithms.fedadam import V0
-    from fedln_jax.paper import PROTOCOL
+    from fedln_jax.studies.paper import PROTOCOL
     c = Config()
     assert (c.prox_mu, c.fedrs_alpha, c.fedlc_tau, c.feddecorr_coef) == (0.01, 0.5, 1.0, 0.5)
     assert (c.server_beta1, c.server_beta2, c.server_tau) == (0.9, 0.99, 1e-3)

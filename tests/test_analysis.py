@@ -10,40 +10,42 @@ import numpy as np
 import optax
 import pytest
 
-from fedln_jax import analysis, evaluation, experiment, train
-from fedln_jax.client import client_batch_indices, gather_client_batches
 from fedln_jax.cli import main
 from fedln_jax.config import Config
-from fedln_jax.reference import make_loop_round
-from fedln_jax.round import client_keys, round_key
+from fedln_jax.engine import evaluation, measures
+from fedln_jax.engine.client import client_batch_indices, gather_client_batches
+from fedln_jax.engine.reference import make_loop_round
+from fedln_jax.engine.round import client_keys, round_key
+from fedln_jax.studies import analysis
+from fedln_jax.training import experiment, train
 
 from conftest import weighted_mean
 
 
 def test_feature_norm_per_class():
     phi = [[3.0, 4.0], [0.0, 1.0], [6.0, 8.0]]
-    assert analysis.feature_norm_per_class(phi, [0, 1, 0], 3) == [7.5, 1.0, None]
+    assert measures.feature_norm_per_class(phi, [0, 1, 0], 3) == [7.5, 1.0, None]
 
 
 def test_head_norm_per_class():
     kernel_DK = [[3.0, 0.0], [4.0, 1.0]]  # column c is w_c
-    assert analysis.head_norm_per_class(kernel_DK) == [5.0, 1.0]
+    assert measures.head_norm_per_class(kernel_DK) == [5.0, 1.0]
 
 
 def test_singular_values_centred_and_normalized():
     # Adding a constant row offset changes nothing (centred); columns are orthogonal with norms
     # sqrt(2) and sqrt(0.5).
     phi = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 0.5], [0.0, -0.5]]) + [10.0, -3.0]
-    np.testing.assert_allclose(analysis.singular_values(phi), [1.0, 0.5], rtol=1e-12)
-    np.testing.assert_allclose(analysis.singular_values(np.ones((3, 2))), [0.0, 0.0])
+    np.testing.assert_allclose(measures.singular_values(phi), [1.0, 0.5], rtol=1e-12)
+    np.testing.assert_allclose(measures.singular_values(np.ones((3, 2))), [0.0, 0.0])
 
 
 def test_per_class_recall_and_global_accuracy():
     logits = [[2.0, 1.0, 0.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 5.0]]
-    recall = analysis.per_class_recall(logits, [0, 0, 1, 2], 4)
+    recall = measures.per_class_recall(logits, [0, 0, 1, 2], 4)
     assert recall == [0.5, 0.0, 1.0, None]
     weights_CK = np.array([[1.0, 0, 0, 0], [0, 0.5, 0.5, 0]])
-    assert analysis.global_accuracy(recall, weights_CK) == pytest.approx((0.5 + 0.5) / 2)
+    assert measures.global_accuracy(recall, weights_CK) == pytest.approx((0.5 + 0.5) / 2)
 
 
 TINY = dict(dataset="synthetic", num_clients=3, classes_per_client=2, local_steps=3,

@@ -1,6 +1,7 @@
 """The package's shape, read from its source with `ast` (nothing is imported): every package
 import stands at the top of its module (the CLI's lazy imports excepted), the import graph has
-no cycle, and no module grows past a size a reader takes in at once."""
+no cycle, every import goes down the layers (docs/architecture.md#layers), the root stays
+small, and no module grows past a size a reader takes in at once."""
 import ast
 import pathlib
 
@@ -9,6 +10,21 @@ import pytest
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "fedln_jax"
 LAZY_IMPORTS_ALLOWED = {"fedln_jax.cli"}   # imported lazily for start-up time
 MAX_LINES = 400
+MAX_ROOT_MODULES = 20
+
+# Bottom to top (docs/architecture.md#layers): a module imports only its own layer and those
+# below. Each entry is a module or a package prefix; the first that matches names the layer.
+LAYERS = (
+    ("base", ("fedln_jax", "fedln_jax.errors", "fedln_jax.version", "fedln_jax.choices")),
+    ("runtime", ("fedln_jax.runtime",)),
+    ("blocks", ("fedln_jax.models", "fedln_jax.algorithms", "fedln_jax.data")),
+    ("config", ("fedln_jax.config", "fedln_jax.config_help")),
+    ("engine", ("fedln_jax.engine",)),
+    ("training", ("fedln_jax.training",)),
+    ("studies", ("fedln_jax.studies",)),
+    ("bench", ("fedln_jax.bench",)),
+    ("cli", ("fedln_jax.cli",)),
+)
 
 
 def module_name(path: pathlib.Path) -> str:
@@ -93,6 +109,44 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+def layer_of(module: str) -> int:
+    """Index in LAYERS of the most specific entry naming `module` (or a package above it)."""
+    matches = [(len(entry), index) for index, (_, entries) in enumerate(LAYERS)
+               for entry in entries if module == entry or module.startswith(entry + ".")]
+    assert matches, f"{module} is in no layer of LAYERS"
+    return max(matches)[1]
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Every import from a lower layer to a higher one, as 'importer (layer) -> imported (layer)'."""
+    name = lambda m: f"{m} ({LAYERS[layer_of(m)][0]})"
+    return [f"{name(a)} -> {name(b)}" for a in sorted(graph) for b in sorted(graph[a])
+            if layer_of(b) > layer_of(a)]
+
+
+def test_every_import_goes_down_the_layers():
+    graph, _ = import_graph()
+    lazy_cli = {"fedln_jax.cli": set()}   # the CLI's lazy imports count too
+    for node, _ in import_nodes(ast.parse(MODULES["fedln_jax.cli"].read_text())):
+        lazy_cli["fedln_jax.cli"].update(imported_modules(node, "fedln_jax.cli"))
+    assert upward_imports({**graph, **lazy_cli}) == []
+
+
+def test_the_layer_check_catches_an_upward_import():
+    """On a made-up graph: the engine importing the training layer, and a study importing the
+    bench, are both reported; downward imports are not."""
+    graph = {"fedln_jax.engine.round": {"fedln_jax.training.train", "fedln_jax.errors"},
+             "fedln_jax.studies.figures": {"fedln_jax.bench.speed", "fedln_jax.engine.round"}}
+    assert upward_imports(graph) == [
+        "fedln_jax.engine.round (engine) -> fedln_jax.training.train (training)",
+        "fedln_jax.studies.figures (studies) -> fedln_jax.bench.speed (bench)"]
+
+
+def test_the_root_holds_few_modules():
+    root = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(root) <= MAX_ROOT_MODULES, root
+
+
 def test_package_modules_are_imported_at_module_top():
     _, lazy = import_graph()
     assert lazy == []
@@ -113,6 +167,6 @@ def test_the_checks_catch_a_cycle_and_a_lazy_import():
     """The helpers above on a made-up graph and source: they can fail."""
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
-    source = ast.parse("import os\ndef f():\n    from fedln_jax import train\n")
+    source = ast.parse("import os\ndef f():\n    from fedln_jax.training import train\n")
     found = [(imported_modules(n, "fedln_jax.cli"), inside) for n, inside in import_nodes(source)]
-    assert found == [([], False), (["fedln_jax.train"], True)]
+    assert found == [([], False), (["fedln_jax.training.train"], True)]

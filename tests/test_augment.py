@@ -5,13 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedln_jax.client import AUGMENT_TAG, gather_client_batches
 from fedln_jax.config import Config
 from fedln_jax.data.augment import (augment_round, crop_padding, interpolation_matrix,
                                     random_crop_flip, random_resized_crop, resolve_augmentation)
-from fedln_jax.experiment import build_experiment, hparams_of, initial_state
-from fedln_jax.reference import make_loop_round
-from fedln_jax.round import client_keys, make_round_fn, round_key
+from fedln_jax.engine.client import AUGMENT_TAG, gather_client_batches
+from fedln_jax.engine.reference import make_loop_round
+from fedln_jax.engine.round import client_keys, make_round_fn, round_key
+from fedln_jax.training.experiment import build_experiment, hparams_of, initial_state
 
 from conftest import tiny_round_config
 

@@ -390,7 +390,7 @@ def test_out_of_memory_mid_run_is_one_line_and_resumes_with_a_narrower_chunk(tmp
     from it and finishes."""
     import jax
 
-    from fedln_jax import checkpoint, train
+    from fedln_jax.training import checkpoint, train
     real_build = train.build_program
 
     def failing_build(members, devices):
@@ -419,7 +419,7 @@ def test_out_of_memory_mid_run_is_one_line_and_resumes_with_a_narrower_chunk(tmp
 
 def test_a_second_figure_on_one_workdir_is_refused_before_anything_is_written(tmp_path, capsys,
                                                                                config_dir):
-    from fedln_jax import lock
+    from fedln_jax.training import lock
     workdir = tmp_path / "fig"
     with lock.hold([str(workdir)]):   # as a first `fedln-jax figure` still running
         capsys.readouterr()

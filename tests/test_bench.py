@@ -7,7 +7,8 @@ import sys
 import jax
 import pytest
 
-from fedln_jax.bench import forward_macs, resnet18_forward_macs, run_bench, train_flops_per_example
+from fedln_jax.bench.speed import (forward_macs, resnet18_forward_macs, run_bench,
+                                   train_flops_per_example)
 from fedln_jax.cli import main
 from fedln_jax.errors import FedlnError
 

@@ -13,10 +13,10 @@ import sys
 
 import pytest
 
-from fedln_jax import bench_protocol, bench_torch
-from fedln_jax.bench_grid import FULL, QUICK, Point, build_grid, protocol_floors
-from fedln_jax.bench_protocol import skip_reason
-from fedln_jax.bench_report import add_ratios, format_seconds, markdown_table, time_calls
+from fedln_jax.bench import protocol, torch_loop
+from fedln_jax.bench.grid import FULL, QUICK, Point, build_grid, protocol_floors
+from fedln_jax.bench.protocol import skip_reason
+from fedln_jax.bench.report import add_ratios, format_seconds, markdown_table, time_calls
 from fedln_jax.cli import main
 from fedln_jax.models import train_flops_per_example
 
@@ -38,7 +38,7 @@ def check_row(row: dict) -> None:
                         row["gflops_per_second"] / row["matmul_peak_gflops"])
     assert math.isfinite(row["train_loss"]) and row["size"] == "quick"
     assert row["backend"] and row["jax_version"] and row["cpu_model"]
-    if row["conv_impl"] in bench_torch.IMPLS:
+    if row["conv_impl"] in torch_loop.IMPLS:
         assert row["compile_seconds"] is None
         assert math.isclose(row["protocol_seconds"], 10_000 / row["rounds_per_second"])
     else:
@@ -59,7 +59,7 @@ def test_gpu_script_runs_a_quick_configuration(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     rows = [json.loads(line) for line in (tmp_path / "protocol.jsonl").read_text().splitlines()]
     impls = [row["conv_impl"] for row in rows]
-    torch_rows = list(bench_torch.IMPLS) if bench_torch.available() else []
+    torch_rows = list(torch_loop.IMPLS) if torch_loop.available() else []
     assert impls == torch_rows + ["lax"]
     for row in rows:
         check_row(row)
@@ -129,13 +129,15 @@ def test_a_configuration_that_cannot_fit_is_skipped_and_a_grid_that_cannot_is_re
     one, two = Point("lax", "float32", 1, 3, "cohort"), Point("lax", "float32", 2, 3, "cohort")
     floors = protocol_floors([one, two], QUICK)
     assert floors[one].data == 3 * 4 * (16 * 16 * 3 + 8)      # 3 clients x 4 images, + labels
-    assert floors[two].state == 2 * floors[one].state and floors[two].chunk == 2 * 3
+    assert floors[two].state == floors[one].state and floors[two].chunk == floors[one].chunk == 3
+    assert floors[two].runs == 2 and floors[two].total - floors[two].data == 2 * (
+        floors[one].total - floors[one].data)
     out = tmp_path / "rows.jsonl"
     args = ["bench", "--protocol", "paper", "--quick", "--no-torch", "--conv-impl", "lax",
             "--dtype", "float32", "--runs", "1,2", "--cohort", "3", "--chunk-policy", "cohort",
             "--out", str(out)]
     capacity = floors[one].total
-    monkeypatch.setattr(bench_protocol, "device_capacity", lambda: (capacity, "a faked device"))
+    monkeypatch.setattr(protocol, "device_capacity", lambda: (capacity, "a faked device"))
     assert main(args) == 0
     ok, skipped = [json.loads(line) for line in out.read_text().splitlines()]
     check_row(ok)

@@ -14,14 +14,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedln_jax import checkpoint, experiment, program, train
+from fedln_jax.algorithms import get_algorithm
 from fedln_jax.cli import main
 from fedln_jax.config import Config
+from fedln_jax.engine.placement import client_mesh, replicate
+from fedln_jax.engine.state import DeviceData, ServerState, derive_server_context
 from fedln_jax.errors import FedlnError, Interrupted
-from fedln_jax.placement import client_mesh, replicate
-from fedln_jax.algorithms import get_algorithm
-from fedln_jax.state import DeviceData, ServerState, derive_server_context
-from fedln_jax.workdir import compare_configs
+from fedln_jax.training import checkpoint, experiment, program, train
+from fedln_jax.training.workdir import compare_configs
 
 TINY = dict(dataset="synthetic", num_clients=4, classes_per_client=3, local_steps=2,
             batch_size=8, rounds=8, eval_every=2, checkpoint_every=2)
@@ -568,7 +568,7 @@ def test_a_full_disk_during_a_save_is_one_line_and_the_previous_checkpoint_stays
 def test_analyze_reads_checkpoints_without_changing_a_byte(tmp_path, reference, snapshot):
     """Even with a damaged newest checkpoint (which a run would delete and save again) and a
     leftover partial save (which opening a run's manager clears): analysis only reads."""
-    from fedln_jax.analysis import load_run
+    from fedln_jax.studies.analysis import load_run
     workdir = str(tmp_path / "w")
     shutil.copytree(reference, workdir)
     _truncate_arrays(os.path.join(workdir, "checkpoints", "8"))
@@ -583,7 +583,7 @@ def test_analyze_reads_checkpoints_without_changing_a_byte(tmp_path, reference, 
 
 LOCK_HOLDER = """
 import sys, time
-from fedln_jax import lock
+from fedln_jax.training import lock
 with lock.hold([sys.argv[1]]):
     print("held", flush=True)
     time.sleep(120)
@@ -609,7 +609,7 @@ def test_a_workdir_belongs_to_one_process_and_a_killed_holder_frees_it(tmp_path,
         holder.wait()
     assert main(["run", "--workdir", workdir, "--quiet", *cli_args(tiny(rounds=2))]) == 0
     # and it released its own lock on return: the same process can take it again
-    from fedln_jax import lock
+    from fedln_jax.training import lock
     with lock.hold([workdir]):
         pass
 

@@ -35,7 +35,8 @@ def test_run_help_still_lists_the_config_keys(capsys):
 
 
 def test_the_jax_free_choices_match_their_owners():
-    from fedln_jax import bench, models
+    from fedln_jax import models
+    from fedln_jax.bench import speed as bench
     assert choices.NORM_PRESET_NAMES == tuple(models.NORM_PRESETS)
     assert models.DTYPES is choices.DTYPES
     assert bench.INPUT_SHAPES is choices.INPUT_SHAPES and bench.ENGINES is choices.ENGINES

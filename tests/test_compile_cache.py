@@ -3,8 +3,8 @@ import os
 import subprocess
 import sys
 
-from fedln_jax import compile_cache
 from fedln_jax.cli import main
+from fedln_jax.runtime import compile_cache
 
 
 def test_the_flag_beats_the_variable_beats_the_user_cache_dir(monkeypatch, tmp_path):
@@ -52,7 +52,7 @@ def test_enable_points_jax_at_the_dir_and_programs_are_written_there(tmp_path):
     cache = tmp_path / "cache"
     env = dict(os.environ, FEDLN_JAX_CACHE_DIR=str(cache),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-    code = ("from fedln_jax import compile_cache; import jax, jax.numpy as jnp; "
+    code = ("from fedln_jax.runtime import compile_cache; import jax, jax.numpy as jnp; "
             "print(compile_cache.enable()); jax.jit(lambda x: jnp.sin(x) * 2)(jnp.ones(3))")
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

@@ -110,7 +110,7 @@ def test_a_config_json_from_before_the_baseline_defaults_changed():
     fedprox run recorded with the old default is a different run unless asked for again."""
     from fedln_jax.algorithms import without_inert_hparams
     from fedln_jax.config import from_dict
-    from fedln_jax.workdir import compare_configs
+    from fedln_jax.training.workdir import compare_configs
     old = {**Config(norm="fn").to_dict(), "prox_mu": 1.0, "feddecorr_coef": 0.1}
     compare_configs(old, Config(norm="fn"), "workdir")                        # no error
     assert from_dict(without_inert_hparams(old)).validate() == Config(norm="fn")

@@ -3,14 +3,8 @@ import time
 import numpy as np
 import pytest
 
-from fedln_jax.data import (
-    Dataset,
-    class_counts,
-    client_test_weights,
-    dataset_names,
-    load_dataset,
-    partition,
-)
+from fedln_jax.data import (Dataset, class_counts, client_test_weights, dataset_names, load_dataset,
+                            partition)
 from fedln_jax.errors import FedlnError
 
 

@@ -39,7 +39,7 @@ def test_algorithm_comparison_table_runs_each_cell_alone(tmp_path):
     import dataclasses
 
     from fedln_jax.config import load_config_module
-    from fedln_jax.figures import figure_of_module, run_figure
+    from fedln_jax.studies.figures import figure_of_module, run_figure
     path = os.path.join(ROOT, "experiments", "configs", "algorithms_digits.py")
     module = load_config_module(path)
     figure = dataclasses.replace(figure_of_module(module, path), runs=module.get_runs(
@@ -61,5 +61,5 @@ def test_algorithm_comparison_table_runs_each_cell_alone(tmp_path):
 def test_the_cli_default_rounds_is_the_demos_horizon():
     """`fedln-jax demo` without --rounds runs the demo config's own horizon."""
     from fedln_jax import cli
-    from fedln_jax.demo import DEMO_ROUNDS, get_config
+    from fedln_jax.studies.demo import DEMO_ROUNDS, get_config
     assert cli.build_parser().parse_args(["demo"]).rounds == DEMO_ROUNDS == get_config().rounds

@@ -10,10 +10,11 @@ import jax
 import numpy as np
 import pytest
 
-from fedln_jax import analysis, checkpoint, train
 from fedln_jax.config import Config
 from fedln_jax.errors import Interrupted
-from fedln_jax.workdir import read_metrics
+from fedln_jax.studies import analysis
+from fedln_jax.training import checkpoint, train
+from fedln_jax.training.workdir import read_metrics
 
 # One class per client, FN, 5 of 10 clients a round.
 ONE_CLASS_FN = dict(dataset="digits", partition="n_class", classes_per_client=1, num_clients=10,

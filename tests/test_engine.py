@@ -6,14 +6,14 @@ import numpy as np
 import optax
 import pytest
 
-from fedln_jax.client import client_batch_indices, epochs_needed
 from fedln_jax.config import Config
-from fedln_jax.evaluation import client_accuracy, make_eval_fn
-from fedln_jax.experiment import build_experiment, hparams_of, initial_state
-from fedln_jax.placement import client_mesh, default_chunk_size, replicate
-from fedln_jax.reference import make_loop_round
-from fedln_jax.round import all_finite, make_block_fn, make_multi_round_fn, make_round_fn
-from fedln_jax.state import RoundSpec, ServerState
+from fedln_jax.engine.client import client_batch_indices, epochs_needed
+from fedln_jax.engine.evaluation import client_accuracy, make_eval_fn
+from fedln_jax.engine.placement import client_mesh, default_chunk_size, replicate
+from fedln_jax.engine.reference import make_loop_round
+from fedln_jax.engine.round import all_finite, make_block_fn, make_multi_round_fn, make_round_fn
+from fedln_jax.engine.state import RoundSpec, ServerState
+from fedln_jax.training.experiment import build_experiment, hparams_of, initial_state
 
 from conftest import max_diff, tiny_round_config
 
@@ -194,6 +194,7 @@ def test_bfloat16_round_runs_and_stays_close_to_float32(norm):
 def test_default_chunk_size_per_backend():
     expected = 1 if jax.default_backend() == "cpu" else 25
     assert default_chunk_size(100, 4) == expected
+    assert default_chunk_size(100, 8, on_cpu=False) == 13 and default_chunk_size(100, 8, on_cpu=True) == 1
 
 
 def test_local_momentum_and_weight_decay_round_equals_reference_loop():

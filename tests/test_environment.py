@@ -22,9 +22,9 @@ import tempfile
 
 import pytest
 
-from fedln_jax import distributed, environment, plugins
 from fedln_jax.errors import FedlnError
-from fedln_jax.workdir import compiler_change_note
+from fedln_jax.runtime import distributed, environment, plugins
+from fedln_jax.training.workdir import compiler_change_note
 
 FLOOR_RUN = pathlib.Path(os.environ.get("FEDLN_FLOOR_RUN")
                          or pathlib.Path(__file__).parent / "data" / "floor_run")

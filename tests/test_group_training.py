@@ -10,11 +10,11 @@ import signal
 import chex
 import pytest
 
-from fedln_jax import checkpoint, experiment
 from fedln_jax.cli import main
 from fedln_jax.config import Config
-from fedln_jax.placement import client_mesh, replicate
-from fedln_jax.train import run
+from fedln_jax.engine.placement import client_mesh, replicate
+from fedln_jax.training import checkpoint, experiment
+from fedln_jax.training.train import run
 
 TINY = dict(dataset="synthetic", num_clients=4, classes_per_client=3, local_steps=2,
             batch_size=8, rounds=4, eval_every=1, checkpoint_every=1, lr=0.05)
@@ -169,7 +169,7 @@ def test_analyze_reads_a_run_of_a_vectorized_sweep(reference, capsys):
 def test_runs_with_equal_data_share_one_device_array():
     """An lr sweep holds the dataset once on the device, not once per run; runs whose data
     differ (synthetic data depends on the seed) keep their own."""
-    from fedln_jax.experiment import build_experiments
+    from fedln_jax.training.experiment import build_experiments
     lr_sweep = build_experiments([Config(**TINY).validate(), Config(**{**TINY, "lr": 0.1}).validate()])
     assert lr_sweep[1].data.x is lr_sweep[0].data.x and lr_sweep[1].x_test is lr_sweep[0].x_test
     assert lr_sweep[1].data.y is lr_sweep[0].data.y and lr_sweep[1].y_test is lr_sweep[0].y_test

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from fedln_jax.algorithms import get_algorithm
-from fedln_jax.client import make_apply_fn
+from fedln_jax.engine.client import make_apply_fn
+from fedln_jax.engine.reference import make_loop_round
+from fedln_jax.engine.round import make_round_fn
+from fedln_jax.engine.state import RoundSpec, init_state, make_data
 from fedln_jax.models import build_model
-from fedln_jax.reference import make_loop_round
-from fedln_jax.round import make_round_fn
-from fedln_jax.state import RoundSpec, init_state, make_data
 
 X = np.array([[1, 0], [0, 2], [1, 1],                                  # client 0
               [2, 1], [0, 1], [3, 0], [1, 2], [2, 2], [0, 3]], np.uint8)  # client 1

@@ -2,9 +2,9 @@
 and a refusal in one line when the device is too small (its capacity faked)."""
 import pytest
 
-from fedln_jax import memory, plan
 from fedln_jax.config import Config
 from fedln_jax.errors import FedlnError
+from fedln_jax.training import memory, plan
 
 TINY = dict(dataset="synthetic", num_clients=4, classes_per_client=3, local_steps=2,
             batch_size=8, rounds=2, eval_every=1)
@@ -27,8 +27,8 @@ def test_a_device_too_small_for_the_plan_is_one_line_naming_the_knob(monkeypatch
 
 
 def test_the_floor_refuses_before_the_data_is_placed(monkeypatch):
-    from fedln_jax import experiment
-    monkeypatch.setattr(experiment, "device_capacity", lambda device: (1000, "a faked device"))
+    from fedln_jax.training import experiment, layout
+    monkeypatch.setattr(layout, "device_capacity", lambda device: (1000, "a faked device"))
     with pytest.raises(FedlnError, match="needs at least .* but has 1000 B"):
         experiment.build_experiment(Config(**TINY).validate())
 
@@ -41,25 +41,26 @@ def test_out_of_memory_is_recognized_by_xla_status_or_memory_error():
 
 def test_auto_chunk_on_an_accelerator_picks_the_widest_that_fits(monkeypatch, capsys):
     """A faked accelerator whose default chunk (the whole cohort of 4) does not fit half its
-    free memory: auto narrows the chunk, says so, and records it in the config."""
-    from fedln_jax import experiment
+    free memory: auto narrows the chunk and says so; the user's config keeps auto."""
+    from fedln_jax.training import experiment, layout, program
     config = Config(**TINY, clients_per_round=4).validate()
-    monkeypatch.setattr(experiment, "on_cpu", lambda: False)
-    monkeypatch.setattr(experiment, "default_chunk_size", lambda cohort, devices: cohort)
-    floor = experiment.memory_floor_of(experiment.build_experiment(config))
+    monkeypatch.setattr(layout, "on_cpu", lambda: False)
+    floor = experiment.build_experiment(config).floor
     budget = floor.data + floor.state + 2 * floor.per_client + floor.per_client // 2
-    monkeypatch.setattr(experiment, "device_capacity",
+    monkeypatch.setattr(layout, "device_capacity",
                         lambda device: (int(budget / memory.AUTO_CHUNK_MARGIN) + 1, "faked"))
     exp = experiment.build_experiment(config)
-    assert exp.spec.chunk_size == 2 and exp.config.client_chunk_size == 2
-    assert "client_chunk_size=auto chose 2" in capsys.readouterr().err
+    assert exp.spec.chunk_size == 2 and exp.config.client_chunk_size is None
+    built = program.build_program([exp], layout.mesh_devices(config))
+    assert built.layout.chunk == built.spec.chunk_size == 2 and built.layout.narrowed_from == 4
+    assert "client_chunk_size=auto chose 2 (the default 4" in capsys.readouterr().err
 
 
 def test_auto_chunk_keeps_the_default_on_the_cpu_and_an_explicit_width(monkeypatch):
-    from fedln_jax import experiment
-    monkeypatch.setattr(experiment, "device_capacity", lambda device: (10 ** 7, "faked"))
-    assert experiment.build_experiment(Config(**TINY).validate()).config.client_chunk_size is None
-    monkeypatch.setattr(experiment, "on_cpu", lambda: False)
+    from fedln_jax.training import experiment, layout
+    monkeypatch.setattr(layout, "device_capacity", lambda device: (10 ** 7, "faked"))
+    assert experiment.build_experiment(Config(**TINY).validate()).spec.chunk_size == 1
+    monkeypatch.setattr(layout, "on_cpu", lambda: False)
     explicit = Config(**TINY, client_chunk_size=3).validate()
     assert experiment.build_experiment(explicit).spec.chunk_size == 3
 

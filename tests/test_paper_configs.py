@@ -60,7 +60,7 @@ def test_cifar10_one_class_config_runs_a_round_on_mock_data(tmp_path):
     path = os.path.join(ROOT, "experiments", "configs", "paper_cifar10_one_class_cnn.py")
     config = build_config(path, ["norm=fn", "model=mlp", "rounds=1", "eval_every=1",
                                  "local_steps=1", "batch_size=4", f"data_dir={tmp_path / 'tfds'}"])
-    from fedln_jax.train import run
+    from fedln_jax.training.train import run
     with tfds.testing.mock_data(num_examples=100):
         summary = run(config, str(tmp_path / "run"), quiet=True)
     assert summary["rounds_completed"] == 1

@@ -13,7 +13,7 @@ from fedln_jax.config import Config
 from fedln_jax.data import class_counts, load_dataset, partition
 from fedln_jax.data.sources import LoadOptions
 from fedln_jax.errors import FedlnError
-from fedln_jax.train import run
+from fedln_jax.training.train import run
 
 
 @pytest.fixture(scope="module")

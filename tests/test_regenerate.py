@@ -8,9 +8,10 @@ import shutil
 
 import pytest
 
-from fedln_jax import cli, regenerate, results_page
+from fedln_jax import cli
 from fedln_jax.errors import FedlnError
-from fedln_jax.results_page import Section
+from fedln_jax.studies import regenerate, results_page
+from fedln_jax.studies.results_page import Section
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = ('from fedln_jax import Config\n'
@@ -181,7 +182,7 @@ def test_results_on_a_sweep_or_a_figure_workdir_is_refused(tmp_path, configs, ca
 
 def test_a_second_results_on_one_workdir_is_refused_before_its_progress_line(tmp_path, configs,
                                                                                capsys):
-    from fedln_jax import lock
+    from fedln_jax.training import lock
     work = tmp_path / "w"
     with lock.hold([str(work)]):   # as a first `fedln-jax results` still running
         refused(work, capsys, f"workdir {str(work)!r} is in use by pid {os.getpid()}",
@@ -214,8 +215,8 @@ def test_a_damaged_state_file_is_one_error_line_naming_it(tmp_path, configs, cap
 
 
 def test_a_damaged_run_config_or_summary_is_one_error_line(tmp_path):
-    from fedln_jax import sweep
-    from fedln_jax.workdir import read_json
+    from fedln_jax.studies import sweep
+    from fedln_jax.training.workdir import read_json
     (tmp_path / "config.json").write_text('{"lr": 0.')
     with pytest.raises(FedlnError, match=r"config.json is not valid JSON.*; use a new workdir"):
         read_json(tmp_path / "config.json", "use a new workdir")
@@ -253,7 +254,7 @@ def test_the_readme_demo_table_is_the_pages():
 def test_a_run_has_the_same_bits_whichever_figure_trains_it(tmp_path):
     """The runs axis is part of the layout: a figure trains every run as its own program, so
     seed 1 trained beside seed 0 equals seed 1 trained alone, to the bit."""
-    from fedln_jax import figures
+    from fedln_jax.studies import figures
     config = tmp_path / "two_seeds.py"
     cnn = BASE.replace('model="mlp", dense_features="8/8"', 'model="small_cnn", conv_features="4/8", '
                        'dense_features="16/8"').replace("local_steps=1", "local_steps=3")
@@ -277,7 +278,7 @@ def test_a_run_has_the_same_bits_whichever_figure_trains_it(tmp_path):
 
 
 def test_the_fixed_text_states_the_numbers_of_the_code(tmp_path, configs):
-    from fedln_jax.results import LAST_K
+    from fedln_jax.studies.results import LAST_K
     out = str(tmp_path / "results.md")
     regenerate.regenerate(str(tmp_path / "w"), out, sections=SECTIONS, config_root=configs,
                           only="demo", overrides=["rounds=2"])
@@ -285,7 +286,7 @@ def test_the_fixed_text_states_the_numbers_of_the_code(tmp_path, configs):
     assert re.findall(r"<!-- [A-Z_]+ -->", page) == []
     assert f"last k = {LAST_K}\nevaluations (`results.LAST_K`)" in page
     assert results_page.horizon_rule() in page.replace("\n", " ")
-    assert "`fedln_jax/paper.py`" in page and "10,000 rounds" in page
+    assert "`fedln_jax/studies/paper.py`" in page and "10,000 rounds" in page
 
 
 def curve_result(ln_curve, fn_curve, none_curve, rounds=12, dataset="mnist5k"):
@@ -332,7 +333,7 @@ def test_notes_text_sets_list_items_apart():
 
 
 def test_the_cli_pages_are_the_pages():
-    from fedln_jax.paper_page import PAGES
+    from fedln_jax.studies.paper_page import PAGES
     action = next(a for a in cli.build_parser()._subparsers._group_actions[0].choices[
         "results"]._actions if a.dest == "page")
     assert set(action.choices) == set(PAGES) and action.default == "main"

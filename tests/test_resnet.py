@@ -11,13 +11,13 @@ from flax import traverse_util
 
 from fedln_jax.algorithms import get_algorithm
 from fedln_jax.algorithms.fedbn import bn_layer_paths, local_layers
-from fedln_jax.client import make_apply_fn
+from fedln_jax.engine.client import make_apply_fn
+from fedln_jax.engine.round import make_round_fn
+from fedln_jax.engine.state import RoundSpec, init_state, make_data
 from fedln_jax.errors import FedlnError
 from fedln_jax.models import (NORM_PRESETS, build_model, feature_dim, num_norm_positions,
                               resnet_norm_layers)
 from fedln_jax.models.resnet import avg_pool_flatten
-from fedln_jax.round import make_round_fn
-from fedln_jax.state import RoundSpec, init_state, make_data
 
 FEDAVG = get_algorithm("fedavg")
 _O0 = {"xla_backend_optimization_level": 0}  # compile fast; see tests/test_models.py
@@ -289,9 +289,9 @@ def test_fedbn_round_on_the_resnet_averages_the_convs_and_keeps_bn_per_client(ci
     """One vmapped FedBN round (2 one-class clients) of resnet18_tiny with bn_affine: the client
     states hold the BN layers only, they differ between the clients, the personalized
     evaluation runs each client's own BN layers, and the nested client states checkpoint."""
-    from fedln_jax import checkpoint
-    from fedln_jax.evaluation import make_personalized_eval_fn
-    from fedln_jax.placement import client_mesh, replicate
+    from fedln_jax.training import checkpoint
+    from fedln_jax.engine.evaluation import make_personalized_eval_fn
+    from fedln_jax.engine.placement import client_mesh, replicate
 
     model, apply_fn, state, round_fn = tiny_round(
         build_model("resnet18_tiny", "none", 3, norm_layers="bn_affine,none"), FEDBN)

@@ -1,4 +1,4 @@
-"""fedln_jax/results.py: statistics over seeds (diverged seeds counted, not averaged) and the
+"""fedln_jax/studies/results.py: statistics over seeds (diverged seeds counted, not averaged) and the
 tables of figures, sweeps, the demo and the notebook; the demo and the algorithm comparison
 are figure configs."""
 import os
@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from fedln_jax import results
-from fedln_jax.figures import load_figure, table_text
+from fedln_jax.studies import results
+from fedln_jax.studies.figures import load_figure, table_text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -69,7 +69,7 @@ def test_sweep_table_counts_diverged_seeds():
 
 
 def test_demo_and_algorithm_comparison_are_figure_configs():
-    from fedln_jax import demo
+    from fedln_jax.studies import demo
     figure = load_figure(os.path.join(ROOT, "experiments", "configs", "demo.py"))
     assert figure.runs == demo.get_runs() and figure.options == demo.FIGURE
     assert figure.base == demo.get_config() and figure.base.norm == "fn"
@@ -102,7 +102,7 @@ def test_analysis_tables_of_a_figure():
 
 
 def test_last_k_mean_is_the_summarys_statistic():
-    from fedln_jax.train import summarize
+    from fedln_jax.training.summary import summarize
     rounds, acc = [2, 4, 6, 8, 10], [0.1, 0.2, 0.3, 0.4, 0.9]
     history = [{"round": r, "test_accuracy": a, "train_loss": 1.0} for r, a in zip(rounds, acc)]
     assert results.last_k_mean((rounds, acc)) == pytest.approx(

@@ -15,10 +15,10 @@ import time
 import numpy as np
 import pytest
 
-from fedln_jax import checkpoint, experiment
 from fedln_jax.cli import main
 from fedln_jax.config import Config
-from fedln_jax.placement import client_mesh, replicate
+from fedln_jax.engine.placement import client_mesh, replicate
+from fedln_jax.training import checkpoint, experiment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROBE = os.path.join(ROOT, "tests", "scale_probe.py")
@@ -153,7 +153,7 @@ def test_two_process_vectorized_sweep_equals_one_process_run(probes):
 
 
 def test_device_layout_puts_the_gcd_of_runs_and_devices_along_runs():
-    from fedln_jax.program import device_layout
+    from fedln_jax.training.layout import device_layout
     assert [device_layout(r, 8) for r in (1, 2, 3, 4, 8, 16)] == [
         (1, 8), (2, 4), (1, 8), (4, 2), (8, 1), (8, 1)]
     assert device_layout(6, 4) == (2, 2) and device_layout(5, 1) == (1, 1)
@@ -181,7 +181,7 @@ def test_a_signal_to_one_process_stops_both_at_the_same_round_then_both_resume(p
     SIGTERM (while it is held after round 1, so process 0 is already waiting on it): both
     agree to save round 1 and exit 143, instead of one saving while the other waits in the
     next round's collectives forever. Re-running both ends as the one-process run."""
-    from fedln_jax.checkpoint import PAUSE_ENV
+    from fedln_jax.training.checkpoint import PAUSE_ENV
     workdir, hooks = tmp_path / "w", tmp_path / "hooks"
     hooks.mkdir()
 
@@ -232,7 +232,7 @@ def test_mesh_bad_input_one_error_line_exit_2(tmp_path, capsys, overrides, fragm
 
 
 def test_multi_process_settings_need_all_three(monkeypatch):
-    from fedln_jax import distributed
+    from fedln_jax.runtime import distributed
     from fedln_jax.errors import FedlnError
     for var in distributed.ENV.values():
         monkeypatch.delenv(var, raising=False)

@@ -8,8 +8,8 @@ import pytest
 
 from fedln_jax.cli import main
 from fedln_jax.config import Config
-from fedln_jax.sweep import expand, parse_grid, plan
-from fedln_jax.train import run
+from fedln_jax.studies.sweep import expand, parse_grid, plan
+from fedln_jax.training.train import run
 
 TINY = ["dataset=synthetic", "num_clients=4", "local_steps=2", "batch_size=8", "rounds=2",
         "eval_every=1", "partition=dirichlet"]
@@ -123,7 +123,7 @@ def test_bad_grid_one_error_line_exit_2_nothing_written(tmp_path, capsys, grid, 
 
 
 def test_algorithm_hyperparameters_are_vectorized_and_equal_alone(tmp_path):
-    from fedln_jax.train import run_group
+    from fedln_jax.training.train import run_group
     # lecun's larger weights move further in 2 rounds, so mu's effect (checked last) is 1e-3
     # on the loss; at the torch init it is 4e-5, too close to the 1e-5 tolerance to tell apart.
     base = Config(dataset="synthetic", num_clients=4, classes_per_client=3, local_steps=2,
@@ -144,7 +144,7 @@ def test_algorithm_hyperparameters_are_vectorized_and_equal_alone(tmp_path):
 def test_local_optimizer_values_are_vectorized_and_equal_alone(tmp_path, grid):
     # momentum: the program has a momentum trace; the momentum-0 run reads decay 0 (plain SGD)
     # and must match its run alone, which has no trace.
-    from fedln_jax.train import run_group
+    from fedln_jax.training.train import run_group
     base = Config(dataset="synthetic", num_clients=4, classes_per_client=3, local_steps=3,
                   batch_size=8, rounds=2, eval_every=1, lr=0.1)
     runs = expand(base, parse_grid([grid]))
@@ -210,8 +210,8 @@ def test_result_files_are_replaced_whole_never_written_in_place(swept, tmp_path,
     """The CSV, the table and the plot go to a temporary file beside them, renamed over the
     old one (workdir.write_text, workdir.save_figure): a writer killed midway leaves the old
     file whole, and a finished one leaves no temporary file behind."""
-    from fedln_jax import sweep
-    from fedln_jax.workdir import save_figure, write_text
+    from fedln_jax.studies import sweep
+    from fedln_jax.training.workdir import save_figure, write_text
     assert {"results.csv", "results.md", "sweep.png"} <= set(os.listdir(swept))
     assert not [n for n in os.listdir(swept) if ".tmp" in n]
     work = tmp_path / "copy"
@@ -223,7 +223,7 @@ def test_result_files_are_replaced_whole_never_written_in_place(swept, tmp_path,
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt   # as a kill midway through the first write
-    monkeypatch.setattr("fedln_jax.workdir.os.replace", killed)
+    monkeypatch.setattr("fedln_jax.training.workdir.os.replace", killed)
     with pytest.raises(KeyboardInterrupt):
         sweep.write_results(str(work), rows, list(parse_grid(GRID)))
     assert (work / "results.csv").read_bytes() == b"old"
@@ -243,7 +243,7 @@ def test_result_files_are_replaced_whole_never_written_in_place(swept, tmp_path,
 
 
 def test_a_second_sweep_on_one_workdir_is_refused_before_its_plan_line(tmp_path, capsys):
-    from fedln_jax import lock
+    from fedln_jax.training import lock
     workdir = tmp_path / "grid"
     with lock.hold([str(workdir)]):   # as a first sweep still running
         capsys.readouterr()

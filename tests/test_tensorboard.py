@@ -8,7 +8,7 @@ import pytest
 from fedln_jax.cli import main
 from fedln_jax.config import Config
 from fedln_jax.errors import FedlnError
-from fedln_jax.tensorboard_events import SUBDIR, RunBoard, scalars_of_row
+from fedln_jax.runtime.tensorboard_events import SUBDIR, RunBoard, scalars_of_row
 
 ROW = {"round": 5, "train_loss": 0.5, "test_accuracy": 0.75, "test_accuracy_pooled": 0.7,
        "test_loss": 0.9, "per_class_recall": [1.0, None, 0.25], "elapsed_seconds": 3.0,

@@ -9,8 +9,8 @@ import pytest
 from fedln_jax.config import Config, with_defaults
 from fedln_jax.errors import FedlnError
 from fedln_jax.models import build_model, feature_dim, forward_macs, model_widths
-from fedln_jax.program import program_key
-from fedln_jax.workdir import compare_configs
+from fedln_jax.training.program import program_key
+from fedln_jax.training.workdir import compare_configs
 
 
 def _param_shapes(model, shape):

@@ -43,7 +43,7 @@ def get_runs(algorithms=ALGORITHM_NAMES, norms=NORMS, classes=CLASSES) -> list[d
 
 
 if __name__ == "__main__":
-    from fedln_jax.figures import run_figure
+    from fedln_jax.studies.figures import run_figure
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="runs/algorithms_digits")
     parser.add_argument("--rounds", type=int, default=30)

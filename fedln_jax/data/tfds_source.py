@@ -20,7 +20,7 @@ import shutil
 import numpy as np
 
 from fedln_jax.data.dataset import Dataset
-from fedln_jax.errors import FedlnError
+from fedln_jax.errors import FedlnError, first_line
 
 FILE_FORMAT = "array_record"   # the random-access format data_source reads
 
@@ -64,11 +64,6 @@ def tensorflow_installed() -> bool:
     return importlib.util.find_spec("tensorflow") is not None
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
-
-
 def _paths_under(path: str) -> set[str]:
     found = set()
     if os.path.isdir(path):
@@ -100,7 +95,7 @@ def prepare(builder, name: str, root: str) -> None:
         if isinstance(exc, KeyboardInterrupt):
             raise
         raise FedlnError(f"dataset {name!r} is not in {root} and downloading it failed "
-                         f"({_first_line(exc)}); {how_to_get(name, root)}") from None
+                         f"({first_line(exc)}); {how_to_get(name, root)}") from None
 
 
 def _open_source(tfds, name: str, split: str, root: str):
@@ -127,7 +122,7 @@ def _load(tfds, name: str, num_classes: int, root: str, download: bool):
     except Exception as exc:  # not prepared, or prepared in a format data_source cannot read
         builder = tfds.builder(name, data_dir=root)
         if builder.is_prepared():
-            raise FedlnError(f"dataset {name!r} in {root} cannot be read ({_first_line(exc)}); "
+            raise FedlnError(f"dataset {name!r} in {root} cannot be read ({first_line(exc)}); "
                              f"it must be prepared in the {FILE_FORMAT} format: "
                              f"{how_to_get(name, root)}") from None
         if not download:

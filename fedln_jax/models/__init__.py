@@ -10,10 +10,10 @@ from fedln_jax.models.cnn import ARCHS, MLP, WIDTH_FIELDS, ConvNet, parse_featur
 from fedln_jax.models.flops import forward_macs, train_flops_per_example
 from fedln_jax.models.layers import (CONV_IMPLS, INITS, Conv, auto_conv_choice, conv2d, kernel_init,
                                      max_pool2, resolve_conv_impl)
-from fedln_jax.models.resnet import RESNET_WIDTHS, ResNet, resnet_feature_dim
 from fedln_jax.models.normalizers import (NORM_PRESETS, PRIMITIVES, NormDef, NormModule, Preset,
                                           Primitive, apply_norm, check_width, expand_norm_layers,
                                           group_norm, preset, resolve_norm)
+from fedln_jax.models.resnet import RESNET_WIDTHS, ResNet, resnet_feature_dim
 
 # The model registry: the CNN/MLP architecture table (models/cnn.py) and the ResNet widths
 # (models/resnet.py); a new model is an entry in one of them.
