@@ -7,9 +7,10 @@ import os
 import sys
 
 from fedln_jax.choices import DTYPES, ENGINES, INPUT_SHAPES, NORM_PRESET_NAMES
+from fedln_jax.config_help import keys_help
+from fedln_jax.config_keys import INT32_MAX
 from fedln_jax.errors import DivergedError, FedlnError, Interrupted, OutOfMemory, StorageError
 
-INT32_MAX = 2**31 - 1   # config.INT32_MAX (not imported: config imports JAX)
 # The demo trains none, ln and fn over its seeds; a study of more seeds is a sweep.
 MAX_DEMO_SEEDS = 100
 
@@ -22,18 +23,11 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def _keys_help() -> str:
-    """The config key table, as config_help.keys_help() wrote it into the package (reading it
-    needs no JAX; tests/test_config_help.py keeps the file equal to the Config class)."""
-    from importlib import resources
-    return resources.files("fedln_jax").joinpath("config_keys.txt").read_text().rstrip("\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fedln-jax", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    # run/sweep/config --help end with every config key (generated from Config)
-    keys = dict(epilog=_keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    # run/sweep/config --help end with every config key (from its declaration, config_keys.py)
+    keys = dict(epilog=keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     run_p = sub.add_parser("run", help="run one experiment", **keys)
     run_p.add_argument("--workdir", required=True)
     run_p.add_argument("--config", help="Python file defining get_config()")
@@ -307,7 +301,7 @@ def _or(value, default):
 
 def format_analysis(result: dict) -> str:
     fmt = lambda xs: " ".join("  - " if x is None else f"{x:5.2f}" for x in xs)
-    lines = [f"{result['workdir']} ({result['norm']}, round {result['round']}): "
+    lines = [f"{result['workdir']} ({result['norm_label']}, round {result['round']}): "
              f"global accuracy {result['global_acc']:.4f}",
              f"  per-class recall        {fmt(result['per_class_recall'])}",
              f"  feature norm per class  {fmt(result['feature_norm_per_class'])}",

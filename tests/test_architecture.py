@@ -18,7 +18,7 @@ LAYERS = (
     ("base", ("fedln_jax", "fedln_jax.errors", "fedln_jax.version", "fedln_jax.choices")),
     ("runtime", ("fedln_jax.runtime",)),
     ("blocks", ("fedln_jax.models", "fedln_jax.algorithms", "fedln_jax.data")),
-    ("config", ("fedln_jax.config", "fedln_jax.config_help")),
+    ("config", ("fedln_jax.config", "fedln_jax.config_keys", "fedln_jax.config_help")),
     ("engine", ("fedln_jax.engine",)),
     ("training", ("fedln_jax.training",)),
     ("studies", ("fedln_jax.studies",)),

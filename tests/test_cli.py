@@ -133,3 +133,13 @@ def test_a_relative_workdir_runs_and_resumes(tmp_path, monkeypatch, capsys):
     assert main(["run", "--workdir", "rel/run", "--quiet", *TINY[:-2], "rounds=6", "eval_every=2"]) == 0
     summary = json.loads((tmp_path / "rel" / "run" / "summary.json").read_text())
     assert summary["rounds_completed"] == 6 and summary["resumed_from_round"] == 4
+
+
+def test_a_run_whose_norm_layers_override_the_preset_is_labelled_by_them(tmp_path, capsys):
+    """The log names the normalizers that ran, not the preset (norm=ln) they replace."""
+    argv = ["run", "--workdir", str(tmp_path / "r"), *merged(TINY, ["rounds=1", "eval_every=1"]),
+            "norm=ln", "norm_layers=Mean,mean, mean,ln"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "norm mean,mean,mean,ln," in err and "done: mean,mean,mean,ln/seed0 1 rounds" in err
+    assert "norm ln" not in err and "done: ln/" not in err

@@ -42,6 +42,23 @@ def test_the_jax_free_choices_match_their_owners():
     assert bench.INPUT_SHAPES is choices.INPUT_SHAPES and bench.ENGINES is choices.ENGINES
 
 
+def test_every_config_key_names_its_registrys_choices_in_its_order():
+    """A key whose choices a registry owns declares the registry's names (config_keys.py),
+    and once the registry is loaded validation reads the registry itself."""
+    import importlib
+
+    from fedln_jax import config_keys
+    owned = [name for name in config_keys.config_keys() if config_keys.spec(name).owner]
+    assert {"dataset", "partition", "augment", "model", "norm", "norm_position", "init",
+            "conv_impl", "algorithm"} <= set(owned)
+    for name in owned:
+        spec = config_keys.spec(name)
+        module, _, attribute = spec.owner.partition(":")
+        registry = getattr(importlib.import_module(module), attribute)
+        assert spec.choices == tuple(registry), name
+        assert config_keys.allowed_values(name) == spec.also + tuple(registry), name
+
+
 def test_the_package_names_load_on_first_use():
     import fedln_jax
     assert fedln_jax.Config().rounds == 60 and callable(fedln_jax.run)

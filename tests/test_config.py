@@ -80,16 +80,54 @@ def test_every_experiment_config_loads_and_validates():
         load_config_file(path).validate()
 
 
-def test_name_keys_take_their_choices_from_the_owning_registries():
-    import dataclasses
+def test_validate_refuses_bad_normalizers_before_the_model_is_built(monkeypatch):
+    """norm_layers (and a gn preset whose groups do not divide a width) is checked by
+    validate, naming the key and what it allows; nothing is built to find out."""
+    import fedln_jax.models as models
 
-    from fedln_jax.algorithms import REGISTRY
-    from fedln_jax.data.sources import DATASETS
-    from fedln_jax.models import NORM_PRESETS
+    monkeypatch.setattr(models, "build_model", lambda *a, **k: pytest.fail("built a model"))
+    with pytest.raises(FedlnError, match=r"norm_layers='mean,ln' does not fit model small_cnn.*"
+                                         r"takes 4 comma-separated normalizers, each one of none"):
+        Config(norm_layers="mean,ln").validate()
+    with pytest.raises(FedlnError, match="norm_layers='ln,ln,ln' does not fit model mlp"):
+        Config(model="mlp", norm_layers="ln,ln,ln").validate()
+    with pytest.raises(FedlnError, match="gn_groups=5 does not fit model small_cnn"):
+        Config(norm="gn", gn_groups=5).validate()
+    assert Config(norm_layers=" Mean, mean,mean ,LN").validate().norm_layers
 
-    choices = {f.name: f.metadata.get("choices") for f in dataclasses.fields(Config)}
-    assert choices["dataset"] is DATASETS and choices["norm"] is NORM_PRESETS
-    assert choices["algorithm"] is REGISTRY
+
+def test_the_norm_label_says_what_normalizes_the_run():
+    assert Config(norm="fn").norm_label == "fn"
+    assert Config(norm="ln", norm_layers=" Mean, mean,mean ,LN").norm_label == "mean,mean,mean,ln"
+    assert Config(norm="ln", norm_layers="  ").norm_label == "ln"
+
+
+def _past_the_bounds(key):
+    """Values just outside a key's numeric bounds (a bound naming another key is left out)."""
+    from fedln_jax.config_keys import key_type, spec
+    s, base = spec(key), key_type(key)[0]
+    step = 1 if base is int else 0.5
+    out = [s.above, s.below]
+    if isinstance(s.at_least, (int, float)):
+        out.append(s.at_least - step)
+    if isinstance(s.at_most, (int, float)):
+        out.append(s.at_most + step)
+    return [base(v) for v in out if v is not None]
+
+
+def test_validate_checks_every_key_by_its_declaration():
+    """A value of the wrong type for any key, and a value just past any declared bound, is
+    refused naming the key."""
+    from fedln_jax.config_keys import config_keys
+    checked = 0
+    for key in config_keys():
+        with pytest.raises(FedlnError, match=f"{key} must be of type"):
+            Config().replace(**{key: object()}).validate()
+        for value in _past_the_bounds(key):
+            with pytest.raises(FedlnError, match=key):
+                Config().replace(**{key: value}).validate()
+            checked += 1
+    assert checked >= 40
 
 
 def test_value_and_resumable_keys_are_declared_on_the_fields():
@@ -102,6 +140,16 @@ def test_value_and_resumable_keys_are_declared_on_the_fields():
                                   "server_tau", "fedlc_tau", "fedrs_alpha", "feddecorr_coef"}
     assert set(resumable_keys()) == {"checkpoint_every", "keep_checkpoints",
                                      "client_chunk_size", "num_devices", "tensorboard"}
+
+
+def test_a_config_json_from_before_a_key_gets_its_declared_legacy_value():
+    """`init` came later and its default (torch) is not the behaviour before it (lecun)."""
+    from fedln_jax.config import from_dict, with_defaults
+    old = Config(norm="ln").to_dict()
+    del old["init"], old["tensorboard"]
+    filled = with_defaults(old)
+    assert filled["init"] == "lecun" and filled["tensorboard"] is False
+    assert from_dict(filled).validate() == Config(norm="ln", init="lecun")
 
 
 def test_a_config_json_from_before_the_baseline_defaults_changed():

@@ -58,6 +58,24 @@ def resnet_norm_layers(norm: str, norm_layers: str = "", gn_groups: int = 4) -> 
     return (layers, feature or "none")
 
 
+def checked_norms(name: str, norm: str, norm_layers: str, gn_groups: int,
+                  widths: tuple[int, ...]) -> tuple[str, ...]:
+    """The primitive names of model `name` (cnn/small_cnn/mlp: one per normalized position; a
+    ResNet: hidden, feature), each checked against the widths it normalizes (those of
+    model_widths); FedlnError on an unknown or malformed name, a wrong count or a width it
+    cannot normalize. Config.validate calls it, so the model is never built to find out."""
+    if name in RESNET_WIDTHS:
+        hidden, feature = resnet_norm_layers(norm, norm_layers, gn_groups)
+        for width in widths:
+            check_width(hidden, width)
+        check_width(feature, widths[-1])
+        return hidden, feature
+    specs = expand_norm_layers(norm, len(widths), norm_layers, gn_groups)
+    for spec, width in zip(specs, widths):
+        check_width(spec, width)
+    return specs
+
+
 def resolve_resnet_widths(name, conv_features, dense_features) -> None:
     """The ResNets have fixed widths: a width key set for one is an error, not ignored."""
     for key, value in (("conv_features", conv_features), ("dense_features", dense_features)):
@@ -127,18 +145,13 @@ def build_model(name: str, norm: str, num_classes: int, *, norm_layers: str = ""
         if dtype != "float32":
             raise FedlnError(f"model {name!r} runs in float32 only (dtype={dtype!r} is not supported)")
         widths = RESNET_WIDTHS[name]
-        hidden, feature = resnet_norm_layers(norm, norm_layers, gn_groups)
-        for width in widths:
-            check_width(hidden, width)
-        check_width(feature, widths[-1])
+        hidden, feature = checked_norms(name, norm, norm_layers, gn_groups, widths)
         return ResNet(num_classes=num_classes, norms=(resolve_norm(hidden), resolve_norm(feature)),
                       widths=widths, norm_position=norm_position, tau=tau, conv_impl=conv,
                       weight_init=init)
     arch = resolve_arch(name, conv_features, dense_features)
     widths = arch["widths"]
-    specs = expand_norm_layers(norm, len(widths), norm_layers, gn_groups)
-    for spec, width in zip(specs, widths):
-        check_width(spec, width)
+    specs = checked_norms(name, norm, norm_layers, gn_groups, widths)
     # The names are resolved here, once: the modules receive factories.
     kw = dict(arch["kw"], num_classes=num_classes, norms=tuple(resolve_norm(s) for s in specs),
               norm_position=norm_position, tau=tau, dtype=dtype, weight_init=init)
@@ -150,7 +163,7 @@ def build_model(name: str, norm: str, num_classes: int, *, norm_layers: str = ""
 __all__ = [
     "build_model", "MODEL_NAMES", "DTYPES", "INITS", "kernel_init", "NORM_PRESETS", "NORM_POSITIONS", "PRIMITIVES", "CONV_IMPLS",
     "expand_norm_layers", "resolve_norm", "preset", "check_width", "num_norm_positions",
-    "feature_dim", "ConvNet", "MLP", "ResNet", "resnet_norm_layers", "Conv", "conv2d", "max_pool2",
+    "feature_dim", "checked_norms", "ConvNet", "MLP", "ResNet", "resnet_norm_layers", "Conv", "conv2d", "max_pool2",
     "resolve_conv_impl", "auto_conv_choice", "NormDef", "NormModule", "Preset", "Primitive", "apply_norm",
     "group_norm", "forward_macs",
     "train_flops_per_example", "model_widths", "parse_features", "resolve_arch",

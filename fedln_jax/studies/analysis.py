@@ -162,7 +162,8 @@ def analyze_run(workdir: str, client: int = 0, steps: Sequence[int] = (5,),
     report = model_report(exp, features_fn, state.params, state.model_state)
     probes = [local_overfit(exp, state, client, s, features_fn, report) for s in steps]
     result = {"workdir": os.path.abspath(workdir), "source": source,
-              "round": int(state.round), "norm": exp.config.norm,
+              "round": int(state.round), "norm_label": exp.config.norm_label,
+              "norm": exp.config.norm,
               "norm_layers": exp.config.norm_layers, "model": exp.config.resolved_model,
               "global_acc": report["global_acc"],
               "per_class_recall": report["per_class_recall"],
@@ -175,7 +176,7 @@ def analyze_run(workdir: str, client: int = 0, steps: Sequence[int] = (5,),
     write_json(os.path.join(out, "analysis.json"), result)
     if figures:
         plots.plot_norms(result, os.path.join(out, "norms.png"))
-        plots.plot_spectra({result["norm"]: result["singular_values"]},
+        plots.plot_spectra({result["norm_label"]: result["singular_values"]},
                            os.path.join(out, "singular_values.png"))
         plots.plot_local_overfit(result, os.path.join(out, "local_overfit.png"))
     return result

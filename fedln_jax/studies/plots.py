@@ -61,9 +61,9 @@ def plot_norms(result: dict, path: str) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
     _bars(a, {"global": result["feature_norm_per_class"],
               after: probe["feature_norm_per_class_after"]},
-          "mean ||phi(x)||", f"test feature norm per class ({result['norm']})")
+          "mean ||phi(x)||", f"test feature norm per class ({result['norm_label']})")
     _bars(b, {"global": result["head_norm_per_class"], after: probe["head_norm_per_class_after"]},
-          "||w_c||", f"head row norm per class ({result['norm']})")
+          "||w_c||", f"head row norm per class ({result['norm_label']})")
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
     plt.close(fig)
@@ -89,7 +89,7 @@ def plot_spectra(spectra: dict[str, list], path: str, title: str = "") -> None:
 
 def plot_local_overfit(result: dict, path: str) -> None:
     """Per-class recall of the global model and of each local-overfit probe (one panel)."""
-    plot_local_overfit_grid({f"local overfit, {result['norm']}": result}, path)
+    plot_local_overfit_grid({f"local overfit, {result['norm_label']}": result}, path)
 
 
 def plot_final_vs_x(table: list[dict], path: str, xlabel: str = "", xscale: str = "linear",

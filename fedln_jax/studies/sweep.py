@@ -165,7 +165,7 @@ def collect(runs, dirs, keys: list[str]) -> list[dict]:
                             f"remove {run_dir} and rerun the sweep to train it again",
                             check=lambda obj: missing_keys(obj, SUMMARY_KEYS))
         row = {"run": name, **{k: getattr(config, k) for k in keys if k != "seed"},
-               "seed": config.seed, "norm_of_run": config.norm,
+               "seed": config.seed, "norm_of_run": config.norm_label,
                "final_test_accuracy": summary["final_test_accuracy"],
                "mean_last3_test_accuracy": summary["mean_last3_test_accuracy"],
                "rounds_completed": summary["rounds_completed"],
@@ -206,7 +206,7 @@ def plot_sweep(rows: list[dict], swept: list[str], path: str) -> None:
     def line_and_x(row):
         if x_key is None:   # only norm (and seeds) swept: the normalizers are the x axis
             return "mean over seeds", row["norm_of_run"]
-        label = ", ".join(f"{k}={row[k]}" for k in line_keys) or f"norm={row['norm_of_run']}"
+        label = ", ".join(f"{k}={row[k]}" for k in line_keys) or row["norm_of_run"]
         return label, row[x_key]
     lines: dict[str, dict] = {}
     for (label, x), cell in results.aggregate((line_and_x(r), r) for r in rows):

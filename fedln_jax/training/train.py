@@ -188,7 +188,7 @@ def train_program(members: list[Experiment], workdirs: list[str], log, quiet: bo
                  for exp, w, m, r in zip(members, workdirs, managers, restored)]
         start_round = files[0].start_round
         log(f"fedln-jax: {config.dataset}, {config.num_clients} clients ({config.partition}), "
-            f"model {config.resolved_model}, norm {config.norm}, {len(devices)} "
+            f"model {config.resolved_model}, norm {config.norm_label}, {len(devices)} "
             f"{jax.default_backend()} device(s), {jax.process_count()} process(es)"
             + (f", {runs} runs vectorized" if runs > 1 else "")
             + (" (devices: {} along runs x {} along clients)".format(*program.mesh.devices.shape)
@@ -208,7 +208,7 @@ def train_program(members: list[Experiment], workdirs: list[str], log, quiet: bo
         if s["status"] == "diverged":
             log(f"{f.workdir}: {diverged_message(f.exp.config, s)}")
         else:
-            name = (f"{f.exp.config.norm}/seed{f.exp.config.seed}" if runs == 1
+            name = (f"{f.exp.config.norm_label}/seed{f.exp.config.seed}" if runs == 1
                     else os.path.basename(os.path.normpath(f.workdir)))
             log(f"done: {name} {s['rounds_completed']} rounds, "
                 f"final test accuracy {s['final_test_accuracy']:.4f} ({s['wall_seconds']:.1f} s)")
@@ -275,7 +275,7 @@ def _train_loop(program: Program, files: list[RunFiles], state, stop: _StopSigna
 def progress_bar(config: Config, runs: int, start_round: int, quiet: bool):
     return tqdm(total=config.rounds, initial=start_round, unit="round",
                 disable=quiet or not is_writer() or None, leave=False,
-                desc=config.norm + (f"/seed{config.seed}" if runs == 1 else f" x{runs} runs"))
+                desc=config.norm_label + (f"/seed{config.seed}" if runs == 1 else f" x{runs} runs"))
 
 
 def run_one_block(program: Program, files: list[RunFiles], state, at: Progress, n: int):

@@ -19,7 +19,7 @@ from fedln_jax.training.experiment import Experiment, build_experiments
 from fedln_jax.training.program import plan_programs
 from fedln_jax.version import __version__
 
-# Keys a resumed run may change (declared on the Config fields, `resumable=True`): they decide
+# Keys a resumed run may change (declared `resumable=True` in config_keys.py): they decide
 # how the rounds are laid out (chunking, devices) or saved, so a run preempted on one machine
 # can resume on another. A layout change alters the numbers only by float32 rounding (tested to
 # 1e-5); the bits stay equal only on the same layout (docs/scale.md, "What is bit-identical").
