@@ -66,13 +66,21 @@ class ConvNet(nn.Module):
             x = max_pool2(x, self.pool_impl)
             j += 1
         x = x.reshape(x.shape[:-3] + (-1,))
-        for i, f in enumerate(self.dense_features):
-            x = nn.Dense(f, use_bias=False, dtype=self.dtype, kernel_init=kernel_init(self.weight_init),
-                         name=f"dense{i}")(x)
-            x = _act_norm(x, self.norms[j], position=self.norm_position, spatial=False,
-                          train=train, name=f"norm{j}")
-            j += 1
+        x = _dense_layers(x, self.dense_features, self.norms[j:], j, self.norm_position, train,
+                          self.dtype, self.weight_init)
         return _head(x, self.num_classes, self.tau, return_features, self.dtype, self.weight_init)
+
+
+def _dense_layers(x, features: Sequence[int], norms: Sequence[NormDef], first_norm: int,
+                  norm_position: str, train: bool, dtype: str, weight_init: str):
+    """dense{i} -> act/norm per width, inside the calling module (the CNN's dense tail, the
+    MLP's hidden layers); the norms are numbered on from first_norm."""
+    for i, f in enumerate(features):
+        x = nn.Dense(f, use_bias=False, dtype=dtype, kernel_init=kernel_init(weight_init),
+                     name=f"dense{i}")(x)
+        x = _act_norm(x, norms[i], position=norm_position, spatial=False, train=train,
+                      name=f"norm{first_norm + i}")
+    return x
 
 
 class MLP(nn.Module):
@@ -90,11 +98,8 @@ class MLP(nn.Module):
     def __call__(self, x, train: bool = False, return_features: bool = False):
         x = jnp.asarray(x, self.dtype)
         x = x.reshape(x.shape[:-3] + (-1,))
-        for i, f in enumerate(self.hidden):
-            x = nn.Dense(f, use_bias=False, dtype=self.dtype, kernel_init=kernel_init(self.weight_init),
-                         name=f"dense{i}")(x)
-            x = _act_norm(x, self.norms[i], position=self.norm_position, spatial=False,
-                          train=train, name=f"norm{i}")
+        x = _dense_layers(x, self.hidden, self.norms, 0, self.norm_position, train, self.dtype,
+                          self.weight_init)
         return _head(x, self.num_classes, self.tau, return_features, self.dtype, self.weight_init)
 
 

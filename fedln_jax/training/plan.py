@@ -18,7 +18,7 @@ from fedln_jax.errors import FedlnError
 from fedln_jax.training.experiment import Experiment, build_experiment
 from fedln_jax.training.layout import mesh_devices
 from fedln_jax.training.memory import analysis_of, describe, device_capacity, peak_of
-from fedln_jax.training.program import build_program
+from fedln_jax.training.program import Program, build_program
 
 # Train and test examples of the official splits of the datasets a plan can stand in for when
 # their files are not here (their image shape and classes: data.sources.DATASETS).
@@ -77,7 +77,11 @@ def program_plan(members: list[Experiment], note: str | None = None) -> dict:
     while it trains: during a block of rounds, the block's own peak (state, hyperparameters
     and data are its arguments) plus the test set; during an evaluation, its peak plus the
     training data and hyperparameters it does not take."""
-    program = build_program(members, mesh_devices(members[0].config))
+    return plan_of_program(build_program(members, mesh_devices(members[0].config)), note)
+
+
+def plan_of_program(program: Program, note: str | None = None) -> dict:
+    """program_plan of a built program."""
     block = program.run_block.lower(program.fresh, program.hparams, program.data,
                                     jnp.int32(1), program.scalars([0.0] * program.runs)).compile()
     evaluate = program.evaluate.lower(program.fresh, *program.tests).compile()
@@ -114,7 +118,7 @@ def format_plan(plan: dict) -> str:
              f"{describe(ev['temp'] or 0)}",
              f"  resident besides   test set {describe(plan['resident_besides']['round'])} "
              f"(during a round), training data {describe(plan['resident_besides']['evaluation'])}"
-             f" (during an evaluation)",
+             f" and hyper-parameters (during an evaluation)",
              f"  need               {describe(plan['need_bytes'])}",
              f"  capacity           " + (describe(plan['capacity_bytes'])
                                         if plan["capacity_bytes"] is not None else "unknown")
