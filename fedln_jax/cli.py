@@ -76,8 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "1 client per device (CPU default), cohort = all per device (GPU/TPU "
                               "default); with --protocol a list (default cohort,narrow; or widths)")
     bench_p.add_argument("--conv-impl",
-                         help="conv formulation: auto (backend default; the default), patches, lax "
-                              "(see docs/models.md); with --protocol a list (default lax,patches)")
+                         help="conv formulation: auto (backend default; the default), patches, lax, "
+                              "torch (PyTorch's CPU convs, docs/install.md#torch-convs); with "
+                              "--protocol a list (default lax,patches)")
     bench_p.add_argument("--norm", default="none", choices=NORM_PRESET_NAMES)
     bench_p.add_argument("--dtype", help=f"{' or '.join(DTYPES)} (default float32); with "
                                          "--protocol a list (default float32,bfloat16)")
@@ -233,8 +234,10 @@ def prepare(args) -> None:
 
 
 def _info(args) -> int:
+    from fedln_jax.models import auto_conv_choice
     from fedln_jax.runtime.environment import describe
-    print("\n".join(describe(args.cache_dir_in_use)))
+    conv, why = auto_conv_choice()   # models sit above runtime: the line is added here
+    print("\n".join(describe(args.cache_dir_in_use) + [f"conv_impl auto    {conv} ({why})"]))
     return 0
 
 
