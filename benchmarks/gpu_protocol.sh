@@ -13,6 +13,9 @@
 # left are skipped, default 360), CONFIG_LIMIT (default 90: a configuration whose rounds
 # alone would take longer is skipped), PYTHON (default python, else python3), SKIP_INSTALL=1.
 # Extra arguments go to `fedln-jax bench` (e.g. --quick, --runs 1,8).
+# The grid's conv formulations are lax and patches (the protocol's default --conv-impl): the
+# first GPU run settles which `auto` should pick there (docs/benchmarks.md, "Defaults per
+# backend"): lax's vmapped backward is a grouped conv, slow on CUDA per jax issue 13800.
 set -uo pipefail
 OUT=${OUT:-$PWD/protocol_out}
 BUDGET=${BUDGET:-360}

@@ -2,6 +2,9 @@
 
     pip install -e '.[bench]'          # torch, for this benchmark only
     python benchmarks/vs_torch.py --clients 10 100 --repeats 3
+    # issue 31's comparison: the round on PyTorch's convs against both plain loops
+    python benchmarks/vs_torch.py --impls fedln_vectorized:torch,fedln_vectorized:patches,\
+torch_channels_last,torch_channels_last_in_memory
     # two JAX versions side by side, both conv formulations (fedln workers run under each
     # interpreter given; torch under the one running this script):
     python benchmarks/vs_torch.py --impls fedln_vectorized:patches,fedln_vectorized:lax,torch_nchw \
@@ -21,6 +24,12 @@ hits all of them alike):
   drawn from a fresh shuffle of its examples, then the example-weighted average of the
   clients' state dicts is loaded into the global model. channels_last converts the model and
   the batches to `torch.channels_last` memory format.
+- torch_nchw_in_memory / torch_channels_last_in_memory: the same loop with every batch of the
+  round sampled before the clock starts (the loop a user with the data on hand writes).
+  The table gives each fedln row's ratio to the best loop of each kind.
+- fedln_vectorized:torch: the round with conv_impl=torch (PyTorch's convs inside the jitted
+  round, docs/install.md#torch-convs). The threads of every PyTorch call are
+  torch's default (one per core) unless OMP_NUM_THREADS says otherwise.
 
 Work per round is the same FLOP count for all (`fedln_jax.models.train_flops_per_example`:
 3 x forward MACs x 2 per training example), so GFLOP/s = that / median round seconds. Each
@@ -40,8 +49,14 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-IMPLS = ("fedln_vectorized", "fedln_loop", "torch_nchw", "torch_channels_last")
-TORCH_IMPLS = ("torch_nchw", "torch_channels_last")
+IMPLS = ("fedln_vectorized", "fedln_loop", "torch_nchw", "torch_channels_last",
+         "torch_channels_last_in_memory")
+# The plain loops: each step samples its batch (index, convert, scale) as a user's DataLoader
+# would; "_in_memory": every batch of the round made before the clock starts, so the loop times
+# only the training (the fastest PyTorch loop, the issue 31 yardstick).
+SAMPLING_TORCH = ("torch_nchw", "torch_channels_last")
+IN_MEMORY_TORCH = ("torch_nchw_in_memory", "torch_channels_last_in_memory")
+TORCH_IMPLS = SAMPLING_TORCH + IN_MEMORY_TORCH
 EXAMPLES_PER_CLIENT = 128          # as `fedln-jax bench`: 4 batches of 32 per client
 
 
@@ -103,7 +118,7 @@ def torch_matmul_peak(n: int = 2048, repeats: int = 7) -> float:
 
 
 def torch_worker(clients: int, local_steps: int, batch_size: int, rounds: int,
-                 channels_last: bool) -> dict:
+                 channels_last: bool, in_memory: bool = False) -> dict:
     import copy
 
     import torch
@@ -127,19 +142,19 @@ def torch_worker(clients: int, local_steps: int, batch_size: int, rounds: int,
             xb = (x_u8[c, ix].float() / 255).contiguous(memory_format=memory_format)
             yield xb, y[c, ix]
 
-    def one_round():
+    def one_round(batches=None):
         total = clients * EXAMPLES_PER_CLIENT
         avg = None
         last_loss = 0.0
         for c in range(clients):
             model = copy.deepcopy(global_model)
             opt = torch.optim.SGD(model.parameters(), lr=0.01)
-            for xb, yb in client_batches(c):
+            for xb, yb in (batches[c] if batches else client_batches(c)):
                 opt.zero_grad(set_to_none=True)
                 loss = F.cross_entropy(model(xb), yb)
                 loss.backward()
                 opt.step()
-                last_loss = float(loss)
+                last_loss = float(loss.detach())
             weight = EXAMPLES_PER_CLIENT / total
             sd = model.state_dict()
             with torch.no_grad():
@@ -154,8 +169,9 @@ def torch_worker(clients: int, local_steps: int, batch_size: int, rounds: int,
     one_round()                               # warm-up
     times = []
     for _ in range(rounds):
+        batches = [list(client_batches(c)) for c in range(clients)] if in_memory else None
         start = time.perf_counter()
-        loss = one_round()
+        loss = one_round(batches)
         times.append(time.perf_counter() - start)
     return {"round_seconds_median": statistics.median(times), "train_loss": loss,
             "matmul_peak_gflops": torch_matmul_peak(), "library": f"torch {torch.__version__}",
@@ -185,7 +201,8 @@ def worker(name: str, clients: int, local_steps: int, batch_size: int, rounds: i
     flops = clients * local_steps * batch_size * train_flops_per_example("cnn", (32, 32, 3), 10)
     if name in TORCH_IMPLS:
         record = torch_worker(clients, local_steps, batch_size, rounds,
-                              channels_last=name == "torch_channels_last")
+                              channels_last=name.startswith("torch_channels_last"),
+                              in_memory=name in IN_MEMORY_TORCH)
     else:
         from fedln_jax.bench.speed import run_bench
         engine = base.split("_", 1)[1]
@@ -205,7 +222,8 @@ def run_worker(name, clients, args, python=sys.executable) -> dict:
            "--local-steps", str(args.local_steps), "--batch-size", str(args.batch_size),
            "--rounds", str(args.rounds), *(["--fedln-args", args.fedln_args] if args.fedln_args else [])]
     load = load_average()
-    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT})
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                             filter(None, [ROOT, os.environ.get("PYTHONPATH")]))})
     if out.returncode != 0:
         raise SystemExit(f"{name} at {clients} clients failed:\n{out.stderr[-2000:]}")
     record = json.loads(out.stdout.strip().splitlines()[-1])
@@ -215,21 +233,30 @@ def run_worker(name, clients, args, python=sys.executable) -> dict:
 
 
 def table(records: list[dict], clients_list: list[int]) -> str:
+    """GFLOP/s per implementation and cohort, and its ratio to the best PyTorch loop of each
+    kind that ran (sampling its batches; batches already in memory)."""
     def median_of(name, clients, key):
         values = [r[key] for r in records if r["row"] == name and r["clients"] == clients]
         return statistics.median(values) if values else float("nan"), values
 
-    header = "| implementation | " + " | ".join(f"{c} clients: GFLOP/s (runs) | ratio to best torch"
+    def best(names, c):
+        rates = [m for t in names if (m := median_of(t, c, "gflops_per_second")[0]) > 0]
+        return max(rates) if rates else float("nan")
+
+    kinds = [(label, names) for label, names in (("sampling torch", SAMPLING_TORCH),
+                                                 ("in-memory torch", IN_MEMORY_TORCH))
+             if any(r["row"] in names for r in records)]
+    ratio_heads = "".join(f" | ratio to best {label}" for label, _ in kinds)
+    header = "| implementation | " + " | ".join(f"{c} clients: GFLOP/s (runs){ratio_heads}"
                                               for c in clients_list) + " |"
-    lines = [header, "|---|" + "---|---|" * len(clients_list)]
-    best_torch = {c: max([m for t in TORCH_IMPLS if (m := median_of(t, c, "gflops_per_second")[0]) > 0]
-                         or [float("nan")]) for c in clients_list}
+    lines = [header, "|---|" + ("---|" * (1 + len(kinds))) * len(clients_list)]
     for name in dict.fromkeys(r["row"] for r in records):   # rows in order of first run
         cells = []
         for c in clients_list:
             med, values = median_of(name, c, "gflops_per_second")
             runs = ", ".join(f"{v:.0f}" for v in values)
-            cells.append(f"{med:.1f} ({runs}) | {med / best_torch[c]:.2f}x")
+            cells.append(f"{med:.1f} ({runs})" + "".join(f" | {med / best(names, c):.2f}x"
+                                                         for _, names in kinds))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -76,8 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "1 client per device (CPU default), cohort = all per device (GPU/TPU "
                               "default); with --protocol a list (default cohort,narrow; or widths)")
     bench_p.add_argument("--conv-impl",
-                         help="conv formulation: auto (backend default; the default), patches, lax "
-                              "(see docs/models.md); with --protocol a list (default lax,patches)")
+                         help="conv formulation: auto (backend default; the default), patches, lax, "
+                              "torch (PyTorch's CPU convs, docs/install.md#torch-convs); with "
+                              "--protocol a list (default lax,patches)")
     bench_p.add_argument("--norm", default="none", choices=NORM_PRESET_NAMES)
     bench_p.add_argument("--dtype", help=f"{' or '.join(DTYPES)} (default float32); with "
                                          "--protocol a list (default float32,bfloat16)")
@@ -196,26 +197,41 @@ def check_options(args) -> None:
 
 
 def _dispatch(args) -> int:
-    # Lazy imports, for start-up time: the one exception to module-top imports (test_architecture).
+    """Check the options, prepare what the command needs, then run its handler (HANDLERS)."""
     check_options(args)
+    prepare(args)
+    return HANDLERS[args.command](args)
+
+
+# Lazy imports below, for start-up time: the one exception to module-top imports
+# (tests/test_architecture.py). Each handler imports only what its command needs.
+
+# The commands that train (or time training): the CPU-fallback warning is for them.
+TRAINING_COMMANDS = ("run", "sweep", "demo", "figure", "results", "bench", "info")
+
+
+def prepare(args) -> None:
+    """Before any command's own work: the environment JAX starts from checked, the workdir
+    checked (before data or compilation are spent on it), the compilation cache, the
+    processes joined, JAX's backends started."""
     from fedln_jax.runtime.startup import check_environment
     check_environment()   # before anything in this process lets JAX or XLA read it (and abort)
     if getattr(args, "workdir", None) is not None and args.command != "analyze":
         from fedln_jax.training.lock import check_path
-        check_path(args.workdir)   # before anything (data, compilation) is spent on it
+        check_path(args.workdir)
     if args.command == "analyze" and not args.workdir.strip():
         raise FedlnError("--workdir is empty; name a run's workdir")
-    cache_dir = None
+    args.cache_dir_in_use = None
     if hasattr(args, "cache_dir"):   # bench measures compilation: it never reads the cache
         from fedln_jax.runtime import compile_cache
-        cache_dir = compile_cache.enable(args.cache_dir)
+        args.cache_dir_in_use = compile_cache.enable(args.cache_dir)
     if args.command in ("run", "sweep"):
         # First: JAX joins the processes only while no backend is up, and on a host with a
         # GPU/TPU plugin any backend query (the check below) starts one.
         from fedln_jax.runtime import distributed
         distributed.initialize(args.coordinator, args.num_processes, args.process_id,
                                auto=args.distributed)
-    if args.command in ("run", "sweep", "demo", "figure", "results", "bench", "info"):
+    if args.command in TRAINING_COMMANDS:
         from fedln_jax.runtime.environment import warn_if_cpu_fallback
         warn_if_cpu_fallback()   # a plugin that gave no backend: one line, even if --quiet
         if args.command in ("run", "sweep"):   # ours or JAX_COMPILATION_CACHE_DIR's
@@ -223,79 +239,102 @@ def _dispatch(args) -> int:
     elif args.command == "analyze" or getattr(args, "plan", False):
         from fedln_jax.runtime.environment import start_backends
         start_backends()   # JAX that cannot start: one error line (the warning is for training)
-    if args.command == "info":
-        from fedln_jax.runtime.environment import describe
-        print("\n".join(describe(cache_dir)))
+
+
+def _info(args) -> int:
+    from fedln_jax.models import auto_conv_choice
+    from fedln_jax.runtime.environment import describe
+    conv, why = auto_conv_choice()   # models sit above runtime: the line is added here
+    print("\n".join(describe(args.cache_dir_in_use) + [f"conv_impl auto    {conv} ({why})"]))
+    return 0
+
+
+def _sweep(args) -> int:
+    from fedln_jax.studies.sweep import run_sweep
+    rows = run_sweep(args.workdir, args.config, args.grid, quiet=args.quiet,
+                     max_runs_per_program=args.max_runs_per_program, dry_run=args.dry_run)
+    if rows:   # only process 0 of a multi-process sweep collects the results
+        diverged = sum(row["status"] == "diverged" for row in rows)
+        with open(os.path.join(args.workdir, "results.md")) as f:
+            print(f.read().rstrip())
+        print(f"{len(rows)} runs" + (f" ({diverged} diverged)" if diverged else "")
+              + f"; wrote results.csv, results.md, sweep.png in {args.workdir}")
+    return 0
+
+
+def _config(args) -> int:
+    from fedln_jax.config import build_config, dumps
+    config = build_config(args.config, args.overrides)
+    if not args.plan:
+        print(dumps(config))
         return 0
-    if args.command == "sweep":
-        from fedln_jax.studies.sweep import run_sweep
-        rows = run_sweep(args.workdir, args.config, args.grid, quiet=args.quiet,
-                         max_runs_per_program=args.max_runs_per_program, dry_run=args.dry_run)
-        if rows:   # only process 0 of a multi-process sweep collects the results
-            diverged = sum(row["status"] == "diverged" for row in rows)
-            with open(os.path.join(args.workdir, "results.md")) as f:
-                print(f.read().rstrip())
-            print(f"{len(rows)} runs" + (f" ({diverged} diverged)" if diverged else "")
-                  + f"; wrote results.csv, results.md, sweep.png in {args.workdir}")
-        return 0
-    if args.command == "config":
-        from fedln_jax.config import build_config, dumps
-        config = build_config(args.config, args.overrides)
-        if not args.plan:
-            print(dumps(config))
-            return 0
-        from fedln_jax.training.plan import check_plan, format_plan, memory_plan
-        plan = memory_plan(config)
-        print(format_plan(plan))
-        check_plan(plan)
-        return 0
-    if args.command == "run":
-        from fedln_jax.config import build_config
-        from fedln_jax.training.train import run
-        config = build_config(args.config, args.overrides)
-        summary = run(config, args.workdir, quiet=args.quiet)
-        print(f"final_test_accuracy {summary['final_test_accuracy']:.4f} "
-              f"after {summary['rounds_completed']} rounds; workdir {args.workdir}")
-        return 0
-    if args.command == "demo":
-        from fedln_jax.studies.demo import run_demo
-        run_demo(args.workdir, seeds=tuple(range(args.seeds)), rounds=args.rounds, quiet=args.quiet)
-        return 0
-    if args.command == "bench":
-        import json
-        from fedln_jax.bench.speed import run_bench
-        from fedln_jax.bench.protocol import check_bench_flags, protocol_main
-        check_bench_flags(args, vars(build_parser().parse_args(["bench"])))
-        if args.protocol:
-            return protocol_main(args)
-        result = run_bench(model=args.model, clients=args.clients, local_steps=args.local_steps,
-                           batch_size=args.batch_size, rounds=args.rounds, engine_name=args.engine,
-                           chunk_size=args.chunk_size, norm=args.norm, dtype=_or(args.dtype, "float32"),
-                           rounds_per_call=args.rounds_per_call, conv_impl=_or(args.conv_impl, "auto"),
-                           chunk_policy=_or(args.chunk_policy, "auto"),
-                           conv_features=args.conv_features, dense_features=args.dense_features)
-        print(json.dumps(result))
-        return 0
-    if args.command == "analyze":
-        from fedln_jax.studies.analysis import analyze_run
-        result = analyze_run(args.workdir, client=args.client, steps=parse_steps(args.steps),
-                             figures=not args.no_figures)
-        print(format_analysis(result))
-        return 0
-    if args.command == "figure":
-        from fedln_jax.studies.figures import run_figure
-        run_figure(args.config, args.workdir, overrides=args.overrides, quiet=args.quiet)
-        return 0
-    if args.command == "results":
-        from fedln_jax.studies.regenerate import regenerate
-        command = " ".join(["fedln-jax results --workdir", args.workdir]
-                           + (["--out", args.out] if args.out else [])
-                           + (["--only", args.only] if args.only is not None else [])
-                           + (["--page", args.page] if args.page != "main" else []) + args.overrides)
-        regenerate(args.workdir, args.out, page=args.page, only=args.only,
-                   overrides=args.overrides, command=command)
-        return 0
-    raise FedlnError(f"unknown command {args.command!r}")
+    from fedln_jax.training.plan import check_plan, format_plan, memory_plan
+    plan = memory_plan(config)
+    print(format_plan(plan))
+    check_plan(plan)
+    return 0
+
+
+def _run(args) -> int:
+    from fedln_jax.config import build_config
+    from fedln_jax.training.train import run
+    summary = run(build_config(args.config, args.overrides), args.workdir, quiet=args.quiet)
+    print(f"final_test_accuracy {summary['final_test_accuracy']:.4f} "
+          f"after {summary['rounds_completed']} rounds; workdir {args.workdir}")
+    return 0
+
+
+def _demo(args) -> int:
+    from fedln_jax.studies.demo import run_demo
+    run_demo(args.workdir, seeds=tuple(range(args.seeds)), rounds=args.rounds, quiet=args.quiet)
+    return 0
+
+
+def _bench(args) -> int:
+    import json
+    from fedln_jax.bench.protocol import check_bench_flags, protocol_main
+    from fedln_jax.bench.speed import run_bench
+    check_bench_flags(args, vars(build_parser().parse_args(["bench"])))
+    if args.protocol:
+        return protocol_main(args)
+    result = run_bench(model=args.model, clients=args.clients, local_steps=args.local_steps,
+                       batch_size=args.batch_size, rounds=args.rounds, engine_name=args.engine,
+                       chunk_size=args.chunk_size, norm=args.norm, dtype=_or(args.dtype, "float32"),
+                       rounds_per_call=args.rounds_per_call, conv_impl=_or(args.conv_impl, "auto"),
+                       chunk_policy=_or(args.chunk_policy, "auto"),
+                       conv_features=args.conv_features, dense_features=args.dense_features)
+    print(json.dumps(result))
+    return 0
+
+
+def _analyze(args) -> int:
+    from fedln_jax.studies.analysis import analyze_run
+    result = analyze_run(args.workdir, client=args.client, steps=parse_steps(args.steps),
+                         figures=not args.no_figures)
+    print(format_analysis(result))
+    return 0
+
+
+def _figure(args) -> int:
+    from fedln_jax.studies.figures import run_figure
+    run_figure(args.config, args.workdir, overrides=args.overrides, quiet=args.quiet)
+    return 0
+
+
+def _results(args) -> int:
+    from fedln_jax.studies.regenerate import regenerate
+    command = " ".join(["fedln-jax results --workdir", args.workdir]
+                       + (["--out", args.out] if args.out else [])
+                       + (["--only", args.only] if args.only is not None else [])
+                       + (["--page", args.page] if args.page != "main" else []) + args.overrides)
+    regenerate(args.workdir, args.out, page=args.page, only=args.only,
+               overrides=args.overrides, command=command)
+    return 0
+
+
+# The subcommands of build_parser, each to its handler.
+HANDLERS = {"run": _run, "sweep": _sweep, "demo": _demo, "bench": _bench, "analyze": _analyze,
+            "figure": _figure, "results": _results, "config": _config, "info": _info}
 
 
 def _or(value, default):

@@ -64,3 +64,12 @@ def test_the_package_names_load_on_first_use():
     assert fedln_jax.Config().rounds == 60 and callable(fedln_jax.run)
     with pytest.raises(AttributeError):
         fedln_jax.no_such_name
+
+
+def test_every_subcommand_has_one_handler():
+    import argparse
+
+    from fedln_jax import cli
+    subcommands = next(a for a in cli.build_parser()._actions
+                       if isinstance(a, argparse._SubParsersAction))
+    assert set(subcommands.choices) == set(cli.HANDLERS)

@@ -90,6 +90,9 @@ def test_info_prints_versions_backend_devices_and_cache_without_warning():
     assert lines["jax"] == jax.__version__ and lines["jaxlib"] == environment.version_of("jaxlib")
     assert lines["backend"].strip() == "cpu" and lines["devices"].strip().endswith("x cpu")
     assert lines["plugins"].strip() == "none (CPU only)" and lines["compile_cache"].strip() == "off"
+    # which conv `conv_impl=auto` runs here, and why (docs/install.md#torch-convs)
+    from fedln_jax.models import auto_conv_choice
+    assert lines["conv_impl"].split(None, 2)[:2] == ["auto", auto_conv_choice()[0]]
 
 
 def test_plugin_installed_but_cpu_backend_warns_with_the_platform_variable_as_reason(tmp_path):

@@ -19,7 +19,7 @@ TRAIN_IMAGES = 50_000                 # CIFAR-10's training set, split evenly ov
 # A program's runs are built one by one in Python (about 25 ms each on a 2-core CPU: 64 runs
 # in 1.2-1.8 s), so a runs axis far past the grid's 64 would build for minutes before timing.
 MAX_RUNS = 1024
-CONV_IMPLS = ("lax", "patches")
+CONV_IMPLS = ("lax", "patches", "torch")   # torch: PyTorch's CPU convs (docs/install.md#torch-convs)
 CHUNKS = ("cohort", "narrow")         # the whole cohort in one vmap, or one client at a time
 DEFAULT_GRID = {"conv_impl": "lax,patches", "dtype": "float32,bfloat16", "runs": "1,8,64",
                 "cohort": "10,100", "chunk": "cohort,narrow"}

@@ -8,7 +8,8 @@ PyTorch/JAX figures. The machine's own ceiling is measured in the same process: 
 time of a large float32 matmul.
 
 Data are synthetic uint8 images of the model's input shape, built directly with
-`engine/state.make_data` (no dataset needed), so every number depends only on shapes.
+`synthetic_dataset` (no dataset needed) and the run is built as training builds it
+(`training/experiment.build_experiment`), so every number depends only on shapes.
 """
 from __future__ import annotations
 
@@ -23,20 +24,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedln_jax.algorithms import get_algorithm
 from fedln_jax.choices import ENGINES, INPUT_SHAPES
-from fedln_jax.config import INT32_MAX
-from fedln_jax.engine.client import epochs_needed, make_apply_fn
+from fedln_jax.config import INT32_MAX, Config
+from fedln_jax.data.dataset import Dataset
 from fedln_jax.engine.placement import client_mesh, default_chunk_size, replicate
 from fedln_jax.engine.reference import make_loop_round
 from fedln_jax.engine.round import make_multi_round_fn, make_round_fn
-from fedln_jax.engine.state import RoundSpec, init_state, make_data
 from fedln_jax.errors import FedlnError
-from fedln_jax.models import (build_model, forward_macs, resolve_conv_impl,  # noqa: F401
+from fedln_jax.models import (forward_macs, resolve_conv_impl,  # noqa: F401
                               train_flops_per_example)
 from fedln_jax.models.resnet import resnet_feature_dim
-from fedln_jax.training.memory import (Floor, analysis_of, check_fits, client_round_bytes,
-                                       device_capacity, peak_of, tree_bytes)
+from fedln_jax.training.experiment import build_experiment, hparams_of, initial_state
+from fedln_jax.training.memory import analysis_of, peak_of
 
 # How many clients one device vmaps per chunk: the backend's default, one (the CPU default),
 # or the whole per-device cohort (the GPU/TPU default).
@@ -111,14 +110,14 @@ def device_peak_mb() -> float | None:
     return None if peak is None else peak / 2 ** 20
 
 
-def synthetic_data(num_clients: int, examples_per_client: int, input_shape, seed: int = 0):
-    """Random uint8 images and labels; client c owns a contiguous block of examples."""
+def synthetic_dataset(num_examples: int, input_shape, seed: int = 0) -> Dataset:
+    """Random uint8 images and labels of the model's input shape (a test set of one batch's
+    worth: the benchmark times rounds, not evaluations)."""
     rng = np.random.default_rng(seed)
-    n = num_clients * examples_per_client
-    x = rng.integers(0, 256, (n,) + tuple(input_shape), dtype=np.uint8)
-    y = rng.integers(0, NUM_CLASSES, n, dtype=np.int32)
-    blocks = np.arange(n, dtype=np.int32).reshape(num_clients, examples_per_client)
-    return make_data(x, y, list(blocks))
+    x = rng.integers(0, 256, (num_examples,) + tuple(input_shape), dtype=np.uint8)
+    y = rng.integers(0, NUM_CLASSES, num_examples, dtype=np.int32)
+    return Dataset(name="bench", x_train=x, y_train=y, x_test=x[:32], y_test=y[:32],
+                   num_classes=NUM_CLASSES, pixel_scale=1 / 255)
 
 
 def run_bench(model: str = "cnn", clients: int = 10, local_steps: int = 5, batch_size: int = 32,
@@ -166,29 +165,19 @@ def run_bench(model: str = "cnn", clients: int = 10, local_steps: int = 5, batch
     input_shape = INPUT_SHAPES.get(model)
     if input_shape is None:
         raise FedlnError(f"unknown model {model!r}; expected one of {', '.join(INPUT_SHAPES)}")
-    net = build_model(model, norm, NUM_CLASSES, dtype=dtype, conv_impl=conv_impl,
-                      conv_features=conv_features, dense_features=dense_features)
     mesh = client_mesh()
     chunk = chunk_size or chunk_for_policy(chunk_policy, clients, mesh.size)
     examples = 4 * batch_size           # a few full batches per client: reshuffles are exercised
-    spec = RoundSpec(
-        num_clients=clients, cohort_size=clients, local_steps=local_steps, batch_size=batch_size,
-        max_epochs=epochs_needed(examples, local_steps, batch_size), pixel_scale=1 / 255,
-        chunk_size=chunk, momentum=0.0, weight_decay=0.0)
-    fedavg = get_algorithm("fedavg")
-    apply_fn = make_apply_fn(net)
-    hparams = {"lr": jnp.float32(0.01), "server_lr": jnp.float32(1.0)}
-    make_state = lambda: init_state(net, jnp.zeros((1,) + input_shape, jnp.float32), 0, fedavg,
-                                    hparams=hparams, num_clients=clients)
-    shapes = jax.eval_shape(make_state)   # sized before anything is allocated
-    floor = Floor(data=clients * examples * (math.prod(input_shape) + 8),
-                  state=tree_bytes(shapes), chunk=chunk if engine_name == "vectorized" else 1,
-                  per_client=client_round_bytes(input_shape, local_steps, batch_size,
-                                                spec.max_epochs, examples,
-                                                tree_bytes(shapes.params)))
-    check_fits(floor, *device_capacity(mesh.devices.flat[0]))
-    data = synthetic_data(clients, examples, input_shape)
-    state = make_state()
+    # The run as training builds it (model, spec, algorithm, data, the memory floor checked),
+    # on synthetic images of the model's input shape.
+    config = Config(model=model, norm=norm, dtype=dtype, conv_impl=conv_impl,
+                    conv_features=conv_features, dense_features=dense_features,
+                    num_clients=clients, local_steps=local_steps, batch_size=batch_size,
+                    client_chunk_size=chunk if engine_name == "vectorized" else 1,
+                    partition="iid", lr=0.01, seed=0).validate()
+    exp = build_experiment(config, dataset=synthetic_dataset(clients * examples, input_shape))
+    spec, data, hparams, state = exp.spec, exp.data, hparams_of(config), initial_state(exp)
+    fedavg, apply_fn = exp.algorithm, exp.apply_fn
     if engine_name == "vectorized":
         state, hparams, data = replicate((state, hparams, data), mesh)
         round_fn = make_round_fn(apply_fn, spec, fedavg, mesh)

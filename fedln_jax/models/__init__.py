@@ -8,8 +8,8 @@ from fedln_jax.choices import DTYPES
 from fedln_jax.errors import FedlnError
 from fedln_jax.models.cnn import ARCHS, MLP, WIDTH_FIELDS, ConvNet, parse_features, resolve_arch
 from fedln_jax.models.flops import forward_macs, train_flops_per_example
-from fedln_jax.models.layers import (CONV_IMPLS, INITS, Conv, conv2d, kernel_init, max_pool2,
-                                     resolve_conv_impl)
+from fedln_jax.models.layers import (CONV_IMPLS, INITS, Conv, auto_conv_choice, conv2d, kernel_init,
+                                     max_pool2, resolve_conv_impl)
 from fedln_jax.models.normalizers import (NORM_PRESETS, PRIMITIVES, NormDef, NormModule, Preset,
                                           Primitive, apply_norm, check_width, expand_norm_layers,
                                           group_norm, preset, resolve_norm)
@@ -164,7 +164,7 @@ __all__ = [
     "build_model", "MODEL_NAMES", "DTYPES", "INITS", "kernel_init", "NORM_PRESETS", "NORM_POSITIONS", "PRIMITIVES", "CONV_IMPLS",
     "expand_norm_layers", "resolve_norm", "preset", "check_width", "num_norm_positions",
     "feature_dim", "checked_norms", "ConvNet", "MLP", "ResNet", "resnet_norm_layers", "Conv", "conv2d", "max_pool2",
-    "resolve_conv_impl", "NormDef", "NormModule", "Preset", "Primitive", "apply_norm",
+    "resolve_conv_impl", "auto_conv_choice", "NormDef", "NormModule", "Preset", "Primitive", "apply_norm",
     "group_norm", "forward_macs",
     "train_flops_per_example", "model_widths", "parse_features", "resolve_arch",
 ]

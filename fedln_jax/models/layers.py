@@ -11,6 +11,7 @@ either implementation.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Sequence
 
 import jax
@@ -19,8 +20,9 @@ from flax import linen as nn
 from jax import lax
 
 from fedln_jax.errors import FedlnError
+from fedln_jax.models.conv_torch import conv2d_torch, torch_available
 
-CONV_IMPLS = ("auto", "patches", "lax")
+CONV_IMPLS = ("auto", "patches", "lax", "torch")
 
 # Weight initializations by the `init` config key (docs/models.md#initialization):
 #   torch  PyTorch's default for Conv2d and Linear, kaiming_uniform with a = sqrt(5), i.e.
@@ -60,16 +62,39 @@ def bias_init(init: str, fan_in: int) -> Callable:
 _PATCHES_METHOD = "slices"
 
 
-def resolve_conv_impl(conv_impl: str) -> tuple[str, str]:
-    """Map a `conv_impl` name to (conv impl, pool impl).
+# auto on a CPU with PyTorch: torch for a conv of at least this many multiply-adds per call
+# (one client's batch), patches below. Each torch conv costs two host callbacks, measured at
+# ~0.4 ms each on the 2-core EPYC of BENCHMARKS.md ("Torch convs"), where the digits CNN's
+# convs (under 1M MACs per batch of 32) ran 5x slower than with patches; the paper CNN's (120M
+# and 330M) ran faster, and the break-even is ~30M (two callbacks = half the patches time).
+TORCH_MIN_MACS = 20_000_000
+AUTO_TORCH = "torch_large"    # the impl auto resolves to: torch for large convs, patches below
 
-    "auto" -> patches + reshape on CPU, lax + lax on GPU/TPU (where cuDNN/TPU convs are fast).
+
+def auto_conv_choice() -> tuple[str, str]:
+    """(the conv impl that "auto" picks here, why), the rule of docs/install.md#torch-convs.
+
+    GPU/TPU: lax (cuDNN / the TPU's convs). CPU: torch for the large convs where PyTorch is
+    installed (its oneDNN convs ran the paper CNN's round faster than patches, BENCHMARKS.md),
+    else patches: an install without PyTorch computes exactly what it did before.
     """
+    backend = jax.default_backend()
+    if backend != "cpu":
+        return "lax", f"backend {backend}: XLA's own conv"
+    if torch_available():
+        return AUTO_TORCH, (f"CPU with PyTorch installed: its oneDNN convs for convs of >= "
+                            f"{TORCH_MIN_MACS // 10**6}M MACs per call, patches below "
+                            "(docs/install.md#torch-convs)")
+    return "patches", "CPU without PyTorch: im2col + matmul (conv_impl=torch needs PyTorch)"
+
+
+def resolve_conv_impl(conv_impl: str) -> tuple[str, str]:
+    """Map a `conv_impl` name to (conv impl, pool impl); "auto" by `auto_conv_choice`."""
     if conv_impl not in CONV_IMPLS:
         raise FedlnError(f"unknown conv_impl {conv_impl!r}; expected one of {', '.join(CONV_IMPLS)}")
     if conv_impl == "auto":
-        conv_impl = "patches" if jax.default_backend() == "cpu" else "lax"
-    return conv_impl, ("reshape" if conv_impl == "patches" else "lax")
+        conv_impl = auto_conv_choice()[0]
+    return conv_impl, ("lax" if conv_impl == "lax" else "reshape")
 
 
 def resolve_pads(padding, h: int, w: int, kh: int, kw: int, stride: int) -> tuple:
@@ -123,9 +148,20 @@ def extract_patches(x: jax.Array, kh: int, kw: int, padding, method: str = _PATC
     raise ValueError(f"unknown patches method {method!r}")
 
 
+def conv_macs(x_shape: tuple, kernel_shape: tuple, padding, stride: int) -> int:
+    """Multiply-adds of one conv call on [..., H, W, Cin] (every leading axis counted)."""
+    kh, kw, cin, cout = kernel_shape
+    pad_h, pad_w = resolve_pads(padding, x_shape[-3], x_shape[-2], kh, kw, stride)
+    rows = (x_shape[-3] + sum(pad_h) - kh) // stride + 1
+    cols = (x_shape[-2] + sum(pad_w) - kw) // stride + 1
+    return math.prod(x_shape[:-3]) * rows * cols * kh * kw * cin * cout
+
+
 def conv2d(x: jax.Array, kernel: jax.Array, padding, impl: str, stride: int = 1) -> jax.Array:
     """Bias-free 2D conv of NHWC `x` with an HWIO `kernel`; padding VALID | SAME | int."""
     kh, kw, cin, cout = kernel.shape
+    if impl == AUTO_TORCH:
+        impl = "torch" if conv_macs(x.shape, kernel.shape, padding, stride) >= TORCH_MIN_MACS else "patches"
     if impl == "patches":
         p = extract_patches(x, kh, kw, padding, stride=stride)
         # One 2-D [pixels, kh*kw*cin] x [kh*kw*cin, cout] matmul. With the batch axes kept,
@@ -142,7 +178,10 @@ def conv2d(x: jax.Array, kernel: jax.Array, padding, impl: str, stride: int = 1)
         y = lax.conv_general_dilated(x4, kernel, (stride, stride), pads,
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
         return y.reshape(lead + y.shape[1:])
-    raise FedlnError(f"unknown conv impl {impl!r}; expected patches or lax")
+    if impl == "torch":
+        return conv2d_torch(x, kernel, resolve_pads(padding, x.shape[-3], x.shape[-2], kh, kw, stride),
+                            stride)
+    raise FedlnError(f"unknown conv impl {impl!r}; expected patches, lax or torch")
 
 
 class Conv(nn.Module):
