@@ -18,6 +18,6 @@ AUGMENT_SETTINGS = ("auto", "true", "false", "none", "crop_flip", "resized_crop"
 MODEL_NAMES = ("cnn", "small_cnn", "mlp", "resnet18", "resnet18_tiny")   # models.MODEL_NAMES
 NORM_POSITIONS = ("after", "before")                               # models.NORM_POSITIONS
 INITS = ("torch", "lecun")                                         # models.layers.INITS
-CONV_IMPLS = ("auto", "patches", "lax", "torch")                   # models.layers.CONV_IMPLS
+CONV_IMPLS = ("auto", "patches", "lax", "torch", "torch_large")                   # models.layers.CONV_IMPLS
 ALGORITHM_NAMES = ("fedavg", "fedprox", "scaffold", "fedavgm", "fedadam", "fedyogi", "fedlc",
                    "fedrs", "feddecorr", "fedbn")                  # algorithms.REGISTRY

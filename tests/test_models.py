@@ -12,7 +12,7 @@ from fedln_jax.errors import FedlnError
 from fedln_jax.models import (MODEL_NAMES, NORM_PRESETS, build_model, conv2d, feature_dim,
                               max_pool2, num_norm_positions, resolve_conv_impl)
 from fedln_jax.models.conv_torch import torch_available
-from fedln_jax.models.layers import AUTO_TORCH, extract_patches
+from fedln_jax.models.layers import extract_patches
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 SHAPES = {"cnn": (4, 32, 32, 3), "small_cnn": (4, 8, 8, 1), "mlp": (4, 8, 8, 1)}  # shared shapes:
@@ -155,8 +155,8 @@ def test_reshape_pool_matches_max_pool(shape):
 
 
 def test_auto_impl():
-    # With PyTorch installed, auto picks torch on the CPU (tests/test_conv_torch.py).
-    cpu_default = (AUTO_TORCH if torch_available() else "patches", "reshape")
+    # With or without PyTorch, auto keeps patches on the CPU (tests/test_conv_torch.py).
+    cpu_default = ("patches", "reshape")
     expected = cpu_default if jax.default_backend() == "cpu" else ("lax", "lax")
     assert resolve_conv_impl("auto") == expected
     with pytest.raises(FedlnError):

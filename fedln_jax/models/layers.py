@@ -22,7 +22,7 @@ from jax import lax
 from fedln_jax.errors import FedlnError
 from fedln_jax.models.conv_torch import conv2d_torch, torch_available
 
-CONV_IMPLS = ("auto", "patches", "lax", "torch")
+CONV_IMPLS = ("auto", "patches", "lax", "torch", "torch_large")
 
 # Weight initializations by the `init` config key (docs/models.md#initialization):
 #   torch  PyTorch's default for Conv2d and Linear, kaiming_uniform with a = sqrt(5), i.e.
@@ -62,29 +62,30 @@ def bias_init(init: str, fan_in: int) -> Callable:
 _PATCHES_METHOD = "slices"
 
 
-# auto on a CPU with PyTorch: torch for a conv of at least this many multiply-adds per call
+# conv_impl=torch_large: torch for a conv of at least this many multiply-adds per call
 # (one client's batch), patches below. Each torch conv costs two host callbacks, measured at
 # ~0.4 ms each on the 2-core EPYC of BENCHMARKS.md ("Torch convs"), where the digits CNN's
 # convs (under 1M MACs per batch of 32) ran 5x slower than with patches; the paper CNN's (120M
 # and 330M) ran faster, and the break-even is ~30M (two callbacks = half the patches time).
 TORCH_MIN_MACS = 20_000_000
-AUTO_TORCH = "torch_large"    # the impl auto resolves to: torch for large convs, patches below
+AUTO_TORCH = "torch_large"    # torch for large convs, patches below
 
 
 def auto_conv_choice() -> tuple[str, str]:
     """(the conv impl that "auto" picks here, why), the rule of docs/install.md#torch-convs.
 
-    GPU/TPU: lax (cuDNN / the TPU's convs). CPU: torch for the large convs where PyTorch is
-    installed (its oneDNN convs ran the paper CNN's round faster than patches, BENCHMARKS.md),
-    else patches: an install without PyTorch computes exactly what it did before.
+    GPU/TPU: lax (cuDNN / the TPU's convs). CPU: patches, also where PyTorch is installed:
+    quiet, with both libraries on the 2 cores, PyTorch's convs inside the round were no faster
+    (BENCHMARKS.md, "Torch convs"), and an install with PyTorch then computes exactly what one
+    without does. conv_impl=torch or torch_large asks for them.
     """
     backend = jax.default_backend()
     if backend != "cpu":
         return "lax", f"backend {backend}: XLA's own conv"
     if torch_available():
-        return AUTO_TORCH, (f"CPU with PyTorch installed: its oneDNN convs for convs of >= "
-                            f"{TORCH_MIN_MACS // 10**6}M MACs per call, patches below "
-                            "(docs/install.md#torch-convs)")
+        return "patches", ("CPU: im2col + matmul; PyTorch is installed, but its convs measured "
+                           "no faster on a quiet CPU: conv_impl=torch to use them "
+                           "(docs/install.md#torch-convs)")
     return "patches", "CPU without PyTorch: im2col + matmul (conv_impl=torch needs PyTorch)"
 
 
