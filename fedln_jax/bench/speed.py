@@ -244,7 +244,7 @@ def run_bench(model: str = "cnn", clients: int = 10, local_steps: int = 5, batch
         "fraction_of_matmul_peak": gflops / peak,
         "train_loss": loss,
         "jax_version": jax.__version__,
-        "jaxlib_version": _jaxlib_version(),
+        "jaxlib_version": jaxlib_version(),
     }
 
 
@@ -261,6 +261,6 @@ def _loss_as_metrics(result):
     return state, {"train_loss": mean_loss}
 
 
-def _jaxlib_version() -> str:
+def jaxlib_version() -> str:
     import jaxlib
     return getattr(jaxlib, "__version__", None) or jaxlib.version.__version__
