@@ -38,8 +38,8 @@ from fedln_jax.bench.grid import (DEFAULT_GRID, FULL, MAX_RUNS, NUM_CLASSES, PRO
                                   TRAIN_IMAGES, Point, Sizes, build_grid, chunk_width,
                                   client_images, memory_reason, protocol_floors)
 from fedln_jax.bench.report import add_ratios, format_seconds, markdown_table, time_calls
-from fedln_jax.bench.speed import (cpu_model, device_peak_mb, matmul_peak_gflops, peak_rss_mb,
-                                   jaxlib_version)
+from fedln_jax.bench.speed import (cpu_model, device_peak_mb, jaxlib_version, matmul_peak_gflops,
+                                   peak_rss_mb)
 from fedln_jax.config import Config
 from fedln_jax.engine.client import epochs_needed, make_apply_fn
 from fedln_jax.engine.state import RoundSpec, make_data
