@@ -35,7 +35,7 @@ from fedln_jax.models import (forward_macs, resolve_conv_impl,  # noqa: F401
                               train_flops_per_example)
 from fedln_jax.models.resnet import resnet_feature_dim
 from fedln_jax.training.experiment import build_experiment, hparams_of, initial_state
-from fedln_jax.training.memory import analysis_of, peak_of
+from fedln_jax.training.memory import analysis_of, describe, device_capacity, peak_of
 
 # How many clients one device vmaps per chunk: the backend's default, one (the CPU default),
 # or the whole per-device cohort (the GPU/TPU default).
@@ -120,6 +120,18 @@ def synthetic_dataset(num_examples: int, input_shape, seed: int = 0) -> Dataset:
                    num_classes=NUM_CLASSES, pixel_scale=1 / 255)
 
 
+def check_images_fit(clients: int, examples: int, input_shape) -> None:
+    """The synthetic images alone against the device (build_experiment checks the whole floor
+    once they exist): a huge --clients is one line, not an allocation failure."""
+    need = clients * examples * (math.prod(input_shape) + 8)
+    capacity, what = device_capacity()
+    if capacity is not None and need > capacity:
+        raise FedlnError(f"this benchmark needs at least {describe(need)} for its synthetic "
+                         f"images alone ({clients} clients x {examples} images of "
+                         f"{'x'.join(map(str, input_shape))}) but the device has "
+                         f"{describe(capacity)} ({what}); lower --clients or --batch-size")
+
+
 def run_bench(model: str = "cnn", clients: int = 10, local_steps: int = 5, batch_size: int = 32,
               rounds: int = 3, engine_name: str = "vectorized", chunk_size: int = 0,
               norm: str = "none", dtype: str = "float32", rounds_per_call: int = 1,
@@ -175,6 +187,7 @@ def run_bench(model: str = "cnn", clients: int = 10, local_steps: int = 5, batch
                     num_clients=clients, local_steps=local_steps, batch_size=batch_size,
                     client_chunk_size=chunk if engine_name == "vectorized" else 1,
                     partition="iid", lr=0.01, seed=0).validate()
+    check_images_fit(clients, examples, input_shape)   # before they are made
     exp = build_experiment(config, dataset=synthetic_dataset(clients * examples, input_shape))
     spec, data, hparams, state = exp.spec, exp.data, hparams_of(config), initial_state(exp)
     fedavg, apply_fn = exp.algorithm, exp.apply_fn
