@@ -47,7 +47,7 @@ from fedln_jax.errors import FedlnError, first_line
 from fedln_jax.models import build_model, train_flops_per_example
 from fedln_jax.training.experiment import Experiment
 from fedln_jax.training.lock import check_file_path, hold_file
-from fedln_jax.training.memory import device_capacity
+from fedln_jax.training.memory import Floor, device_capacity
 from fedln_jax.training.program import build_program
 from fedln_jax.training.workdir import write_text
 
@@ -60,8 +60,10 @@ def protocol_data(cohort: int, images_per_client: int, side: int = 32):
     return make_data(x, y, list(blocks), NUM_CLASSES)
 
 
-def protocol_members(point: Point, data, images_per_client: int, sizes: Sizes) -> list[Experiment]:
-    """The R runs (seeds 0..R-1) of one configuration, as the training loop's Experiments."""
+def protocol_members(point: Point, data, images_per_client: int, sizes: Sizes,
+                     floor: Floor) -> list[Experiment]:
+    """The R runs (seeds 0..R-1) of one configuration, as the training loop's Experiments;
+    `floor`: the configuration's (protocol_floors), of which each run holds one run's share."""
     width = chunk_width(point.chunk, point.cohort)
     widths = dict(conv_features=sizes.conv_features, dense_features=sizes.dense_features)
     config = Config(model="cnn", norm="none", conv_impl=point.conv_impl, dtype=point.dtype,
@@ -79,7 +81,7 @@ def protocol_members(point: Point, data, images_per_client: int, sizes: Sizes) -
                      x_test=data.x[:1], y_test=data.y[:1], num_classes=NUM_CLASSES,
                      counts_CK=counts_CK, test_weights_CK=counts_CK,
                      algorithm=get_algorithm("fedavg"),
-                     floor=protocol_floors([point], sizes)[point]._replace(runs=1, chunk=1))
+                     floor=floor._replace(runs=1, chunk=1))
     return [exp._replace(config=config.replace(seed=seed)) for seed in range(point.runs)]
 
 
@@ -88,10 +90,11 @@ def block_args(program, state, rounds: int, runs: int) -> tuple:
     return state, program.hparams, program.data, jnp.int32(rounds), program.scalars([0.0] * runs)
 
 
-def time_point(point: Point, data, images_per_client: int, sizes: Sizes) -> dict:
+def time_point(point: Point, data, images_per_client: int, sizes: Sizes, floor: Floor) -> dict:
     """Build one configuration as the training loop does, compile its block of rounds and time
     it; the measured part of its row."""
-    program = build_program(protocol_members(point, data, images_per_client, sizes), jax.devices())
+    program = build_program(protocol_members(point, data, images_per_client, sizes, floor),
+                            jax.devices())
     state = program.fresh
     start = time.perf_counter()
     compiled = program.run_block.lower(*block_args(program, state, 1, point.runs)).compile()
@@ -188,26 +191,26 @@ def skip_reason(point: Point, rows: list[dict], elapsed: float, budget: float | 
     return None
 
 
-def memory_reasons(grid: list[Point], sizes: Sizes) -> dict:
-    """Why each configuration cannot fit this device (None where it fits); a grid of which
-    none fits is refused."""
+def memory_reasons(grid: list[Point], sizes: Sizes) -> tuple[dict, dict]:
+    """Each configuration's memory floor, and why it cannot fit this device (None where it
+    fits); a grid of which none fits is refused."""
     floors, (capacity, what) = protocol_floors(grid, sizes), device_capacity()
     reasons = {p: memory_reason(floors[p], capacity, what) for p in grid}
     if all(reasons.values()):   # not one configuration fits: a grid no device here could run
         raise FedlnError(f"no configuration of the grid fits this device; the first one "
                          f"{reasons[grid[0]].removeprefix('skipped: ')}; lower --runs or --cohort")
-    return reasons
+    return floors, reasons
 
 
-def run_protocol(grid: list[Point], sizes: Sizes, out: str | None = None,
-                 budget: float | None = None, config_limit: float | None = None,
-                 with_torch: bool = True, log=None) -> list[dict]:
+def run_protocol(grid: list[Point], sizes: Sizes, floors: dict, reasons: dict,
+                 out: str | None = None, budget: float | None = None,
+                 config_limit: float | None = None, with_torch: bool = True,
+                 log=None) -> list[dict]:
     """Measure every configuration (the torch rows of a cohort before its first JAX row),
-    writing each row to `out` (JSON lines) and the table to out's .md as it finishes. One
-    whose memory floor exceeds the device is a skipped row; a grid of which none fits is
-    refused before anything is printed or written."""
+    writing each row to `out` (JSON lines) and the table to out's .md as it finishes.
+    floors, reasons: memory_reasons of the grid; one whose floor exceeds the device is a
+    skipped row."""
     log = log or sys.stderr            # looked up now: a redirected stderr counts
-    reasons = memory_reasons(grid, sizes)
     start, env = time.perf_counter(), environment()
     matmul_size = sizes.matmul_size or (2048 if env["backend"] == "cpu" else 8192)
     peaks = {d: matmul_peak_gflops(matmul_size, dtype=d) for d in sorted({p.dtype for p in grid} | {"float32"})}
@@ -236,7 +239,8 @@ def run_protocol(grid: list[Point], sizes: Sizes, out: str | None = None,
             images.clear()                              # one cohort's images on the device at a time
             images[point.cohort] = protocol_data(point.cohort, per_client, sizes.side)
         row = _measure(lambda: protocol_row(point, time_point(point, images[point.cohort],
-                                                              per_client, sizes), peaks, sizes),
+                                                              per_client, sizes, floors[point]),
+                                            peaks, sizes),
                        point, reason)
         _emit(rows, {**row, **env}, out, log)
     return rows
@@ -308,9 +312,9 @@ def protocol_main(args) -> int:
             raise FedlnError(f"--out {args.out!r} ends in .md, the name of the table written "
                              f"beside the rows: name the rows' file, e.g. rows.jsonl")
         check_file_path(args.out, "--out", (table,))
-    memory_reasons(grid, sizes)   # a grid that cannot run is refused before the lock file
+    floors, reasons = memory_reasons(grid, sizes)   # refused here, before the lock file
     with hold_file(args.out, "--out") if args.out is not None else contextlib.nullcontext():
-        rows = run_protocol(grid, sizes, out=args.out, budget=args.budget,
+        rows = run_protocol(grid, sizes, floors, reasons, out=args.out, budget=args.budget,
                             config_limit=args.config_limit,
                             with_torch=not args.no_torch and torch_loop.available())
     for row in rows:
