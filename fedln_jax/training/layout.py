@@ -37,14 +37,6 @@ class Layout(NamedTuple):
         return Mesh(np.array(self.devices).reshape(self.along_runs, self.along_clients),
                     ("runs", "clients"))
 
-    def auto_note(self) -> str | None:
-        """The line that says auto narrowed the width (None when it did not)."""
-        if self.narrowed_from is None:
-            return None
-        return (f"fedln-jax: client_chunk_size=auto chose {self.chunk} (the default "
-                f"{self.narrowed_from} does not fit {AUTO_CHUNK_MARGIN:.0%} of the device's "
-                f"free memory)")
-
 
 def mesh_devices(config: Config) -> list:
     """The devices the program is laid over (all, or the first num_devices)."""
@@ -103,5 +95,7 @@ def decide_layout(config: Config, runs: int, floor: Floor, devices: list | None 
 
 def report_auto(layout: Layout) -> None:
     """Say on stderr when auto narrowed the width (once per program built)."""
-    if layout.auto_note():
-        print(f"{layout.auto_note()} ({describe(layout.floor.total)} floor)", file=sys.stderr)
+    if layout.narrowed_from is not None:
+        print(f"fedln-jax: client_chunk_size=auto chose {layout.chunk} (the default "
+              f"{layout.narrowed_from} does not fit {AUTO_CHUNK_MARGIN:.0%} of the device's "
+              f"free memory; {describe(layout.floor.total)} floor)", file=sys.stderr)
