@@ -4,9 +4,12 @@ Optional: PyTorch is never imported unless this implementation is selected (or `
 whether it is installed), and nothing else in the package needs it (docs/install.md#torch-convs).
 
 How it runs inside the jitted round: a `jax.custom_vjp` whose forward is one
-`jax.pure_callback` (torch's `conv2d`) and whose backward is one more (torch's
-`convolution_backward`, input and kernel gradients in one call). The arrays cross zero-copy:
-the callback's numpy arguments are viewed by `torch.from_numpy`, NHWC seen as NCHW with
+`buffer_callback` (torch's `conv2d`) and whose backward is one more (torch's
+`convolution_backward`, input and kernel gradients in one call). `buffer_callback` hands the
+callback XLA's own buffers, inputs and outputs, which torch views through DLPack: no copy in,
+one copy of each result into its output buffer. (`jax.pure_callback` copies every argument
+onto a fresh device array and every result back: measured quiet, its 64->64 forward took
+2.1 ms where the same torch call takes 1.5; BENCHMARKS.md.) NHWC is seen as NCHW with
 channels_last strides and the HWIO kernel as OIHW, the layouts oneDNN takes directly. Under
 `vmap` (the clients of a chunk) the callback gets the stacked clients (`vmap_method=
 "expand_dims"`) and loops over them in Python, one plain conv each, as the PyTorch loop does;
@@ -19,12 +22,11 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import math
-import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental.buffer_callback import buffer_callback
 
 from fedln_jax.errors import FedlnError
 
@@ -44,27 +46,18 @@ def _torch():
     return torch
 
 
-def _as_torch(array: np.ndarray):
-    """A torch view of a (possibly read-only) numpy array: no copy."""
-    # from_numpy warns on read-only memory (XLA's buffers); torch never writes its conv inputs.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return _torch().from_numpy(array)
+def _views(*buffers):
+    """Torch views of XLA's buffers (DLPack, no copy); outputs are written through them."""
+    torch = _torch()
+    return [torch.from_dlpack(b) for b in buffers]
 
 
-def _lead_loop(lead_shapes, fn, out_shapes):
-    """Run fn(index tuple per argument) over the broadcast of the arguments' leading (vmapped)
-    axes; size-1 leading axes (expand_dims of an unbatched argument) are broadcast."""
-    lead = np.broadcast_shapes(*lead_shapes)
-    if math.prod(lead) == 1:    # one client (the CPU's chunk width): its results, no copy
-        zeros = [(0,) * len(shape) for shape in lead_shapes]
-        return [r.reshape(lead + s) for r, s in zip(fn(*zeros), out_shapes)]
-    outs = [np.empty(lead + s, np.float32) for s in out_shapes]
+def _lead_indices(*shapes):
+    """Per leading (vmapped) index, one index tuple per argument: its axes broadcast, a size-1
+    axis (expand_dims of an unbatched argument) always read at 0."""
+    lead = np.broadcast_shapes(*shapes)
     for idx in np.ndindex(*lead):
-        per_arg = [tuple(i if d > 1 else 0 for i, d in zip(idx, shape)) for shape in lead_shapes]
-        for out, r in zip(outs, fn(*per_arg)):
-            out[idx] = r
-    return outs
+        yield idx, [tuple(i if d > 1 else 0 for i, d in zip(idx, shape)) for shape in shapes]
 
 
 def _nchw(x):
@@ -77,35 +70,28 @@ def _oihw(k):
     return k.permute(3, 2, 0, 1)
 
 
-def _forward_host(x, k, *, stride, pad):
+def _forward_host(ctx, out, x, k, *, stride, pad):
+    """out[...] = conv(x, k), one plain conv per leading (client) index."""
     torch = _torch()
-    x, k = np.asarray(x), np.asarray(k)
-    ho = (x.shape[-3] + 2 * pad[0] - k.shape[-4]) // stride + 1
-    wo = (x.shape[-2] + 2 * pad[1] - k.shape[-3]) // stride + 1
-    out_shape = (x.shape[-4], ho, wo, k.shape[-1])
-
-    def one(ix, ik):
-        with torch.no_grad():
-            y = torch.nn.functional.conv2d(_nchw(_as_torch(x[ix])), _oihw(_as_torch(k[ik])),
-                                           stride=stride, padding=pad)
-        return (y.permute(0, 2, 3, 1).numpy(),)
-    return _lead_loop([x.shape[:-4], k.shape[:-4]], one, [out_shape])[0]
+    xt, kt, ot = _views(x, k, out)
+    with torch.no_grad():
+        for io, (ix, ik) in _lead_indices(xt.shape[:-4], kt.shape[:-4]):
+            y = torch.nn.functional.conv2d(_nchw(xt[ix]), _oihw(kt[ik]), stride=stride,
+                                           padding=pad)
+            _nchw(ot[io]).copy_(y)
 
 
-def _backward_host(x, k, g, *, stride, pad, need_dx):
+def _backward_host(ctx, outs, x, k, g, *, stride, pad, need_dx):
+    """outs = (dx, dk) or (dk,): torch's convolution_backward per leading (client) index."""
     torch = _torch()
-    x, k, g = np.asarray(x), np.asarray(k), np.asarray(g)
-
-    def one(ix, ik, ig):
-        xt, kt = _nchw(_as_torch(x[ix])), _oihw(_as_torch(k[ik]))
-        gt = _nchw(_as_torch(g[ig]))
+    xt, kt, gt, *ots = _views(x, k, g, *outs)
+    for io, (ix, ik, ig) in _lead_indices(xt.shape[:-4], kt.shape[:-4], gt.shape[:-4]):
         dx, dk, _ = torch.ops.aten.convolution_backward(
-            gt, xt, kt, None, [stride, stride], list(pad), [1, 1], False, [0, 0], 1,
-            [need_dx, True, False])
-        dk = dk.permute(2, 3, 1, 0).numpy()
-        return (dx.permute(0, 2, 3, 1).numpy(), dk) if need_dx else (dk,)
-    shapes = [x.shape[-4:], k.shape[-4:]] if need_dx else [k.shape[-4:]]
-    return tuple(_lead_loop([x.shape[:-4], k.shape[:-4], g.shape[:-4]], one, shapes))
+            _nchw(gt[ig]), _nchw(xt[ix]), _oihw(kt[ik]), None, [stride, stride], list(pad),
+            [1, 1], False, [0, 0], 1, [need_dx, True, False])
+        if need_dx:
+            _nchw(ots[0][io]).copy_(dx)
+        _oihw(ots[-1][io]).copy_(dk)
 
 
 def _out_struct(x_shape, kernel_shape, stride, pad):
@@ -116,9 +102,9 @@ def _out_struct(x_shape, kernel_shape, stride, pad):
 
 
 def _forward_call(x, kernel, stride, pad):
-    return jax.pure_callback(functools.partial(_forward_host, stride=stride, pad=pad),
-                             _out_struct(x.shape, kernel.shape, stride, pad),
-                             x, kernel, vmap_method="expand_dims")
+    return buffer_callback(functools.partial(_forward_host, stride=stride, pad=pad),
+                           _out_struct(x.shape, kernel.shape, stride, pad),
+                           vmap_method="expand_dims")(x, kernel)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -142,9 +128,9 @@ def _bwd(stride, pad, residuals, g):
         return jnp.zeros_like(x), jnp.zeros_like(kernel)
     shapes = ((jax.ShapeDtypeStruct(x.shape, jnp.float32),) if need_dx else ()) + (
         jax.ShapeDtypeStruct(kernel.shape, jnp.float32),)
-    grads = jax.pure_callback(
+    grads = buffer_callback(
         functools.partial(_backward_host, stride=stride, pad=pad, need_dx=need_dx), shapes,
-        x, kernel, g, vmap_method="expand_dims")
+        vmap_method="expand_dims")(x, kernel, g)
     return (grads[0], grads[1]) if need_dx else (jnp.zeros_like(x), grads[0])
 
 
