@@ -2,15 +2,20 @@
 `lax.conv_general_dilated`, plain, under vmap and inside scan; skipped where PyTorch is not
 installed (it is optional: docs/install.md#torch-convs)."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fedln_jax.config import load_config_file
 from fedln_jax.errors import FedlnError
 from fedln_jax.models import auto_conv_choice, build_model, conv2d, resolve_conv_impl
+from fedln_jax.models import conv_torch, layers
 from fedln_jax.models.conv_torch import torch_available
 from fedln_jax.models.layers import AUTO_TORCH, TORCH_MIN_MACS, conv_macs
+from fedln_jax.studies import demo
 
 needs_torch = pytest.mark.skipif(not torch_available(),
                                  reason="PyTorch is not installed (the optional `bench` extra)")
@@ -93,21 +98,52 @@ def test_paper_cnn_logits_match_patches():
     np.testing.assert_allclose(np.asarray(mine), np.asarray(ref), rtol=1e-4, atol=1e-4)
 
 
-def test_auto_keeps_patches_on_the_cpu_with_or_without_torch():
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU's rule")
+@pytest.mark.parametrize("installed,devices,expected", [
+    (True, 1, AUTO_TORCH), (False, 1, "patches"), (True, 8, "patches"), (False, 8, "patches")])
+def test_auto_on_the_cpu_runs_large_convs_in_torch_where_it_is_installed(
+        monkeypatch, installed, devices, expected):
+    monkeypatch.setattr(layers, "torch_available", lambda: installed)
+    monkeypatch.setattr(jax, "local_device_count", lambda: devices)
     conv, why = auto_conv_choice()
-    if jax.default_backend() != "cpu":
-        assert conv == "lax"
-    else:
-        assert conv == "patches", why
-    assert resolve_conv_impl("auto") == (conv, "lax" if conv == "lax" else "reshape")
+    assert conv == expected, why
+    assert resolve_conv_impl("auto") == (expected, "reshape")
     assert resolve_conv_impl("torch") == ("torch", "reshape")
+
+
+def _conv_grads(model, x_shape):
+    """Gradient of the loss of `model` on one batch of zeros of x_shape, jitted."""
+    x = jnp.zeros(x_shape, jnp.float32)
+    variables = model.init(jax.random.key(0), x[:1])
+    return jax.jit(jax.grad(lambda v: jnp.sum(model.apply(v, x))))(variables)
+
+
+MNIST5K_HEADLINE = os.path.join(os.path.dirname(__file__), "..", "experiments", "configs",
+                                "mnist5k_headline.py")
+
+
+@pytest.mark.parametrize("config", [demo.get_config(), load_config_file(MNIST5K_HEADLINE)],
+                         ids=["digits demo", "mnist5k headline"])
+def test_the_readme_studies_convs_stay_on_patches(monkeypatch, config):
+    """conv_impl=torch_large (auto's pick with PyTorch) on the README demo's model and the
+    mnist5k headline's: every conv is under TORCH_MIN_MACS at their batch, so none reaches
+    PyTorch (made absent here: a torch conv would raise) and their numbers do not depend on it
+    being installed; the paper CNN's second conv does reach it."""
+    monkeypatch.setattr(conv_torch, "torch_available", lambda: False)
+    shapes = {"digits": (8, 8, 1), "mnist5k": (28, 28, 1)}
+    model = build_model(config.resolved_model, config.norm, 10, conv_impl=AUTO_TORCH,
+                        conv_features=config.conv_features)
+    _conv_grads(model, (config.batch_size,) + shapes[config.dataset])
+    paper_cnn = build_model("cnn", "none", 10, conv_impl=AUTO_TORCH)
+    with pytest.raises(FedlnError, match="needs PyTorch"):
+        _conv_grads(paper_cnn, (32, 32, 32, 3))
 
 
 @needs_torch
 def test_torch_large_runs_torch_for_large_convs_and_patches_for_small_ones():
     """The digits CNN's tiny convs stay on patches (each torch conv costs two host callbacks)."""
     small = ((2, 8, 8, 1), (3, 3, 1, 16), "SAME")
-    large = ((3, 18, 18, 64), (3, 3, 64, 64), "VALID")
+    large = ((8, 20, 20, 64), (5, 5, 64, 64), "VALID")
     assert conv_macs(small[0], small[1], "SAME", 1) < TORCH_MIN_MACS <= conv_macs(large[0], large[1], "VALID", 1)
 
     def run(case):

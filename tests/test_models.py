@@ -9,9 +9,8 @@ import pytest
 from flax import linen as nn
 
 from fedln_jax.errors import FedlnError
-from fedln_jax.models import (MODEL_NAMES, NORM_PRESETS, build_model, conv2d, feature_dim,
-                              max_pool2, num_norm_positions, resolve_conv_impl)
-from fedln_jax.models.conv_torch import torch_available
+from fedln_jax.models import (MODEL_NAMES, NORM_PRESETS, auto_conv_choice, build_model, conv2d,
+                              feature_dim, max_pool2, num_norm_positions, resolve_conv_impl)
 from fedln_jax.models.layers import extract_patches
 
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -155,10 +154,11 @@ def test_reshape_pool_matches_max_pool(shape):
 
 
 def test_auto_impl():
-    # With or without PyTorch, auto keeps patches on the CPU (tests/test_conv_torch.py).
-    cpu_default = ("patches", "reshape")
-    expected = cpu_default if jax.default_backend() == "cpu" else ("lax", "lax")
+    # On the CPU, auto's pick depends on PyTorch (tests/test_conv_torch.py has the rule).
+    conv, _ = auto_conv_choice()
+    expected = (conv, "reshape") if jax.default_backend() == "cpu" else ("lax", "lax")
     assert resolve_conv_impl("auto") == expected
+    assert resolve_conv_impl("patches") == ("patches", "reshape")
     with pytest.raises(FedlnError):
         resolve_conv_impl("cudnn")
 

@@ -62,31 +62,38 @@ def bias_init(init: str, fan_in: int) -> Callable:
 _PATCHES_METHOD = "slices"
 
 
-# conv_impl=torch_large: torch for a conv of at least this many multiply-adds per call
-# (one client's batch), patches below. Each torch conv costs two host callbacks, measured at
-# ~0.4 ms each on the 2-core EPYC of BENCHMARKS.md ("Torch convs"), where the digits CNN's
-# convs (under 1M MACs per batch of 32) ran 5x slower than with patches; the paper CNN's (120M
-# and 330M) ran faster, and the break-even is ~30M (two callbacks = half the patches time).
-TORCH_MIN_MACS = 20_000_000
+# conv_impl=torch_large (auto's pick on a CPU with PyTorch): torch for a conv of at least this
+# many multiply-adds per call (one client's batch), patches below. Measured quiet on the
+# 2-core EPYC of BENCHMARKS.md ("Torch convs"), ms per local step at batch 32, patches vs
+# torch_large with this line at 20M / 200M: the paper CNN (convs of 120M and 328M MACs)
+# 18.4 vs 12.6-14.1 / 12.2-12.7; mnist5k's CNN at widths 32/64 (15M, 105M) 4.7 vs 4.8 / (all
+# patches); at 64/64 (29M, 210M) 10.9 vs 8.7 / 9.4. A first conv (3 or 1 input channels) runs
+# faster as patches, and so do the small ones, where the two host callbacks of a torch conv
+# outweigh the gain (the digits CNN's convs, under 1M, ran 5x slower).
+TORCH_MIN_MACS = 200_000_000
 AUTO_TORCH = "torch_large"    # torch for large convs, patches below
 
 
 def auto_conv_choice() -> tuple[str, str]:
     """(the conv impl that "auto" picks here, why), the rule of docs/install.md#torch-convs.
 
-    GPU/TPU: lax (cuDNN / the TPU's convs). CPU: patches, also where PyTorch is installed:
-    quiet, with both libraries on the 2 cores, PyTorch's convs inside the round were no faster
-    (BENCHMARKS.md, "Torch convs"), and an install with PyTorch then computes exactly what one
-    without does. conv_impl=torch or torch_large asks for them.
+    GPU/TPU: lax (cuDNN / the TPU's convs). CPU with PyTorch and one device: torch_large
+    (BENCHMARKS.md, "Torch convs"); the smaller convs (the digits demo's, mnist5k's at widths
+    32/64) stay on patches, so their numbers do not depend on PyTorch being installed. Several CPU devices: patches (each
+    device's callbacks would queue for the one Python interpreter).
     """
     backend = jax.default_backend()
     if backend != "cpu":
         return "lax", f"backend {backend}: XLA's own conv"
-    if torch_available():
-        return "patches", ("CPU: im2col + matmul; PyTorch is installed, but its convs measured "
-                           "no faster on a quiet CPU: conv_impl=torch to use them "
-                           "(docs/install.md#torch-convs)")
-    return "patches", "CPU without PyTorch: im2col + matmul (conv_impl=torch needs PyTorch)"
+    if not torch_available():
+        return "patches", ("CPU without PyTorch: im2col + matmul (with PyTorch installed, "
+                           "auto runs large convs in it: docs/install.md#torch-convs)")
+    if jax.local_device_count() > 1:
+        return "patches", (f"CPU with {jax.local_device_count()} devices: im2col + matmul "
+                           "(PyTorch's convs are picked on one CPU device only)")
+    return AUTO_TORCH, (f"CPU with PyTorch: its convs (oneDNN) for convs of >= "
+                        f"{TORCH_MIN_MACS // 1_000_000}M multiply-adds per client batch, "
+                        "patches below (docs/install.md#torch-convs)")
 
 
 def resolve_conv_impl(conv_impl: str) -> tuple[str, str]:

@@ -24,6 +24,7 @@ from fedln_jax.engine.evaluation import evaluation_row
 from fedln_jax.engine.measures import make_feature_fn, model_report
 from fedln_jax.engine.state import ServerState, derive_server_context
 from fedln_jax.errors import DivergedError, FedlnError, Interrupted
+from fedln_jax.models import resolve_conv_impl
 from fedln_jax.runtime.environment import device_summary
 from fedln_jax.training import checkpoint, lock
 from fedln_jax.training.divergence import diverged_message, loss_exploded
@@ -183,7 +184,9 @@ def train_program(members: list[Experiment], workdirs: list[str], log, quiet: bo
         restored = restore_runs(managers, program, members, workdirs, resume_bound)
         start = time.time()
         info = {"runs_vectorized": runs, "device_layout": list(program.mesh.devices.shape),
-                "client_chunk_size": program.layout.chunk, "environment": device_summary()}
+                "client_chunk_size": program.layout.chunk,
+                "conv_impl": resolve_conv_impl(config.conv_impl)[0],
+                "environment": device_summary()}
         files = [RunFiles(exp, w, m, r, start, info)
                  for exp, w, m, r in zip(members, workdirs, managers, restored)]
         start_round = files[0].start_round
