@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 from fedln_jax.choices import DTYPES, ENGINES, INPUT_SHAPES, NORM_PRESET_NAMES
@@ -157,13 +158,19 @@ def main(argv=None) -> int:
             stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     try:
-        return _dispatch(args)
+        status = _dispatch(args)
+        sys.stdout.flush()   # here, not at exit: a reader that left (| head) is met below
+        return status
     except DivergedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
     except (StorageError, OutOfMemory) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `fedln-jax config | head`: the reader left; silent, as Unix tools
+        # are; stdout to devnull, or Python reports the failed flush again at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except OSError as exc:   # the file system failed somewhere unforeseen: still one line
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -201,7 +201,7 @@ class ConfigKeys:
                                      "all)", at_least=1, **INT32, resumable=True)
     conv_impl: str = key("auto", "patches (im2col + matmul, fast on CPU), lax (XLA conv), torch "
                          "(PyTorch's CPU convs, optional: [install](install.md#torch-convs)), "
-                         "torch_large (torch for convs >= 20M MACs); auto: torch_large on CPU "
+                         "torch_large (torch for convs >= 110M MACs); auto: torch_large on CPU "
                          "with PyTorch, else patches on CPU, lax on GPU/TPU", choices=CONV_IMPLS,
                          owner="fedln_jax.models.layers:CONV_IMPLS")
     dtype: str = key("float32", "compute dtype (parameters stay float32)", choices=DTYPES,

@@ -73,3 +73,12 @@ def test_every_subcommand_has_one_handler():
     subcommands = next(a for a in cli.build_parser()._actions
                        if isinstance(a, argparse._SubParsersAction))
     assert set(subcommands.choices) == set(cli.HANDLERS)
+
+
+def test_a_reader_that_leaves_the_pipe_gets_silence_not_an_error():
+    """`fedln-jax config | head -1`: the reader is gone before the output is written."""
+    child = subprocess.Popen([sys.executable, "-m", "fedln_jax.cli", "config"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child.stdout.close()
+    err = child.stderr.read().decode()
+    assert child.wait(timeout=120) == 141 and err == "", err

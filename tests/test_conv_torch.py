@@ -2,13 +2,16 @@
 `lax.conv_general_dilated`, plain, under vmap and inside scan; skipped where PyTorch is not
 installed (it is optional: docs/install.md#torch-convs)."""
 
+import json
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import tiny_round_config
 
+from fedln_jax import run
 from fedln_jax.config import load_config_file
 from fedln_jax.errors import FedlnError
 from fedln_jax.models import auto_conv_choice, build_model, conv2d, resolve_conv_impl
@@ -159,3 +162,26 @@ def test_torch_large_runs_torch_for_large_convs_and_patches_for_small_ones():
 def test_torch_impl_without_torch_is_one_clear_error():
     with pytest.raises(FedlnError, match="needs PyTorch"):
         conv2d(jnp.zeros((1, 5, 5, 1)), jnp.zeros((3, 3, 1, 2)), "VALID", "torch")
+
+
+def test_torch_impl_on_an_accelerator_is_one_clear_error(monkeypatch):
+    """The callback would be handed device buffers there: refused before tracing it."""
+    monkeypatch.setattr(conv_torch, "torch_available", lambda: True)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    with pytest.raises(FedlnError, match="CPU only"):
+        conv2d(jnp.zeros((1, 5, 5, 1)), jnp.zeros((3, 3, 1, 2)), "VALID", "torch")
+
+
+@needs_torch
+def test_a_run_on_torch_convs_trains_records_it_and_repeats_its_bits(tmp_path):
+    """End to end through the round (clients under lax.map, local steps under scan, the
+    evaluation): two runs of the same config give the same metrics, and summary.json names
+    the conv that ran."""
+    config = tiny_round_config(conv_impl="torch", rounds=2, eval_every=1)
+    summaries = [run(config, str(tmp_path / name), quiet=True) for name in ("a", "b")]
+    assert [s["conv_impl"] for s in summaries] == ["torch", "torch"]
+    rows = [(tmp_path / name / "metrics.jsonl").read_text().splitlines() for name in ("a", "b")]
+    strip = [[{k: v for k, v in json.loads(r).items() if k != "elapsed_seconds"} for r in rs]
+             for rs in rows]
+    assert strip[0] == strip[1] and len(strip[0]) == 2
+    assert np.isfinite(strip[0][-1]["train_loss"])

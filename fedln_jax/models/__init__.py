@@ -115,8 +115,9 @@ def build_model(name: str, norm: str, num_classes: int, *, norm_layers: str = ""
       norm_position: "after" (linear -> ReLU -> norm) or "before" (linear -> norm -> ReLU).
       gn_groups: G of the "gn" preset.
       tau: logits are divided by tau.
-      conv_impl: "auto" (patches on CPU, lax on GPU/TPU), "patches" or "lax"; the same
-        variables work with every choice.
+      conv_impl: one of CONV_IMPLS: "auto" (`auto_conv_choice`: torch_large on a CPU with
+        PyTorch, else patches on CPU, lax on GPU/TPU), "patches", "lax", "torch",
+        "torch_large"; the same variables work with every choice.
       dtype: compute dtype, "float32" or "bfloat16" (for GPU/TPU). Parameters, normalizer
         statistics and logits stay float32 either way.
       conv_features: widths of the convs of cnn/small_cnn, "32,64" or (32, 64); "" = the model's.

@@ -146,6 +146,9 @@ def conv2d_torch(x: jax.Array, kernel: jax.Array, pads: tuple, stride: int) -> j
     if not torch_available():
         raise FedlnError("conv_impl=torch needs PyTorch, which is not installed here "
                          "(docs/install.md#torch-convs); conv_impl=auto or patches runs without it")
+    if jax.default_backend() != "cpu":    # the callback would get device buffers
+        raise FedlnError(f"conv_impl=torch runs on the CPU only (the backend is "
+                         f"{jax.default_backend()}); conv_impl=auto or lax runs here")
     (top, bottom), (left, right) = pads
     sym = (min(top, bottom), min(left, right))
     extra = ((top - sym[0], bottom - sym[0]), (left - sym[1], right - sym[1]))

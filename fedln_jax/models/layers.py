@@ -64,13 +64,13 @@ _PATCHES_METHOD = "slices"
 
 # conv_impl=torch_large (auto's pick on a CPU with PyTorch): torch for a conv of at least this
 # many multiply-adds per call (one client's batch), patches below. Measured quiet on the
-# 2-core EPYC of BENCHMARKS.md ("Torch convs"), ms per local step at batch 32, patches vs
-# torch_large with this line at 20M / 200M: the paper CNN (convs of 120M and 328M MACs)
-# 18.4 vs 12.6-14.1 / 12.2-12.7; mnist5k's CNN at widths 32/64 (15M, 105M) 4.7 vs 4.8 / (all
-# patches); at 64/64 (29M, 210M) 10.9 vs 8.7 / 9.4. A first conv (3 or 1 input channels) runs
-# faster as patches, and so do the small ones, where the two host callbacks of a torch conv
-# outweigh the gain (the digits CNN's convs, under 1M, ran 5x slower).
-TORCH_MIN_MACS = 200_000_000
+# 2-core EPYC of BENCHMARKS.md ("Torch convs"): the paper CNN's round (convs of 120M and 328M
+# MACs at batch 32; `fedln-jax bench --clients 40`, 4 interleaved runs) at 220-242 GFLOP/s with
+# both convs in torch, 218-228 with only the 328M one, 164-175 on patches; mnist5k's CNN at
+# widths 32/64 (15M and 105M) 4.80 ms per local step with its 105M conv in torch against 4.69
+# on patches: no gain, so the line sits above it. Small convs lose in torch: the two host
+# callbacks outweigh the conv (the digits CNN's, under 1M, ran 5x slower).
+TORCH_MIN_MACS = 110_000_000
 AUTO_TORCH = "torch_large"    # torch for large convs, patches below
 
 
