@@ -114,11 +114,13 @@ def test_auto_on_the_cpu_runs_large_convs_in_torch_where_it_is_installed(
     assert resolve_conv_impl("torch") == ("torch", "reshape")
 
 
-def _conv_grads(model, x_shape):
-    """Gradient of the loss of `model` on one batch of zeros of x_shape, jitted."""
-    x = jnp.zeros(x_shape, jnp.float32)
-    variables = model.init(jax.random.key(0), x[:1])
-    return jax.jit(jax.grad(lambda v: jnp.sum(model.apply(v, x))))(variables)
+def _trace_grads(model, x_shape):
+    """Trace (not compile) the gradient of `model`'s loss on one batch of x_shape: the choice
+    of conv, and a torch conv's check, happen while tracing."""
+    def grads(x):
+        variables = model.init(jax.random.key(0), x[:1])
+        return jax.grad(lambda v: jnp.sum(model.apply(v, x)))(variables)
+    return jax.eval_shape(grads, jax.ShapeDtypeStruct(x_shape, jnp.float32))
 
 
 MNIST5K_HEADLINE = os.path.join(os.path.dirname(__file__), "..", "experiments", "configs",
@@ -131,15 +133,23 @@ def test_the_readme_studies_convs_stay_on_patches(monkeypatch, config):
     """conv_impl=torch_large (auto's pick with PyTorch) on the README demo's model and the
     mnist5k headline's: every conv is under TORCH_MIN_MACS at their batch, so none reaches
     PyTorch (made absent here: a torch conv would raise) and their numbers do not depend on it
-    being installed; the paper CNN's second conv does reach it."""
+    being installed."""
     monkeypatch.setattr(conv_torch, "torch_available", lambda: False)
     shapes = {"digits": (8, 8, 1), "mnist5k": (28, 28, 1)}
     model = build_model(config.resolved_model, config.norm, 10, conv_impl=AUTO_TORCH,
                         conv_features=config.conv_features)
-    _conv_grads(model, (config.batch_size,) + shapes[config.dataset])
-    paper_cnn = build_model("cnn", "none", 10, conv_impl=AUTO_TORCH)
+    _trace_grads(model, (config.batch_size,) + shapes[config.dataset])
+
+
+@pytest.mark.parametrize("conv_features", ["64/8", "48/64"],
+                         ids=["first conv 120M", "second conv 246M"])
+def test_the_paper_cnns_convs_reach_torch(monkeypatch, conv_features):
+    """...while a paper-CNN conv over the line does, the first (3->64 on 32x32) or the second
+    alone (the check above can fail)."""
+    monkeypatch.setattr(conv_torch, "torch_available", lambda: False)
+    paper_cnn = build_model("cnn", "none", 10, conv_impl=AUTO_TORCH, conv_features=conv_features)
     with pytest.raises(FedlnError, match="needs PyTorch"):
-        _conv_grads(paper_cnn, (32, 32, 32, 3))
+        _trace_grads(paper_cnn, (32, 32, 32, 3))
 
 
 @needs_torch
