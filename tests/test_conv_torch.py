@@ -4,6 +4,7 @@ installed (it is optional: docs/install.md#torch-convs)."""
 
 import json
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -195,3 +196,16 @@ def test_a_run_on_torch_convs_trains_records_it_and_repeats_its_bits(tmp_path):
              for rs in rows]
     assert strip[0] == strip[1] and len(strip[0]) == 2
     assert np.isfinite(strip[0][-1]["train_loss"])
+
+
+def test_a_broken_torch_install_is_one_clear_error_while_tracing(monkeypatch):
+    """Installed but failing to import (a missing library): refused while the model is traced,
+    naming the way out, never a traceback from inside a host callback mid-run."""
+    monkeypatch.setattr(conv_torch, "torch_available", lambda: True)
+    monkeypatch.setitem(sys.modules, "torch", None)    # `import torch` raises ImportError
+    conv_torch._torch.cache_clear()
+    try:
+        with pytest.raises(FedlnError, match="fails to import .*conv_impl=patches runs without"):
+            conv2d(jnp.zeros((1, 5, 5, 1)), jnp.zeros((3, 3, 1, 2)), "VALID", "torch")
+    finally:
+        conv_torch._torch.cache_clear()

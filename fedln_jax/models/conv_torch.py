@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental.buffer_callback import buffer_callback
 
-from fedln_jax.errors import FedlnError
+from fedln_jax.errors import FedlnError, first_line
 
 
 def torch_available() -> bool:
@@ -40,9 +40,11 @@ def torch_available() -> bool:
 def _torch():
     try:
         import torch
-    except ImportError as e:    # pragma: no cover - depends on the install
-        raise FedlnError("conv_impl=torch needs PyTorch (pip install -e '.[bench]', "
-                         "docs/install.md#torch-convs)") from e
+    except Exception as e:    # installed but broken (a missing library, a mismatched build)
+        raise FedlnError(f"PyTorch is installed but fails to import ({first_line(e)}), and "
+                         "this conv runs in it (conv_impl=torch, or torch_large: auto's pick "
+                         "on a CPU with PyTorch); conv_impl=patches runs without it "
+                         "(docs/install.md#torch-convs)") from e
     return torch
 
 
@@ -149,6 +151,7 @@ def conv2d_torch(x: jax.Array, kernel: jax.Array, pads: tuple, stride: int) -> j
     if jax.default_backend() != "cpu":    # the callback would get device buffers
         raise FedlnError(f"conv_impl=torch runs on the CPU only (the backend is "
                          f"{jax.default_backend()}); conv_impl=auto or lax runs here")
+    _torch()    # imported while tracing: a broken install is one error here, not in a callback
     (top, bottom), (left, right) = pads
     sym = (min(top, bottom), min(left, right))
     extra = ((top - sym[0], bottom - sym[0]), (left - sym[1], right - sym[1]))
