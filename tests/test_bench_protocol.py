@@ -50,8 +50,9 @@ def check_row(row: dict) -> None:
 def test_gpu_script_runs_a_quick_configuration(tmp_path):
     """benchmarks/gpu_protocol.sh (install skipped) writes its rows and table under OUT; with
     torch installed, the PyTorch rows and the ratios to them are there too."""
+    # PYTHONPATH kept behind ROOT: a torch found through it is what torch_loop.available() saw
     env = {**os.environ, "OUT": str(tmp_path), "SKIP_INSTALL": "1", "PYTHON": sys.executable,
-           "PYTHONPATH": ROOT}
+           "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "gpu_protocol.sh"), "--quick",
                            "--conv-impl", "lax", "--dtype", "float32", "--runs", "1",
                            "--cohort", "3", "--chunk-policy", "cohort"],
