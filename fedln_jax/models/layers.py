@@ -79,8 +79,9 @@ def auto_conv_choice() -> tuple[str, str]:
 
     GPU/TPU: lax (cuDNN / the TPU's convs). CPU with PyTorch and one device: torch_large
     (BENCHMARKS.md, "Torch convs"); the smaller convs (the digits demo's, mnist5k's at widths
-    32/64) stay on patches, so their numbers do not depend on PyTorch being installed. Several CPU devices: patches (each
-    device's callbacks would queue for the one Python interpreter).
+    32/64) stay on patches, so their numbers do not depend on PyTorch being installed.
+    Several CPU devices: patches (each device's callbacks would queue for the one Python
+    interpreter).
     """
     backend = jax.default_backend()
     if backend != "cpu":
