@@ -38,13 +38,13 @@ from fedln_jax.bench.grid import (DEFAULT_GRID, FULL, MAX_RUNS, NUM_CLASSES, PRO
                                   TRAIN_IMAGES, Point, Sizes, build_grid, chunk_width,
                                   client_images, memory_reason, protocol_floors)
 from fedln_jax.bench.report import add_ratios, format_seconds, markdown_table, time_calls
-from fedln_jax.bench.speed import (cpu_model, device_peak_mb, jaxlib_version, matmul_peak_gflops,
-                                   peak_rss_mb)
+from fedln_jax.bench.speed import cpu_model, device_peak_mb, matmul_peak_gflops, peak_rss_mb
 from fedln_jax.config import Config
 from fedln_jax.engine.client import epochs_needed, make_apply_fn
 from fedln_jax.engine.state import RoundSpec, make_data
 from fedln_jax.errors import FedlnError, first_line
 from fedln_jax.models import build_model, train_flops_per_example
+from fedln_jax.runtime.plugins import version_of
 from fedln_jax.training.experiment import Experiment
 from fedln_jax.training.lock import check_file_path, hold_file
 from fedln_jax.training.memory import Floor, device_capacity
@@ -166,7 +166,7 @@ def environment() -> dict:
     """Where and with what the rows were measured (added to every row)."""
     env = {"backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
            "devices": jax.device_count(), "jax_version": jax.__version__,
-           "jaxlib_version": jaxlib_version(), "cpu_model": cpu_model(),
+           "jaxlib_version": version_of("jaxlib"), "cpu_model": cpu_model(),
            "python": sys.version.split()[0]}
     if torch_loop.available():
         env["torch_version"] = torch_loop.torch_version()

@@ -34,6 +34,7 @@ from fedln_jax.errors import FedlnError
 from fedln_jax.models import (forward_macs, resolve_conv_impl,  # noqa: F401
                               train_flops_per_example)
 from fedln_jax.models.resnet import resnet_feature_dim
+from fedln_jax.runtime.plugins import version_of
 from fedln_jax.training.experiment import build_experiment, hparams_of, initial_state
 from fedln_jax.training.memory import analysis_of, describe, device_capacity, peak_of
 
@@ -257,7 +258,7 @@ def run_bench(model: str = "cnn", clients: int = 10, local_steps: int = 5, batch
         "fraction_of_matmul_peak": gflops / peak,
         "train_loss": loss,
         "jax_version": jax.__version__,
-        "jaxlib_version": jaxlib_version(),
+        "jaxlib_version": version_of("jaxlib"),
     }
 
 
@@ -272,8 +273,3 @@ def chunk_for_policy(policy: str, clients: int, num_devices: int) -> int:
 def _loss_as_metrics(result):
     state, mean_loss = result
     return state, {"train_loss": mean_loss}
-
-
-def jaxlib_version() -> str:
-    import jaxlib
-    return getattr(jaxlib, "__version__", None) or jaxlib.version.__version__
